@@ -1,0 +1,108 @@
+"""Exact integer primitives shared by the predictor engine.
+
+Every function here maps integer tensors to integer tensors with operations whose result does not
+depend on the CPU, GPU, thread count or summation order: integer add/mul/shift/floor-division,
+max, and matrix products whose operands are small integers (see `gemm`). That is what makes an
+archive decode on any machine: floating-point inference drifts by ulps, integers do not.
+
+Activations are int64 in fixed point with `F` fractional bits. A matrix product first quantizes its
+input rows to int8 with a per-row power-of-two-times-mantissa scale, multiplies exactly, then
+rescales with integer multipliers.
+"""
+
+from __future__ import annotations
+
+import torch
+
+F = 16  # fractional bits of activations (Q16)
+MANTISSA_BITS = 15  # per-row scales are m * 2**e with m < 2**15
+F32_EXACT_K = 1024  # 127*127*1024 < 2**24: a float32 dot product of int8 values this long is exact
+
+_THRESHOLDS: dict[torch.device, torch.Tensor] = {}
+
+
+def _thresholds(device: torch.device) -> torch.Tensor:
+    if device not in _THRESHOLDS:
+        _THRESHOLDS[device] = torch.tensor([1 << j for j in range(MANTISSA_BITS, 62)], dtype=torch.int64, device=device)
+    return _THRESHOLDS[device]
+
+
+def split_scale(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Write positive integers v as m * 2**e with m <= 2**15, m * 2**e >= v (ceil), e >= 0."""
+    e = (v.unsqueeze(-1) >= _thresholds(v.device)).sum(-1)
+    m = (v + (torch.ones_like(e) << e) - 1) >> e
+    return m, e
+
+
+def rshift_round(x: torch.Tensor, s: torch.Tensor | int) -> torch.Tensor:
+    """x / 2**s rounded half up, for any integer shift s (negative shifts multiply)."""
+    if isinstance(s, int):
+        if s > 0:
+            return (x + (1 << (s - 1))) >> s
+        return x << (-s)
+    pos = s.clamp(min=0)
+    neg = (-s).clamp(min=0)
+    half = torch.where(pos > 0, torch.ones_like(pos) << (pos - 1).clamp(min=0), torch.zeros_like(pos))
+    return ((x + half) >> pos) << neg
+
+
+def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Quantize the last axis to int8 values q with x ~= q * m * 2**(e-7).
+
+    Returns q (int64 holding values in [-127, 127]) and the row scale (m, e), each shaped [..., 1].
+    """
+    amax = x.abs().amax(-1, keepdim=True).clamp(min=1)
+    m, e = split_scale(amax)
+    d = m << e
+    q = torch.div(x * 256 + d, 2 * d, rounding_mode="floor").clamp(-127, 127)
+    return q, m, e
+
+
+def isqrt(v: torch.Tensor) -> torch.Tensor:
+    """floor(sqrt(v)) for int64 0 <= v < 2**52, exact: float sqrt then integer correction."""
+    r = torch.sqrt(v.to(torch.float64)).to(torch.int64)
+    for _ in range(2):
+        r = torch.where(r * r > v, r - 1, r)
+        r = torch.where((r + 1) * (r + 1) <= v, r + 1, r)
+    return r
+
+
+def gemm(q: torch.Tensor, wt: torch.Tensor, backend: str) -> torch.Tensor:
+    """Exact product of int8-valued q [..., k] and weights wt [k, n]; returns int64 [..., n].
+
+    backend "int": torch._int_mm on int8 operands (int32 accumulation, exact).
+    backend "f32": float32 matmul over blocks of k <= 1024, where every partial sum is an integer
+    below 2**24 and therefore exact in any order; blocks are summed in int64.
+    backend "f64": float64 matmul, exact for any k below 2**38.
+    """
+    lead = q.shape[:-1]
+    q2 = q.reshape(-1, q.shape[-1])
+    if backend == "int":
+        out = torch._int_mm(q2.to(torch.int8), wt).to(torch.int64)
+    elif backend == "f64":
+        out = (q2.to(torch.float64) @ wt).to(torch.int64)
+    else:
+        qf = q2.to(torch.float32)
+        k = qf.shape[1]
+        out = None
+        for lo in range(0, k, F32_EXACT_K):
+            part = (qf[:, lo : lo + F32_EXACT_K] @ wt[lo : lo + F32_EXACT_K]).to(torch.int64)
+            out = part if out is None else out + part
+    return out.reshape(*lead, wt.shape[1])
+
+
+def force_exact_float_math() -> None:
+    """Turn off every reduced-precision float path (TF32, bf16 fpmath) whatever the environment says.
+
+    Our float GEMMs are exact only when the hardware multiplies and adds in full float32/float64.
+    """
+    torch.set_float32_matmul_precision("highest")
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction = False
+    torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = False
+    torch.backends.cudnn.allow_tf32 = False
+    if hasattr(torch.backends, "mkldnn") and hasattr(torch.backends.mkldnn, "matmul"):
+        try:
+            torch.backends.mkldnn.matmul.fp32_precision = "ieee"
+        except (AttributeError, RuntimeError):
+            pass

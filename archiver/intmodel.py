@@ -1,0 +1,231 @@
+"""The integer model file: a Llama-family causal LM in exact integer form.
+
+A model file is safetensors holding int8 weights with integer per-row multipliers, and every table
+the engine needs (rotary cos/sin, exp for softmax and for output frequencies, sigmoid for SiLU).
+Tables are computed once, at conversion, and stored: loading never calls libm, so two machines
+holding the same file run the same integer program. The file's SHA-256 is the model id that
+archives record.
+
+`convert_llama` turns a `transformers` LlamaForCausalLM into this form. RMSNorm gains are folded
+into the following matrices and 1/sqrt(head_dim) into the query projection, so the engine only
+needs integer norms and integer matrix products.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from archiver.fixedpoint import F32_EXACT_K
+
+FORMAT = "lmarc-intmodel-1"
+ROPE_FRAC = 14  # cos/sin tables in Q14
+ATT_FRAC = 8  # attention scores in Q8 nats before the exp table
+ATT_EXP_FRAC = 15  # exp table for attention, Q15
+FREQ_EXP_FRAC = 32  # exp table for output frequencies, Q32
+SIG_STEP_FRAC = 8  # sigmoid table indexed in steps of 2**-8
+SIG_RANGE = 16  # sigmoid table covers [-16, 16)
+SIG_FRAC = 15  # sigmoid values in Q15
+MULT_BITS = 15  # weight row multipliers stay below 2**15
+
+
+class ModelError(Exception):
+    """The model file is missing, malformed or violates the engine's exactness bounds."""
+
+
+@dataclass
+class QMatrix:
+    """W ~= q * mult[:, None] * 2**-shift, q int8 [n, k], mult int64 [n]."""
+
+    q: torch.Tensor
+    mult: torch.Tensor
+    shift: int
+
+    @classmethod
+    def from_float(cls, w: torch.Tensor) -> QMatrix:
+        w = w.to(torch.float64)
+        scale = w.abs().amax(1).clamp(min=1e-30) / 127.0
+        q = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8)
+        _, exp = math.frexp(float(scale.max()))  # max scale = f * 2**exp with 0.5 <= f < 1
+        shift = MULT_BITS - exp
+        mult = torch.round(scale * (2.0**shift)).to(torch.int64).clamp(min=1)
+        return cls(q, mult, shift)
+
+
+@dataclass
+class Layer:
+    qkv: QMatrix  # input RMSNorm gain and 1/sqrt(head_dim) folded in
+    o: QMatrix
+    gate_up: QMatrix  # post-attention RMSNorm gain folded in
+    down: QMatrix
+
+
+@dataclass
+class IntModel:
+    config: dict
+    embed: QMatrix
+    layers: list[Layer]
+    head: QMatrix  # final RMSNorm gain folded in
+    tables: dict[str, torch.Tensor]
+    model_id: str = ""
+    path: Path | None = field(default=None)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.config["vocab_size"]
+
+    @property
+    def context(self) -> int:
+        return self.config["context"]
+
+    def check_bounds(self) -> None:
+        """Assert the properties that make every product in the engine exact."""
+        c = self.config
+        if c.get("format") != FORMAT:
+            raise ModelError(f"unknown model format {c.get('format')!r}")
+        if c["head_dim"] > F32_EXACT_K or c["hidden_size"] > 16384:
+            raise ModelError("model dimensions exceed the exactness bounds")
+        for name, m in self._matrices():
+            if m.q.dtype != torch.int8 or int(m.q.abs().max()) > 127:
+                raise ModelError(f"{name}: weights must be int8 in [-127, 127]")
+            if int(m.mult.min()) < 1 or int(m.mult.max()) >= 1 << (MULT_BITS + 1):
+                raise ModelError(f"{name}: row multipliers out of range")
+        if int(self.tables["att_exp"][-1]) != 0 or int(self.tables["freq_exp"][-1]) != 0:
+            raise ModelError("exp tables must end in 0")
+
+    def _matrices(self):
+        yield "embed", self.embed
+        yield "head", self.head
+        for i, layer in enumerate(self.layers):
+            for n in ("qkv", "o", "gate_up", "down"):
+                yield f"layers.{i}.{n}", getattr(layer, n)
+
+    def save(self, path: Path) -> str:
+        tensors: dict[str, torch.Tensor] = {}
+        shifts = {}
+        for name, m in self._matrices():
+            tensors[f"{name}.q"] = m.q.contiguous()
+            tensors[f"{name}.mult"] = m.mult.contiguous()
+            shifts[name] = m.shift
+        for name, t in self.tables.items():
+            tensors[f"tables.{name}"] = t.contiguous()
+        meta = dict(self.config, shifts=shifts)
+        save_file(tensors, str(path), metadata={"lmarc": json.dumps(meta, sort_keys=True)})
+        return file_sha256(path)
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def load(path: Path) -> IntModel:
+    """Load and validate an integer model file."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"model file not found: {path}")
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = json.loads(f.metadata()["lmarc"])
+        tensors = load_file(str(path))
+    except (OSError, KeyError, ValueError, json.JSONDecodeError) as e:
+        raise ModelError(f"cannot read model file {path}: {e}") from e
+    shifts = meta.pop("shifts")
+
+    def qm(name: str) -> QMatrix:
+        return QMatrix(tensors[f"{name}.q"], tensors[f"{name}.mult"], int(shifts[name]))
+
+    layers = [
+        Layer(*(qm(f"layers.{i}.{n}") for n in ("qkv", "o", "gate_up", "down")))
+        for i in range(meta["num_layers"])
+    ]
+    tables = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith("tables.")}
+    model = IntModel(meta, qm("embed"), layers, qm("head"), tables, file_sha256(path), path)
+    model.check_bounds()
+    return model
+
+
+def _tables(head_dim: int, context: int, rope_theta: float) -> dict[str, torch.Tensor]:
+    half = head_dim // 2
+    inv_freq = [1.0 / (rope_theta ** (2 * i / head_dim)) for i in range(half)]
+    cos = [[round(math.cos(p * f) * (1 << ROPE_FRAC)) for f in inv_freq] for p in range(context)]
+    sin = [[round(math.sin(p * f) * (1 << ROPE_FRAC)) for f in inv_freq] for p in range(context)]
+    att = [round(math.exp(-i / (1 << ATT_FRAC)) * (1 << ATT_EXP_FRAC)) for i in range(16 << ATT_FRAC)]
+    att[-1] = 0
+    fre = [round(math.exp(-i / (1 << ATT_FRAC)) * (1 << FREQ_EXP_FRAC)) for i in range(24 << ATT_FRAC)]
+    fre[-1] = 0
+    n = 2 * SIG_RANGE << SIG_STEP_FRAC
+    sig = [
+        round((1 << SIG_FRAC) / (1 + math.exp(-(i - n // 2) / (1 << SIG_STEP_FRAC)))) for i in range(n)
+    ]
+    i64 = torch.int64
+    return {
+        "rope_cos": torch.tensor(cos, dtype=i64),
+        "rope_sin": torch.tensor(sin, dtype=i64),
+        "att_exp": torch.tensor(att, dtype=i64),
+        "freq_exp": torch.tensor(fre, dtype=i64),
+        "sigmoid": torch.tensor(sig, dtype=i64),
+    }
+
+
+def convert_llama(hf_model, extra: dict | None = None, context: int | None = None) -> IntModel:
+    """Convert a transformers LlamaForCausalLM (SiLU-gated MLP, RMSNorm, RoPE, no biases)."""
+    cfg = hf_model.config
+    if getattr(cfg, "hidden_act", "silu") != "silu":
+        raise ModelError(f"unsupported activation {cfg.hidden_act}")
+    if getattr(cfg, "attention_bias", False) or getattr(cfg, "mlp_bias", False):
+        raise ModelError("biases are not supported")
+    rope = dict(getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None) or {})
+    if rope.get("rope_type", "default") != "default":
+        raise ModelError(f"rope scaling {rope.get('rope_type')!r} is not supported")
+    d = cfg.hidden_size
+    heads = cfg.num_attention_heads
+    kv_heads = cfg.num_key_value_heads or heads
+    head_dim = getattr(cfg, "head_dim", None) or d // heads
+    rope_theta = rope.get("rope_theta") or getattr(cfg, "rope_theta", None) or 10000.0
+    ctx = context or cfg.max_position_embeddings
+    sd = {k: v.detach().to(torch.float64).cpu() for k, v in hf_model.state_dict().items()}
+    layers = []
+    for i in range(cfg.num_hidden_layers):
+        p = f"model.layers.{i}."
+        g1 = sd[p + "input_layernorm.weight"]
+        g2 = sd[p + "post_attention_layernorm.weight"]
+        wq = sd[p + "self_attn.q_proj.weight"] / math.sqrt(head_dim)
+        qkv = torch.cat([wq, sd[p + "self_attn.k_proj.weight"], sd[p + "self_attn.v_proj.weight"]]) * g1
+        gate_up = torch.cat([sd[p + "mlp.gate_proj.weight"], sd[p + "mlp.up_proj.weight"]]) * g2
+        layers.append(
+            Layer(
+                QMatrix.from_float(qkv),
+                QMatrix.from_float(sd[p + "self_attn.o_proj.weight"]),
+                QMatrix.from_float(gate_up),
+                QMatrix.from_float(sd[p + "mlp.down_proj.weight"]),
+            )
+        )
+    embed = sd["model.embed_tokens.weight"]
+    head = sd.get("lm_head.weight", embed) * sd["model.norm.weight"]
+    config = {
+        "format": FORMAT,
+        "hidden_size": d,
+        "num_layers": cfg.num_hidden_layers,
+        "num_heads": heads,
+        "num_kv_heads": kv_heads,
+        "head_dim": head_dim,
+        "intermediate_size": cfg.intermediate_size,
+        "vocab_size": cfg.vocab_size,
+        "context": ctx,
+        **(extra or {}),
+    }
+    model = IntModel(config, QMatrix.from_float(embed), layers, QMatrix.from_float(head), _tables(head_dim, ctx, rope_theta))
+    model.check_bounds()
+    return model
