@@ -19,8 +19,9 @@ from archiver.intmodel import ATT_FRAC, ROPE_FRAC, IntModel, QMatrix
 TOTAL_BITS = 24  # frequency tables sum to 2**24: the floor of 1 per symbol costs < 0.01 bit/token
 TOTAL = 1 << TOTAL_BITS
 NORM_FRAC = 15  # 1/rms in Q15
-SCORE_SHIFT = 2 * F + 14 - ATT_FRAC  # int8 q.k products to Q8 scores
-ATTN_ELEMENTS = 1 << 24  # cap on batch*heads*T*S per parallel forward (int64 score tensors)
+KEY_FRAC = 10  # queries and keys enter the score product in Q10
+QUERY_BLOCK = 256  # query rows per attention block in the parallel path
+ATTN_ELEMENTS = 1 << 23  # cap on batch*heads*block*S per parallel forward (int64 score tensors)
 
 
 def default_backend(device: torch.device) -> str:
@@ -60,6 +61,9 @@ class Engine:
         self.layers = [(prep(L.qkv), prep(L.o), prep(L.gate_up), prep(L.down)) for L in model.layers]
         self.head = prep(model.head)
         self.t = {k: v.to(self.device) for k, v in model.tables.items()}
+        # float64 exactness: |q.k| <= hd * qk_limit**2 < 2**53 and sum(e) * v_limit < 2**53
+        self.qk_limit = (1 << ((53 - (self.head_dim - 1).bit_length()) // 2)) - 1
+        self.v_limit = (1 << (53 - 15 - (self.context - 1).bit_length())) - 1
 
     # ---- exact building blocks -------------------------------------------------------------
     def _linear(self, x: torch.Tensor, m: _Prepared) -> torch.Tensor:
@@ -85,6 +89,37 @@ class Engine:
             [rshift_round(x1 * cos - x2 * sin, ROPE_FRAC), rshift_round(x2 * cos + x1 * sin, ROPE_FRAC)], -1
         )
 
+    def _attend(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, p0: int) -> torch.Tensor:
+        """Causal softmax attention of q [B, T, H, hd] (Q16, at positions p0..) over the history.
+
+        keys hold Q10 integers and values Q16 integers as float64; every float64 product and sum
+        below stays an integer under 2**53, so the matrix products are exact in any order. Query
+        rows are processed in blocks that only see the keys they may attend to.
+        """
+        B, T, H, hd = q.shape
+        KV = self.kv_heads
+        g = H // KV
+        att_exp = self.t["att_exp"]
+        last = att_exp.numel() - 1
+        q = rshift_round(q, F - KEY_FRAC).clamp(-self.qk_limit, self.qk_limit)
+        out = []
+        for a in range(0, T, QUERY_BLOCK):
+            b = min(T, a + QUERY_BLOCK)
+            S = p0 + b
+            qb = q[:, a:b].reshape(B, b - a, KV, g, hd).permute(0, 2, 3, 1, 4).reshape(B, KV, g * (b - a), hd)
+            acc = (qb.to(torch.float64) @ keys[:, :, :S].transpose(-1, -2)).to(torch.int64)  # Q20
+            s = rshift_round(acc, 2 * KEY_FRAC - ATT_FRAC)  # Q8 nats
+            pos = torch.arange(p0 + a, p0 + b, device=self.device).repeat(g)
+            masked = torch.arange(S, device=self.device)[None, :] > pos[:, None]  # [g*(b-a), S]
+            s = s.masked_fill(masked, torch.iinfo(torch.int64).min)
+            idx = (s.amax(-1, keepdim=True) - s).clamp(0, last).masked_fill(masked, last)
+            e = att_exp[idx]  # Q15, the row maximum is exactly 2**15
+            acc = (e.to(torch.float64) @ values[:, :, :S]).to(torch.int64)
+            den = e.sum(-1, keepdim=True)
+            o = torch.div(2 * acc + den, 2 * den, rounding_mode="floor")  # [B, KV, g*(b-a), hd]
+            out.append(o.reshape(B, KV, g, b - a, hd).permute(0, 3, 1, 2, 4).reshape(B, b - a, H * hd))
+        return torch.cat(out, 1) if len(out) > 1 else out[0]
+
     def _silu(self, g: torch.Tensor) -> torch.Tensor:
         sig = self.t["sigmoid"]
         idx = ((g >> (F - 8)) + sig.numel() // 2).clamp(0, sig.numel() - 1)
@@ -97,35 +132,18 @@ class Engine:
         p0 = cache.length
         pos = torch.arange(p0, p0 + T, device=self.device)
         S = p0 + T
-        allowed = torch.arange(S, device=self.device)[None, :] <= pos[:, None]  # [T, S]
         x = rshift_round(self.embed_q[tokens] * self.embed_mult[tokens][..., None], self.embed_shift - F)
         H, KV, hd = self.heads, self.kv_heads, self.head_dim
-        g = H // KV
-        att_exp = self.t["att_exp"]
         for li, (qkv_m, o_m, gu_m, down_m) in enumerate(self.layers):
             qkv = self._normed_linear(x, qkv_m)
             q = self._rope(qkv[..., : H * hd].reshape(B, T, H, hd), pos)
             k = self._rope(qkv[..., H * hd : (H + KV) * hd].reshape(B, T, KV, hd), pos)
             v = qkv[..., (H + KV) * hd :].reshape(B, T, KV, hd)
-            qq, mq, eq = quantize_rows(q.transpose(1, 2))  # [B, H, T, hd], scales [B, H, T, 1]
-            kq, mk, ek = quantize_rows(k.transpose(1, 2))
-            vq, mv, ev = quantize_rows(v.transpose(1, 2))
-            kq, mk, ek, vq, vd = cache.append(li, kq, mk, ek, vq, mv << ev)  # whole history [B, KV, S, .]
-            if g > 1:
-                kq, mk, ek, vq, vd = (t.repeat_interleave(g, dim=1) for t in (kq, mk, ek, vq, vd))
-            acc = (qq.to(torch.float32) @ kq.transpose(-1, -2)).to(torch.int64)  # exact: |sum| < 2**21
-            s = rshift_round(acc * mq * mk.transpose(-1, -2), SCORE_SHIFT - eq - ek.transpose(-1, -2))
-            s = s.masked_fill(~allowed, torch.iinfo(torch.int64).min)
-            idx = (s.amax(-1, keepdim=True) - s).clamp(0, att_exp.numel() - 1)
-            e = att_exp[idx.masked_fill(~allowed, att_exp.numel() - 1)]
-            p = torch.div(e << 15, e.sum(-1, keepdim=True), rounding_mode="floor")  # Q15, sums to <= 1
-            vd_row = vd.squeeze(-1)  # [B, H, S]
-            vmax = torch.cummax(vd_row, dim=-1).values[..., p0:]  # max V scale over each row's history
-            ratio = torch.div(vd_row.unsqueeze(-2) << 15, vmax.unsqueeze(-1), rounding_mode="floor")
-            w = (p * ratio.masked_fill(~allowed, 0)) >> 15
-            acc = (w.to(torch.float32) @ vq).to(torch.int64)  # exact: sum(w) <= 2**15, |v| <= 127
-            att = rshift_round(acc * vmax.unsqueeze(-1), 22)  # [B, H, T, hd]
-            x = x + self._linear(att.transpose(1, 2).reshape(B, T, H * hd), o_m)
+            k = rshift_round(k, F - KEY_FRAC).clamp(-self.qk_limit, self.qk_limit)
+            v = v.clamp(-self.v_limit, self.v_limit)
+            keys, values = cache.append(li, k.transpose(1, 2), v.transpose(1, 2))  # [B, KV, S, hd]
+            att = self._attend(q, keys, values, p0)
+            x = x + self._linear(att, o_m)
             gu = self._normed_linear(x, gu_m)
             h = rshift_round(self._silu(gu[..., : self.inter]) * gu[..., self.inter :], F)
             x = x + self._linear(h, down_m)
@@ -156,7 +174,7 @@ class Engine:
         i = 0
         while i < len(order):
             T = len(seqs[order[i]]) - 1
-            per_seq = self.heads * T * T
+            per_seq = self.heads * min(T, QUERY_BLOCK) * T
             bsz = max(1, min(len(order) - i, ATTN_ELEMENTS // max(per_seq, 1), 64))
             batch = order[i : i + bsz]
             toks = torch.zeros(len(batch), T, dtype=torch.int64)
@@ -176,29 +194,23 @@ class Engine:
 
 
 class _Cache:
-    """Preallocated int8-valued K/V history per layer (stored as float32 for the exact GEMMs)."""
+    """Preallocated key/value history per layer: Q10 keys and Q16 values as exact float64."""
 
     def __init__(self, engine: Engine, batch: int, capacity: int):
-        dev, KV, hd = engine.device, engine.kv_heads, engine.head_dim
-        n = len(engine.layers)
-        self.kq = [torch.zeros(batch, KV, capacity, hd, device=dev) for _ in range(n)]
-        self.vq = [torch.zeros(batch, KV, capacity, hd, device=dev) for _ in range(n)]
-        self.mk = [torch.zeros(batch, KV, capacity, 1, dtype=torch.int64, device=dev) for _ in range(n)]
-        self.ek = [torch.zeros(batch, KV, capacity, 1, dtype=torch.int64, device=dev) for _ in range(n)]
-        self.vd = [torch.zeros(batch, KV, capacity, 1, dtype=torch.int64, device=dev) for _ in range(n)]
+        shape = (batch, engine.kv_heads, capacity, engine.head_dim)
+        dev = engine.device
+        self.k = [torch.zeros(shape, dtype=torch.float64, device=dev) for _ in engine.layers]
+        self.v = [torch.zeros(shape, dtype=torch.float64, device=dev) for _ in engine.layers]
         self.length = 0
         self.capacity = capacity
 
-    def append(self, li, kq, mk, ek, vq, vd):
-        a, b = self.length, self.length + kq.shape[2]
+    def append(self, li: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        a, b = self.length, self.length + k.shape[2]
         if b > self.capacity:
             raise ValueError("sequence longer than the model context")
-        self.kq[li][:, :, a:b] = kq.to(torch.float32)
-        self.vq[li][:, :, a:b] = vq.to(torch.float32)
-        self.mk[li][:, :, a:b] = mk
-        self.ek[li][:, :, a:b] = ek
-        self.vd[li][:, :, a:b] = vd
-        return (t[li][:, :, :b] for t in (self.kq, self.mk, self.ek, self.vq, self.vd))
+        self.k[li][:, :, a:b] = k.to(torch.float64)
+        self.v[li][:, :, a:b] = v.to(torch.float64)
+        return self.k[li][:, :, :b], self.v[li][:, :, :b]
 
 
 class Session:
