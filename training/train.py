@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from transformers import LlamaConfig, LlamaForCausalLM
+from transformers.utils import logging as hf_logging
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script or as -m
 from training.data import BOS, KINDS, load_streams, split_files, stream_source  # noqa: E402
@@ -192,16 +193,22 @@ def main() -> None:
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
     console = Console(soft_wrap=True)
+    hf_logging.disable_progress_bar()  # its per-save shard bars only clutter the log
     args.out.mkdir(parents=True, exist_ok=True)
 
     t0 = time.time()
     train_files, dev_files = split_files(args.corpus)
     source = stream_source()
     train, dev = Windows(load_streams(train_files, args.corpus)), Windows(load_streams(dev_files, args.corpus))
-    console.print(f"streams via {source} in {time.time() - t0:.1f}s: {len(train_files)} train / {len(dev_files)} dev files")
+    console.print(
+        f"streams via {source} in {time.time() - t0:.1f}s: {len(train_files)} train / {len(dev_files)} dev files"
+    )
     for k in train.kinds:
         dn = dev.nbytes(k) if k in dev.kinds else 0
-        console.print(f"  {k:6s} train {len(train.by_kind[k]):5d} streams {train.nbytes(k) / 1e6:7.2f} MB | dev {dn / 1e6:6.2f} MB")
+        console.print(
+            f"  {k:6s} train {len(train.by_kind[k]):5d} streams {train.nbytes(k) / 1e6:7.2f} MB"
+            f" | dev {dn / 1e6:6.2f} MB"
+        )
     dev_batches = dev_sample(dev, args.eval_windows, args.seq, args.batch)
 
     ckpt = args.out / "ckpt"
@@ -212,23 +219,41 @@ def main() -> None:
         saved = torch.load(ckpt / "train_state.pt", weights_only=False)
         opt.load_state_dict(saved.pop("optimizer"))
         state.update(saved)
+        if state["source"] != source:
+            console.print(f"[red]warning: checkpoint trained on {state['source']} streams, now {source}[/]")
+            state["source"] = source
         console.print(f"resumed from {ckpt} at step {state['step']}")
     else:
         model = LlamaForCausalLM(model_config())
         opt = make_optimizer(model, args)
     model.train()
-    console.print(f"model {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, {args.threads} thread(s), args {vars(args)}")
+    console.print(
+        f"model {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, {args.threads} thread(s),"
+        f" args {vars(args)}"
+    )
 
     def log_eval(step: int) -> dict[str, float]:
         te = time.time()
         ev = evaluate(model, dev_batches)
-        console.print(f"[bold]eval step {step}[/] dev bits/byte " + " ".join(f"{k}={v:.3f}" for k, v in ev.items()) + f" ({time.time() - te:.0f}s)")
+        console.print(
+            f"[bold]eval step {step}[/] dev bits/byte "
+            + " ".join(f"{k}={v:.3f}" for k, v in ev.items())
+            + f" ({time.time() - te:.0f}s)"
+        )
         with open(args.out / "evals.jsonl", "a") as f:
             f.write(json.dumps({"step": step, "tokens": state["tokens"], "dev_bpb": ev}) + "\n")
         return ev
 
     ema: dict[str, float] = {}
-    cols = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}")]
+    logged_step, logged_time = state["step"], state["train_time"]
+    cols = [
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[info]}"),
+    ]
     with Progress(*cols, console=console) as progress:
         task = progress.add_task("train", total=args.steps, completed=state["step"], info="")
         if state["step"] == 0:
@@ -251,12 +276,17 @@ def main() -> None:
             state["train_time"] += time.time() - ts
             for k in set(kinds):
                 rows = [i for i, kk in enumerate(kinds) if kk == k]
-                bpb = float(nats[rows].sum() / count[rows].sum()) / LN2
+                bpb = float(nats[rows].detach().sum() / count[rows].sum()) / LN2
                 ema[k] = bpb if k not in ema else 0.9 * ema[k] + 0.1 * bpb
             info = " ".join(f"{k}={ema[k]:.2f}" for k in train.kinds if k in ema) + f" bpb lr={lr:.1e}"
             progress.update(task, completed=step, info=info)
             if step % args.log_every == 0 or step == args.steps:
-                console.print(f"step {step} loss {float(loss) / LN2:.3f} bpb | ema {info} | gnorm {gnorm:.2f} | {time.time() - ts:.1f}s/step")
+                per_step = (state["train_time"] - logged_time) / max(1, step - logged_step)
+                logged_step, logged_time = step, state["train_time"]
+                console.print(
+                    f"step {step} loss {float(loss.detach()) / LN2:.3f} bpb | ema {info} | gnorm {gnorm:.2f}"
+                    f" | {per_step:.2f}s/step"
+                )
             if step % args.eval_every == 0 or step == args.steps:
                 state["last_eval"] = log_eval(step)
             if step % args.ckpt_every == 0 or step == args.steps:

@@ -1,0 +1,393 @@
+"""The archive operations behind the CLI: add, extract, test, list.
+
+Data flows one way: file -> format plugin (streams) -> stream coder (predictor + range coder or
+classic codec) -> container. Extraction runs it backwards and trusts nothing it reads: paths are
+checked before anything is written, every file is written under a temporary name and only renamed
+into place once its SHA-256 matched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from archiver import registry, streamcoder
+from archiver.container import ArchiveError, ArchiveReader, ArchiveWriter
+from archiver.formats import join_streams, split_file
+from archiver.intmodel import ModelError
+from archiver.progress import Reporter
+from archiver.streamcoder import Predictor
+
+EXTRACT_GROUP_BYTES = 64 << 20  # decode files in groups this large so LM chunks share batches
+
+
+class LmarcError(Exception):
+    """An error to report to the user as one line."""
+
+
+@dataclass
+class Settings:
+    model: str = registry.DEFAULT
+    device: str = "cpu"
+    threads: int | None = None
+    _predictors: dict[str, Predictor] = field(default_factory=dict)
+
+    def predictor(self, model_id: str | None = None, hint: str | None = None) -> Predictor:
+        key = model_id or f"name:{self.model}"
+        if key not in self._predictors:
+            model = registry.load(self.model) if model_id is None else registry.by_id(model_id, hint)
+            self._predictors[key] = Predictor(model, self.device, self.threads)
+        return self._predictors[key]
+
+
+@dataclass
+class Result:
+    ok: int = 0
+    problems: list[str] = field(default_factory=list)
+
+
+# ---- names --------------------------------------------------------------------------------------
+def archive_name(path: str) -> str:
+    """The stored name of a path given on the command line: relative, no '..', POSIX separators."""
+    parts = [p for p in PurePosixPath(Path(path).as_posix()).parts if p not in ("/", ".", "..")]
+    return "/".join(parts) or "."
+
+
+def safe_member_path(name: object) -> PurePosixPath:
+    """Validate a stored name before extraction: relative, no '..', no drive letter, no NUL."""
+    if not isinstance(name, str) or not name or "\x00" in name or "\\" in name:
+        raise ArchiveError(f"refusing unsafe member name {name!r}")
+    p = PurePosixPath(name)
+    if p.is_absolute() or ".." in p.parts or (len(p.parts[0]) >= 2 and p.parts[0][1] == ":"):
+        raise ArchiveError(f"refusing unsafe member name {name!r}")
+    return p
+
+
+def _walk(path: Path) -> Iterator[Path]:
+    yield path
+    if path.is_dir() and not path.is_symlink():
+        for root, dirs, files in os.walk(path, followlinks=False):
+            dirs.sort()
+            for n in sorted(dirs) + sorted(files):
+                yield Path(root) / n
+
+
+# ---- add ----------------------------------------------------------------------------------------
+def add(archive: Path, paths: list[str], settings: Settings, ui: Reporter) -> Result:
+    res = Result()
+    items = []
+    for arg in paths:
+        top = Path(arg)
+        if not top.exists() and not top.is_symlink():
+            res.problems.append(f"{arg}: no such file or directory")
+            continue
+        base = archive_name(arg)
+        for p in _walk(top):
+            rel = p.relative_to(top).as_posix()
+            name = base if rel == "." else (rel if base == "." else f"{base}/{rel}")
+            items.append((p, name))
+    archive_abs = archive.resolve()
+    items = [(p, n) for p, n in items if p.resolve() != archive_abs]
+    total = sum(p.lstat().st_size for p, _ in items if p.is_file() and not p.is_symlink())
+    writer = ArchiveWriter(archive)
+    committed = False
+    try:
+        ui.start("adding", total)
+        by_name = {e["path"]: i for i, e in enumerate(writer.index.entries)}
+        for p, name in items:
+            entry = _add_one(p, name, writer, settings, ui, res)
+            if entry is None:
+                continue
+            if name in by_name:
+                writer.index.entries[by_name[name]] = entry
+            else:
+                by_name[name] = len(writer.index.entries)
+                writer.index.entries.append(entry)
+            res.ok += 1
+        writer.commit()
+        committed = True
+    except KeyboardInterrupt:
+        raise LmarcError("interrupted: nothing was added, the archive is as it was") from None
+    except OSError as e:
+        raise LmarcError(f"cannot write {archive}: {e.strerror or e}; the archive is as it was") from e
+    finally:
+        ui.stop()
+        if not committed:
+            writer.rollback()
+        writer.close()
+        if not committed and writer.created:
+            archive.unlink(missing_ok=True)
+    return res
+
+
+def _add_one(p: Path, name: str, writer: ArchiveWriter, settings: Settings, ui: Reporter, res: Result) -> dict | None:
+    st = p.lstat()
+    entry = {"path": name, "mode": stat.S_IMODE(st.st_mode), "mtime": st.st_mtime_ns}
+    if stat.S_ISLNK(st.st_mode):
+        return entry | {"type": "symlink", "link": os.readlink(p), "size": 0}
+    if stat.S_ISDIR(st.st_mode):
+        return entry | {"type": "dir", "size": 0}
+    if not stat.S_ISREG(st.st_mode):
+        res.problems.append(f"{name}: not a regular file, directory or symlink; skipped")
+        return None
+    try:
+        data = p.read_bytes()
+    except OSError as e:
+        res.problems.append(f"{name}: cannot read ({e.strerror}); skipped")
+        return None
+    digest = hashlib.sha256(data).hexdigest()
+    entry |= {"type": "file", "size": len(data), "sha256": digest}
+    ui.file(name, len(data))
+    if digest not in writer.index.objects:
+        writer.index.objects[digest] = _store_object(data, name, writer, settings, ui)
+    else:
+        ui.advance(len(data))
+    ui.file_done(len(data), sum(c["length"] for s in writer.index.objects[digest]["streams"] for c in s["chunks"]))
+    return entry
+
+
+def _store_object(data: bytes, name: str, writer: ArchiveWriter, settings: Settings, ui: Reporter) -> dict:
+    chosen = split_file(data, name)
+    predictor = settings.predictor()
+    writer.index.models[predictor.model.model_id] = settings.model
+    streams = []
+    for s in chosen.split.streams:
+        coded = streamcoder.encode_stream(s.kind, s.data, predictor, ui.advance)
+        chunks = [c.record | writer.write_chunk(c.payload) for c in coded]
+        streams.append({"kind": s.kind, "size": len(s.data), "chunks": chunks})
+    return {"format": chosen.format.name, "format_version": chosen.format.version,
+            "recipe": chosen.split.recipe, "streams": streams}
+
+
+# ---- reading ------------------------------------------------------------------------------------
+def select(entries: list[dict], members: list[str] | None) -> list[dict]:
+    if not members:
+        return list(entries)
+    wanted = [archive_name(m) for m in members]
+    chosen = [e for e in entries if any(e.get("path") == w or str(e.get("path", "")).startswith(w + "/")
+                                        for w in wanted)]
+    missing = [m for m, w in zip(members, wanted, strict=True)
+               if not any(e["path"] == w or e["path"].startswith(w + "/") for e in chosen)]
+    if missing:
+        raise LmarcError(f"not in the archive: {', '.join(missing)}")
+    return chosen
+
+
+def _check_models(reader: ArchiveReader, entries: list[dict], settings: Settings) -> None:
+    """Fail before writing anything when a needed model is missing or different."""
+    for e in entries:
+        obj = reader.index.objects.get(e.get("sha256", "")) if e.get("type") == "file" else None
+        for s in (obj or {}).get("streams", []):
+            for c in s.get("chunks", []):
+                if c.get("codec") == "lm":
+                    mid = c.get("model")
+                    try:
+                        settings.predictor(mid, reader.index.models.get(mid))
+                    except ModelError as err:
+                        raise LmarcError(str(err)) from None
+
+
+def _decode_files(reader: ArchiveReader, entries: list[dict], settings: Settings, ui: Reporter) \
+        -> Iterator[tuple[dict, bytes | None, str | None]]:
+    """Yield (entry, verified bytes or None, problem) for file entries, decoding in groups."""
+    files = [e for e in entries if e.get("type") == "file"]
+    group: list[dict] = []
+    size = 0
+    for e in files + [None]:
+        if e is not None:
+            group.append(e)
+            size += int(e.get("size", 0))
+        if group and (e is None or size >= EXTRACT_GROUP_BYTES):
+            yield from _decode_group(reader, group, settings, ui)
+            group, size = [], 0
+
+
+def _decode_group(reader, group, settings, ui):
+    jobs, owners = [], []
+    plans = {}
+    for gi, e in enumerate(group):
+        try:
+            obj = reader.index.objects[e["sha256"]]
+            plan = []
+            for s in obj["streams"]:
+                ids = []
+                for c in s["chunks"]:
+                    jobs.append((s["kind"], c, reader.read_chunk(c)))
+                    owners.append(gi)
+                    ids.append(len(jobs) - 1)
+                plan.append((ids, s["size"]))
+            plans[gi] = (obj, plan)
+        except (ArchiveError, KeyError, TypeError) as err:
+            plans[gi] = err
+    bad = {gi for gi, p in plans.items() if isinstance(p, Exception)}
+    keep = [i for i, o in enumerate(owners) if o not in bad]
+    try:
+        decoded = dict(zip(keep, streamcoder.decode_chunks(
+            [jobs[i] for i in keep], lambda mid: settings.predictor(mid, reader.index.models.get(mid)),
+            ui.advance), strict=True))
+    except (ValueError, KeyError, TypeError, ArchiveError) as err:
+        if len(group) == 1:
+            yield group[0], None, f"damaged ({err})"
+            return
+        for e in group:  # find the damaged file(s) one by one
+            yield from _decode_group(reader, [e], settings, ui)
+        return
+    for gi, e in enumerate(group):
+        p = plans[gi]
+        if isinstance(p, Exception):
+            yield e, None, f"damaged ({p})"
+            continue
+        obj, plan = p
+        try:
+            streams = [b"".join(decoded[i] for i in ids) for ids, _ in plan]
+            if [len(s) for s in streams] != [n for _, n in plan]:
+                raise ValueError("stream size mismatch")
+            data = join_streams(obj["format"], streams, obj.get("recipe", {}))
+        except Exception as err:  # a damaged recipe can make a plugin raise anything
+            yield e, None, f"damaged ({err})"
+            continue
+        if hashlib.sha256(data).hexdigest() != e["sha256"]:
+            yield e, None, "damaged (checksum mismatch)"
+            continue
+        yield e, data, None
+
+
+def test(archive: Path, settings: Settings, ui: Reporter) -> Result:
+    res = Result()
+    with ArchiveReader(archive) as reader:
+        entries = reader.index.entries
+        _check_models(reader, entries, settings)
+        ui.start("testing", sum(int(e.get("size", 0)) for e in entries if e.get("type") == "file"))
+        try:
+            for e, data, problem in _decode_files(reader, entries, settings, ui):
+                if problem:
+                    res.problems.append(f"{e.get('path')}: {problem}")
+                else:
+                    res.ok += 1
+        finally:
+            ui.stop()
+        res.ok += sum(1 for e in entries if e.get("type") != "file")
+    return res
+
+
+def extract(archive: Path, dest: Path, members: list[str] | None, overwrite: bool, settings: Settings,
+            ui: Reporter) -> Result:
+    res = Result()
+    with ArchiveReader(archive) as reader:
+        entries = select(reader.index.entries, members)
+        for e in entries:
+            safe_member_path(e.get("path"))
+        _check_models(reader, entries, settings)
+        dest.mkdir(parents=True, exist_ok=True)
+        dest = dest.resolve()
+        ui.start("extracting", sum(int(e.get("size", 0)) for e in entries if e.get("type") == "file"))
+        try:
+            dirs = []
+            for e in entries:
+                if e.get("type") == "dir":
+                    try:
+                        target = _prepare_target(dest, e["path"], overwrite, is_dir=True)
+                        target.mkdir(exist_ok=True)
+                        dirs.append((target, e))
+                        res.ok += 1
+                    except (ArchiveError, OSError) as err:
+                        res.problems.append(f"{e['path']}: {err}")
+            for e, data, problem in _decode_files(reader, entries, settings, ui):
+                if problem:
+                    res.problems.append(f"{e.get('path')}: {problem}")
+                    continue
+                try:
+                    _write_file(dest, e, data, overwrite)
+                    res.ok += 1
+                except (ArchiveError, OSError) as err:
+                    res.problems.append(f"{e['path']}: {err}")
+            for e in entries:
+                if e.get("type") == "symlink":
+                    try:
+                        _write_symlink(dest, e, overwrite)
+                        res.ok += 1
+                    except (ArchiveError, OSError) as err:
+                        res.problems.append(f"{e['path']}: {err}")
+            for target, e in reversed(dirs):
+                _apply_meta(target, e)
+        finally:
+            ui.stop()
+    return res
+
+
+def _prepare_target(dest: Path, name: str, overwrite: bool, is_dir: bool = False) -> Path:
+    """dest/name, after checking no existing component is a symlink (never followed) and the
+    target itself may be written."""
+    rel = safe_member_path(name)
+    cur = dest
+    for part in rel.parts[:-1]:
+        cur = cur / part
+        if cur.is_symlink():
+            raise ArchiveError(f"refusing to write through the existing symlink {cur}")
+        cur.mkdir(exist_ok=True)
+    target = dest / rel
+    if target.is_symlink() or (target.exists() and not (is_dir and target.is_dir())):
+        if not overwrite:
+            raise ArchiveError("exists (use --overwrite to replace it)")
+        if target.is_dir() and not target.is_symlink():
+            raise ArchiveError("a directory is in the way")
+        target.unlink()
+    return target
+
+
+def _apply_meta(target: Path, e: dict) -> None:
+    mode = e.get("mode")
+    if isinstance(mode, int):
+        os.chmod(target, mode & 0o777)  # never setuid, setgid or sticky
+    mtime = e.get("mtime")
+    if isinstance(mtime, int):
+        os.utime(target, ns=(mtime, mtime))
+
+
+def _write_file(dest: Path, e: dict, data: bytes, overwrite: bool) -> None:
+    target = _prepare_target(dest, e["path"], overwrite)
+    fd, tmp = tempfile.mkstemp(prefix=".lmarc-", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        _apply_meta(Path(tmp), e)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _write_symlink(dest: Path, e: dict, overwrite: bool) -> None:
+    link = e.get("link")
+    if not isinstance(link, str) or not link or "\x00" in link:
+        raise ArchiveError("bad symlink target")
+    rel = safe_member_path(e["path"])
+    resolved = os.path.normpath(os.path.join(str(rel.parent), link))
+    if os.path.isabs(link) or resolved == ".." or resolved.startswith("../"):
+        raise ArchiveError(f"refusing symlink that points outside the destination ({link})")
+    target = _prepare_target(dest, e["path"], overwrite)
+    os.symlink(link, target)
+
+
+def listing(archive: Path) -> list[dict]:
+    with ArchiveReader(archive) as reader:
+        idx = reader.index
+        rows = []
+        for e in idx.entries:
+            obj = idx.objects.get(e.get("sha256", ""), {}) if e.get("type") == "file" else {}
+            chunks = [c for s in obj.get("streams", []) for c in s.get("chunks", [])]
+            stored = sum(c.get("length", 0) for c in chunks)
+            codecs = sorted({c.get("codec", "?") for c in chunks})
+            size = e.get("size", 0)
+            rows.append({
+                "path": e.get("path"), "type": e.get("type"), "size": size, "stored": stored,
+                "ratio": round(stored / size, 4) if size else None, "plugin": obj.get("format"),
+                "codec": "+".join(codecs) if codecs else None, "mode": e.get("mode"), "mtime_ns": e.get("mtime"),
+                "sha256": e.get("sha256"), "link": e.get("link"),
+            })
+        return rows

@@ -1,0 +1,162 @@
+"""`lmarc`: the command line. Exit 0 on success, 1 when some entries failed, 2 on a fatal error,
+130 on Ctrl-C; errors are one line on stderr (a traceback only with --debug)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from archiver import archive as ops
+from archiver.container import ArchiveError
+from archiver.intmodel import ModelError
+from archiver.progress import make_reporter
+
+DEFAULT_ARCHIVE = "archive.lma"
+
+
+def _global_options(p: argparse.ArgumentParser, suppress: bool) -> None:
+    d = (lambda v: argparse.SUPPRESS) if suppress else (lambda v: v)
+    p.add_argument("--threads", type=int, default=d(None), help="CPU threads for the model (default: torch's)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default=d("cpu"), help="where the model runs")
+    p.add_argument("-q", "--quiet", action="store_true", default=d(False), help="print nothing but errors")
+    p.add_argument("--no-progress", action="store_true", default=d(False), help="no progress bar")
+    p.add_argument("--debug", action="store_true", default=d(False), help="show tracebacks")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lmarc", description="Lossless archiver whose compressor is a language model.")
+    _global_options(parser, suppress=False)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def cmd(name: str, help_: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_)
+        _global_options(p, suppress=True)
+        return p
+
+    p = cmd("add", "create an archive or append files and directories to it")
+    p.add_argument("-a", "--archive", default=DEFAULT_ARCHIVE, help=f"archive to write (default: ./{DEFAULT_ARCHIVE})")
+    p.add_argument("--model", default="default", help="model name or .safetensors file (default: default)")
+    p.add_argument("paths", nargs="+", metavar="PATH")
+
+    p = cmd("extract", "restore files from an archive, byte for byte")
+    p.add_argument("archive")
+    p.add_argument("members", nargs="*", metavar="MEMBER", help="only these paths (and what is under them)")
+    p.add_argument("-C", "--directory", default=".", help="extract into this directory (default: .)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing files")
+
+    p = cmd("list", "list the entries of an archive")
+    p.add_argument("archive")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = cmd("test", "decode everything and verify checksums without writing anything")
+    p.add_argument("archive")
+
+    cmd("info", "show installed plugins, models and the inference engine")
+    return parser
+
+
+def _report(res: ops.Result, verb: str, quiet: bool) -> int:
+    for p in res.problems:
+        print(f"lmarc: {p}", file=sys.stderr)
+    if not quiet:
+        print(f"{verb} {res.ok} entries" + (f", {len(res.problems)} problems" if res.problems else ""))
+    return 1 if res.problems else 0
+
+
+def _human(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _list(args) -> int:
+    rows = ops.listing(Path(args.archive))
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    print(f"{'size':>10} {'stored':>10} {'ratio':>7}  {'plugin':<10} {'codec':<12} path")
+    for r in rows:
+        ratio = f"{r['ratio']:.1%}" if r["ratio"] is not None else "-"
+        path = r["path"] + ("/" if r["type"] == "dir" else "") + (f" -> {r['link']}" if r["type"] == "symlink" else "")
+        print(f"{r['size']:>10} {r['stored']:>10} {ratio:>7}  {r['plugin'] or '-':<10} {r['codec'] or '-':<12} {path}")
+    total, stored = sum(r["size"] for r in rows), sum(r["stored"] for r in rows)
+    if total:
+        print(f"{total:>10} {stored:>10} {stored / total:>7.1%}  {len(rows)} entries")
+    return 0
+
+
+def _info(args) -> int:
+    import torch
+
+    from archiver import registry
+    from archiver.engine import default_backend
+    from archiver.plugins import formats, plugin_versions
+
+    print("plugins:")
+    for name, dist, version in plugin_versions():
+        print(f"  {name:<12} {dist} {version}")
+    print("formats:")
+    for f in formats():
+        print(f"  {f.name:<12} v{f.version}  priority {f.priority:<3} {f.description}")
+    print("models:")
+    for name, path in sorted(registry.available().items()):
+        try:
+            m = registry.load(str(path))
+            c = m.config
+            print(f"  {name:<12} id {m.model_id[:16]}  {c['num_layers']} layers x {c['hidden_size']}, "
+                  f"context {c['context']}, vocab {c['vocab_size']}  ({path})")
+        except ModelError as e:
+            print(f"  {name:<12} unusable: {e}")
+    dev = torch.device(args.device)
+    print(f"engine: exact integer inference, torch {torch.__version__}, device {dev}, "
+          f"GEMM backend {default_backend(dev)}, threads {args.threads or torch.get_num_threads()}, "
+          f"cuda available: {torch.cuda.is_available()}")
+    return 0
+
+
+def run(args) -> int:
+    settings = ops.Settings(model=getattr(args, "model", "default"), device=args.device, threads=args.threads)
+    ui = make_reporter(args.quiet, args.no_progress)
+    if args.command == "add":
+        return _report(ops.add(Path(args.archive), args.paths, settings, ui), "added", args.quiet)
+    if args.command == "extract":
+        res = ops.extract(Path(args.archive), Path(args.directory), args.members, args.overwrite, settings, ui)
+        return _report(res, "extracted", args.quiet)
+    if args.command == "test":
+        res = ops.test(Path(args.archive), settings, ui)
+        code = _report(res, "tested", args.quiet)
+        if not code and not args.quiet:
+            print("all entries OK")
+        return code
+    if args.command == "list":
+        return _list(args)
+    return _info(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            print("lmarc: --device cuda: no CUDA device is available", file=sys.stderr)
+            return 2
+    try:
+        return run(args)
+    except KeyboardInterrupt:
+        print("lmarc: interrupted", file=sys.stderr)
+        return 130
+    except (ops.LmarcError, ArchiveError, ModelError, OSError, LookupError) as e:
+        if args.debug:
+            raise
+        msg = f"{e.filename}: {e.strerror}" if isinstance(e, OSError) and e.filename else str(e)
+        print(f"lmarc: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

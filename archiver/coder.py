@@ -1,0 +1,38 @@
+"""Range coding of token sequences with integer frequency tables (constriction).
+
+The engine's tables are integers summing to 2**24; they reach constriction as exactly representable
+float64 values, always the same dtype, so encoder and decoder quantize them identically.
+"""
+
+from __future__ import annotations
+
+import constriction
+import numpy as np
+
+_FAMILY = constriction.stream.model.Categorical(perfect=False)
+
+
+def encode(symbols: np.ndarray, freqs: np.ndarray) -> bytes:
+    """Range-code symbols[i] under the distribution freqs[i] (int64 [n, A])."""
+    enc = constriction.stream.queue.RangeEncoder()
+    if len(symbols):
+        enc.encode(np.ascontiguousarray(symbols, dtype=np.int32), _FAMILY, freqs.astype(np.float64))
+    return enc.get_compressed().tobytes()
+
+
+def ideal_bits(symbols: np.ndarray, freqs: np.ndarray) -> float:
+    """Information content in bits; what an ideal coder would spend (for benchmarks and tests)."""
+    p = freqs[np.arange(len(symbols)), symbols] / freqs.sum(1)
+    return float(-np.log2(p).sum())
+
+
+class Decoder:
+    """Decodes one symbol at a time, so a batch of chunks can be decoded in lockstep."""
+
+    def __init__(self, data: bytes):
+        if len(data) % 4:
+            raise ValueError("range-coded chunk length is not a multiple of 4")
+        self._dec = constriction.stream.queue.RangeDecoder(np.frombuffer(data, dtype=np.uint32).copy())
+
+    def decode(self, freq_row: np.ndarray) -> int:
+        return int(self._dec.decode(_FAMILY, freq_row[None, :].astype(np.float64))[0])

@@ -1,0 +1,210 @@
+"""The .lma container: a header, appended chunk data, and an index + trailer at the end.
+
+Layout (all integers little-endian; see docs/format.md):
+    header   16 bytes  MAGIC (8) | version u16 | reserved (6)
+    chunks   ...       compressed chunk payloads, referenced by offset from the index
+    index    n bytes   zlib-compressed JSON (entries, objects, chunk tables)
+    trailer  32 bytes  TRAILER_MAGIC (8) | index offset u64 | index length u64 | index crc32 | trailer crc32
+
+`add` appends chunks and a new index + trailer after the old one, so earlier data is never rewritten.
+A reader takes the last valid trailer: an `add` killed half-way leaves the previous state readable.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import mmap
+import os
+import struct
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+MAGIC = b"LMARC\r\n\x1a"
+VERSION = 1
+HEADER = MAGIC + struct.pack("<H", VERSION) + bytes(6)
+HEADER_LEN = len(HEADER)
+TRAILER_MAGIC = b"LMAIDX\x00\x01"
+TRAILER = struct.Struct("<8sQQII")
+MAX_INDEX = 1 << 30  # an index larger than this is not one we wrote
+LOCK_TIMEOUT = 30.0
+
+
+class ArchiveError(Exception):
+    """The archive is missing, damaged, of another version, or cannot be written."""
+
+
+@dataclass
+class Index:
+    entries: list[dict] = field(default_factory=list)
+    objects: dict[str, dict] = field(default_factory=dict)
+    models: dict[str, str] = field(default_factory=dict)
+
+    def to_bytes(self) -> bytes:
+        doc = {"format": "lmarc", "version": VERSION, "entries": self.entries, "objects": self.objects,
+               "models": self.models}
+        return zlib.compress(json.dumps(doc, separators=(",", ":")).encode(), 9)
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> Index:
+        try:
+            doc = json.loads(zlib.decompressobj().decompress(raw, MAX_INDEX))
+        except (zlib.error, ValueError, RecursionError) as e:
+            raise ArchiveError(f"archive index is unreadable: {e}") from e
+        if not isinstance(doc, dict) or doc.get("format") != "lmarc":
+            raise ArchiveError("archive index is not an lmarc index")
+        if doc.get("version") != VERSION:
+            raise ArchiveError(f"archive index version {doc.get('version')!r} is not supported (need {VERSION})")
+        entries, objects, models = doc.get("entries"), doc.get("objects"), doc.get("models", {})
+        if not isinstance(entries, list) or not isinstance(objects, dict) or not isinstance(models, dict):
+            raise ArchiveError("archive index is malformed")
+        return cls(entries, objects, models)
+
+
+def _find_trailer(mm, size: int) -> tuple[int, int, int]:
+    """(index offset, index length, end of archive) of the last valid trailer."""
+    end = size
+    while end >= HEADER_LEN + TRAILER.size:
+        pos = mm.rfind(TRAILER_MAGIC, HEADER_LEN, end - TRAILER.size + len(TRAILER_MAGIC))
+        if pos < 0:
+            break
+        raw = mm[pos : pos + TRAILER.size]
+        magic, off, length, icrc, tcrc = TRAILER.unpack(raw)
+        if (
+            zlib.crc32(raw[:-4]) == tcrc
+            and off >= HEADER_LEN
+            and off + length == pos
+            and length <= MAX_INDEX
+            and zlib.crc32(mm[off:pos]) == icrc
+        ):
+            return off, length, pos + TRAILER.size
+        end = pos + TRAILER.size - 1
+    raise ArchiveError("no valid index found: the archive is truncated or damaged")
+
+
+class ArchiveReader:
+    """Read-only view of an archive: its index, and bounds- and CRC-checked chunk payloads."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        try:
+            self._f = open(self.path, "rb")
+        except OSError as e:
+            raise ArchiveError(f"cannot open archive {path}: {e.strerror}") from e
+        self.size = os.fstat(self._f.fileno()).st_size
+        if self._f.read(HEADER_LEN)[:8] != MAGIC:
+            self._f.close()
+            raise ArchiveError(f"{path} is not an lmarc archive")
+        self._f.seek(0)
+        head = self._f.read(HEADER_LEN)
+        (version,) = struct.unpack("<H", head[8:10])
+        if version != VERSION:
+            self._f.close()
+            raise ArchiveError(f"archive format version {version} is not supported (this lmarc reads {VERSION})")
+        if self.size < HEADER_LEN + TRAILER.size:
+            self._f.close()
+            raise ArchiveError("archive is truncated")
+        with mmap.mmap(self._f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            off, length, self.end = _find_trailer(mm, self.size)
+            self.index = Index.from_bytes(bytes(mm[off : off + length]))
+        self.data_end = off
+
+    def read_chunk(self, chunk: dict) -> bytes:
+        off, length = chunk["offset"], chunk["length"]
+        if not (isinstance(off, int) and isinstance(length, int)) or off < HEADER_LEN or off + length > self.data_end \
+                or length < 0:
+            raise ArchiveError("chunk lies outside the archive's data area")
+        self._f.seek(off)
+        data = self._f.read(length)
+        if len(data) != length or zlib.crc32(data) != chunk["crc32"]:
+            raise ArchiveError("chunk CRC mismatch")
+        return data
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self) -> ArchiveReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class ArchiveWriter:
+    """Appends to (or creates) an archive under an exclusive lock; rolls back on any failure."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.index = Index()
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise ArchiveError(f"cannot open archive {path} for writing: {e.strerror}") from e
+        self._f = os.fdopen(fd, "r+b")
+        self._lock()
+        size = os.fstat(fd).st_size
+        if size == 0:
+            self._f.write(HEADER)
+            self.start = HEADER_LEN
+            self.created = True
+        else:
+            self.created = False
+            try:
+                reader = ArchiveReader(self.path)
+            except ArchiveError:
+                self._unlock_close()
+                raise
+            self.index = reader.index
+            self.start = reader.end  # anything after the last valid trailer is a killed add's debris
+            reader.close()
+        self._f.seek(self.start)
+        self._f.truncate(self.start)
+        self.pos = self.start
+
+    def _lock(self) -> None:
+        deadline = time.monotonic() + LOCK_TIMEOUT
+        while True:
+            try:
+                fcntl.flock(self._f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    self._f.close()
+                    raise ArchiveError(f"{self.path} is locked by another lmarc process") from None
+                time.sleep(0.1)
+
+    def write_chunk(self, payload: bytes) -> dict:
+        """Append a payload; returns its location record for the chunk table."""
+        self._f.write(payload)
+        rec = {"offset": self.pos, "length": len(payload), "crc32": zlib.crc32(payload)}
+        self.pos += len(payload)
+        return rec
+
+    def commit(self) -> None:
+        raw = self.index.to_bytes()
+        self._f.write(raw)
+        head = TRAILER_MAGIC + struct.pack("<QQI", self.pos, len(raw), zlib.crc32(raw))
+        self._f.write(head + struct.pack("<I", zlib.crc32(head)))
+        self._f.flush()
+        os.fsync(self._f.fileno())
+        self.start = self.pos = self._f.tell()
+
+    def rollback(self) -> None:
+        """Drop everything written since the last commit (the previous index stays the last one)."""
+        try:
+            self._f.flush()
+        except OSError:
+            pass
+        self._f.truncate(self.start)
+        self._f.flush()
+
+    def _unlock_close(self) -> None:
+        try:
+            fcntl.flock(self._f.fileno(), fcntl.LOCK_UN)
+        finally:
+            self._f.close()
+
+    def close(self) -> None:
+        self._unlock_close()

@@ -1,0 +1,133 @@
+"""Streams -> coded chunks and back: chunking, batched LM scoring, range coding, classic fallback.
+
+Each LM-coded stream is cut into chunks of at most context-1 tokens; every chunk starts cold from
+its kind's BOS token, so chunks decode independently (one member extracts only its own chunks,
+damage stays inside one chunk). A chunk keeps the LM coding only when it beats the classic codecs
+on the same bytes, and a whole stream goes classic when that is smaller still: the LM never costs
+more than a few bytes over xz/zstd, and incompressible data is stored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from archiver import classic, coder
+from archiver.engine import Engine
+from archiver.intmodel import IntModel
+from archiver.vocab import ByteVocab
+
+CLASSIC_BLOCK = 4 << 20  # classic-coded streams are cut into blocks this size (bounds memory on extract)
+DECODE_BATCH = 64
+
+
+@dataclass
+class Coded:
+    record: dict  # chunk table entry without its location
+    payload: bytes
+
+
+class Predictor:
+    """An engine plus the vocabulary that maps streams to its tokens."""
+
+    def __init__(self, model: IntModel, device: str = "cpu", threads: int | None = None):
+        self.model = model
+        self.engine = Engine(model, device=device, threads=threads)
+        self.vocab = ByteVocab(model.config)
+        self.chunk_tokens = model.context - 1
+
+
+def _classic_blocks(data: bytes) -> list[Coded]:
+    out = []
+    for i in range(0, len(data), CLASSIC_BLOCK):
+        block = data[i : i + CLASSIC_BLOCK]
+        codec, payload = classic.best(block)
+        out.append(Coded({"codec": codec, "size": len(block), "tokens": 0}, payload))
+    return out
+
+
+def encode_stream(kind: str, data: bytes, predictor: Predictor | None,
+                  on_progress: Callable[[int], None] | None = None) -> list[Coded]:
+    """Code one stream; `on_progress(n)` is called with bytes done as chunks finish."""
+    whole = _classic_blocks(data)
+    if kind == "stored" or predictor is None or not data:
+        if on_progress:
+            on_progress(len(data))
+        return whole
+    v = predictor.vocab
+    symbols = v.symbols(kind, data)
+    n = predictor.chunk_tokens
+    pieces = [symbols[i : i + n] for i in range(0, len(symbols), n)]
+    bos = v.bos(kind)
+    coded: list[Coded] = []
+    group = 8  # score a few chunks at a time so progress moves and memory stays bounded
+    for g in range(0, len(pieces), group):
+        batch = pieces[g : g + group]
+        seqs = [[bos, *v.token_ids(p).tolist()] for p in batch]
+        freqs = predictor.engine.score(seqs, v.alphabet(kind))
+        for p, f in zip(batch, freqs, strict=True):
+            raw = v.to_bytes(kind, p)
+            lm = coder.encode(p, f)
+            codec, payload = classic.best(raw)
+            rec = {"codec": codec, "size": len(raw), "tokens": 0}
+            if len(lm) < len(payload):
+                payload = lm
+                rec = {"codec": "lm", "size": len(raw), "tokens": len(p), "model": predictor.model.model_id}
+            coded.append(Coded(rec, payload))
+            if on_progress:
+                on_progress(len(raw))
+    if sum(len(c.payload) for c in whole) <= sum(len(c.payload) for c in coded):
+        return whole
+    return coded
+
+
+def decode_chunks(kind_chunks: list[tuple[str, dict, bytes]], predictor_for: Callable[[str], Predictor],
+                  on_progress: Callable[[int], None] | None = None) -> list[bytes]:
+    """Decode chunks (kind, record, payload) in any mix; LM chunks run in lockstep batches."""
+    out: list[bytes | None] = [None] * len(kind_chunks)
+    lm: dict[str, list[int]] = {}
+    for i, (kind, rec, payload) in enumerate(kind_chunks):
+        if rec["codec"] == "lm":
+            lm.setdefault(rec["model"], []).append(i)
+        else:
+            out[i] = classic.decompress(rec["codec"], payload, rec["size"])
+            if on_progress:
+                on_progress(rec["size"])
+    for model_id, idxs in lm.items():
+        pred = predictor_for(model_id)
+        idxs.sort(key=lambda i: -kind_chunks[i][1]["tokens"])
+        for b in range(0, len(idxs), DECODE_BATCH):
+            batch = idxs[b : b + DECODE_BATCH]
+            for i, symbols in zip(batch, _decode_lm_batch(pred, [kind_chunks[i] for i in batch]), strict=True):
+                kind, rec, _ = kind_chunks[i]
+                data = pred.vocab.to_bytes(kind, symbols)
+                if len(data) != rec["size"]:
+                    raise ValueError("LM chunk decodes to the wrong size")
+                out[i] = data
+                if on_progress:
+                    on_progress(rec["size"])
+    return out  # type: ignore[return-value]
+
+
+def _decode_lm_batch(pred: Predictor, chunks: list[tuple[str, dict, bytes]]) -> list[np.ndarray]:
+    v = pred.vocab
+    kinds = {v.alphabet(k).data_ptr() for k, _, _ in chunks}
+    if len(kinds) != 1:
+        raise ValueError("one lockstep batch must share its alphabet")
+    lengths = [rec["tokens"] for _, rec, _ in chunks]
+    if max(lengths) > pred.chunk_tokens:
+        raise ValueError("chunk claims more tokens than the model's context")
+    session = pred.engine.session(len(chunks), v.alphabet(chunks[0][0]))
+    decoders = [coder.Decoder(p) for _, _, p in chunks]
+    feed = np.array([v.bos(k) for k, _, _ in chunks], dtype=np.int64)
+    out = [np.empty(n, dtype=np.int32) for n in lengths]
+    for step in range(max(lengths)):
+        freqs = session.feed(feed)
+        for r, dec in enumerate(decoders):
+            if step < lengths[r]:
+                s = dec.decode(freqs[r])
+                out[r][step] = s
+                feed[r] = v.token_ids(np.array([s]))[0]
+    return out
