@@ -50,11 +50,12 @@ def _ids() -> dict[str, Path]:
     return {intmodel.file_sha256(f): f for f in available().values()}
 
 
-def by_id(model_id: str, hint: str | None = None, extra: IntModel | None = None) -> IntModel:
+def by_id(model_id: str, hint: str | None = None) -> IntModel:
     """The installed model with this content hash; a clear error naming it when there is none."""
-    if extra is not None and extra.model_id == model_id:
-        return extra
     f = _ids().get(model_id)
+    if f is None and hint and hint.endswith(".safetensors") and Path(hint).is_file():
+        if intmodel.file_sha256(Path(hint)) == model_id:  # added with --model FILE: same file still there
+            f = Path(hint)
     if f is None:
         name = f" ({hint})" if hint else ""
         raise ModelError(f"this archive needs model {model_id[:16]}{name}, which is not installed")

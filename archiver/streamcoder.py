@@ -21,6 +21,7 @@ from archiver.vocab import ByteVocab
 
 CLASSIC_BLOCK = 4 << 20  # classic-coded streams are cut into blocks this size (bounds memory on extract)
 DECODE_BATCH = 64
+SCORE_TOKENS = 8192  # tokens scored per engine call: progress moves, memory stays bounded
 
 
 @dataclass
@@ -48,11 +49,23 @@ def _classic_blocks(data: bytes) -> list[Coded]:
     return out
 
 
+def looks_random(data: bytes, classic_coded: list[Coded]) -> bool:
+    """Data no classic codec shrinks and whose bytes are near-uniform: not worth LM time.
+
+    (Audio and images also resist zstd/xz, but their byte histograms are far from flat.)
+    """
+    if sum(len(c.payload) for c in classic_coded) < len(data) or len(data) < 4096:
+        return False
+    counts = np.bincount(np.frombuffer(data, dtype=np.uint8), minlength=256)
+    p = counts[counts > 0] / len(data)
+    return float(-(p * np.log2(p)).sum()) > 7.9
+
+
 def encode_stream(kind: str, data: bytes, predictor: Predictor | None,
                   on_progress: Callable[[int], None] | None = None) -> list[Coded]:
     """Code one stream; `on_progress(n)` is called with bytes done as chunks finish."""
     whole = _classic_blocks(data)
-    if kind == "stored" or predictor is None or not data:
+    if kind == "stored" or predictor is None or not data or looks_random(data, whole):
         if on_progress:
             on_progress(len(data))
         return whole
@@ -62,7 +75,7 @@ def encode_stream(kind: str, data: bytes, predictor: Predictor | None,
     pieces = [symbols[i : i + n] for i in range(0, len(symbols), n)]
     bos = v.bos(kind)
     coded: list[Coded] = []
-    group = 8  # score a few chunks at a time so progress moves and memory stays bounded
+    group = max(1, SCORE_TOKENS // n)
     for g in range(0, len(pieces), group):
         batch = pieces[g : g + group]
         seqs = [[bos, *v.token_ids(p).tolist()] for p in batch]

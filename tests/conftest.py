@@ -1,0 +1,43 @@
+"""Shared fixtures: the tiny test model, the corpus location, and an in-process CLI runner."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from archiver.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = Path(__file__).parent / "fixtures"
+TINY = FIXTURES / "tiny.safetensors"
+SAMPLES = ROOT / "samples"
+CORPUS = ROOT.parent / "shared" / "corpus"
+
+
+@pytest.fixture
+def tiny() -> str:
+    return str(TINY)
+
+
+@pytest.fixture
+def corpus() -> Path:
+    if not CORPUS.is_dir():
+        pytest.skip("../shared/corpus is not present")
+    return CORPUS
+
+
+class Cli:
+    def __init__(self, capsys):
+        self.capsys = capsys
+
+    def __call__(self, *args: str, code: int = 0) -> tuple[str, str]:
+        rc = main([str(a) for a in args])
+        out, err = self.capsys.readouterr()
+        assert rc == code, f"exit {rc} (wanted {code}); stderr: {err}"
+        return out, err
+
+
+@pytest.fixture
+def cli(capsys) -> Cli:
+    return Cli(capsys)

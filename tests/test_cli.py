@@ -1,0 +1,164 @@
+"""End to end through the `lmarc` command line, on the demo files and (when present) the corpus."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import SAMPLES
+
+SAMPLE_FILES = ["notes.txt", "gradient.png", "chord.wav", "records.bin", "weather.json"]
+
+
+def _same_tree(a: Path, b: Path) -> None:
+    for f in a.rglob("*"):
+        g = b / f.relative_to(a)
+        if f.is_symlink():
+            assert g.is_symlink() and os.readlink(f) == os.readlink(g)
+        elif f.is_file():
+            assert g.read_bytes() == f.read_bytes(), f
+            assert g.stat().st_mode & 0o777 == f.stat().st_mode & 0o777
+            assert g.stat().st_mtime_ns == f.stat().st_mtime_ns
+        else:
+            assert g.is_dir(), f
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    src = tmp_path / "src"
+    shutil.copytree(SAMPLES, src / "samples")
+    (src / "samples" / "empty_dir").mkdir()
+    (src / "samples" / "empty.txt").write_bytes(b"")
+    (src / "samples" / "copy_of_notes.txt").write_bytes((SAMPLES / "notes.txt").read_bytes())
+    os.symlink("notes.txt", src / "samples" / "link_to_notes")
+    os.chmod(src / "samples" / "records.bin", 0o600)
+    return src
+
+
+def test_round_trip_text_image_audio_binary(cli, tiny, tree, tmp_path, monkeypatch):
+    monkeypatch.chdir(tree)
+    arc = tmp_path / "a.lma"
+    cli("add", "-a", arc, "--model", tiny, "samples")
+    out, _ = cli("list", arc, "--json")
+    rows = {r["path"]: r for r in json.loads(out)}
+    assert rows["samples/gradient.png"]["plugin"] == "png"
+    assert rows["samples/chord.wav"]["plugin"] == "wav"
+    assert rows["samples/notes.txt"]["plugin"] == "text"
+    assert rows["samples/empty_dir"]["type"] == "dir"
+    assert rows["samples/link_to_notes"]["type"] == "symlink"
+    assert {"path", "size", "stored", "ratio", "plugin", "codec"} <= set(rows["samples/notes.txt"])
+    cli("test", arc)
+    cli("extract", arc, "-C", tmp_path / "out")
+    _same_tree(tree / "samples", tmp_path / "out" / "samples")
+    assert (tmp_path / "out" / "samples" / "empty_dir").is_dir()
+
+
+def test_same_content_is_stored_once(cli, tiny, tree, tmp_path):
+    arc = tmp_path / "a.lma"
+    cli("add", "-a", arc, "--model", tiny, tree / "samples" / "notes.txt")
+    size_one = arc.stat().st_size
+    cli("add", "-a", arc, "--model", tiny, tree / "samples" / "copy_of_notes.txt")
+    assert arc.stat().st_size - size_one < 600  # only a new index, no second copy of the data
+
+
+def test_append_and_single_member_extract(cli, tiny, tree, tmp_path, monkeypatch):
+    monkeypatch.chdir(tree / "samples")
+    arc = tmp_path / "a.lma"
+    cli("add", "-a", arc, "--model", tiny, "notes.txt")
+    cli("add", "-a", arc, "--model", tiny, "chord.wav", "weather.json")
+    out, _ = cli("list", arc, "--json")
+    assert [r["path"] for r in json.loads(out)] == ["notes.txt", "chord.wav", "weather.json"]
+    cli("extract", arc, "chord.wav", "-C", tmp_path / "one")
+    assert [p.name for p in (tmp_path / "one").iterdir()] == ["chord.wav"]
+    assert (tmp_path / "one" / "chord.wav").read_bytes() == (SAMPLES / "chord.wav").read_bytes()
+    cli("extract", arc, "nope.txt", "-C", tmp_path / "two", code=2)
+
+
+def test_test_names_a_flipped_byte(cli, tiny, tree, tmp_path, monkeypatch):
+    monkeypatch.chdir(tree / "samples")
+    arc = tmp_path / "a.lma"
+    cli("add", "-a", arc, "--model", tiny, "notes.txt", "records.bin")
+    first_chunk = json.loads(cli("list", arc, "--json")[0])  # noqa: F841 (listing must work before damage)
+    data = bytearray(arc.read_bytes())
+    data[20] ^= 0x40  # inside the first entry's first chunk
+    arc.write_bytes(bytes(data))
+    _, err = cli("test", arc, code=1)
+    assert "notes.txt" in err and "damaged" in err
+    assert "records.bin" not in err
+    _, err = cli("extract", arc, "-C", tmp_path / "out", code=1)
+    assert (tmp_path / "out" / "records.bin").read_bytes() == (SAMPLES / "records.bin").read_bytes()
+    assert not (tmp_path / "out" / "notes.txt").exists()
+
+
+def test_random_data_does_not_expand(cli, tiny, tmp_path):
+    blob = tmp_path / "random.bin"
+    blob.write_bytes(os.urandom(200_000))
+    arc = tmp_path / "a.lma"
+    cli("add", "-a", arc, "--model", tiny, blob)
+    assert arc.stat().st_size <= 200_000 * 1.01 + 1024
+
+
+def test_existing_files_need_overwrite(cli, tiny, tree, tmp_path, monkeypatch):
+    monkeypatch.chdir(tree / "samples")
+    arc = tmp_path / "a.lma"
+    cli("add", "-a", arc, "--model", tiny, "notes.txt")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    _, err = cli("extract", arc, "-C", out, code=1)
+    assert "exists" in err and (out / "notes.txt").read_text() == "mine"
+    cli("extract", arc, "-C", out, "--overwrite")
+    assert (out / "notes.txt").read_bytes() == (SAMPLES / "notes.txt").read_bytes()
+
+
+def test_errors_are_one_line(cli, tmp_path):
+    bad = tmp_path / "bad.lma"
+    bad.write_bytes(b"not an archive at all")
+    _, err = cli("list", bad, code=2)
+    assert err.count("\n") == 1 and "not an lmarc archive" in err
+    _, err = cli("test", tmp_path / "missing.lma", code=2)
+    assert err.startswith("lmarc: ") and err.count("\n") == 1
+
+
+def test_global_options_before_or_after_command(cli, tiny, tree, tmp_path):
+    arc = tmp_path / "a.lma"
+    cli("--threads", "1", "-q", "add", "-a", arc, "--model", tiny, tree / "samples" / "notes.txt")
+    out, _ = cli("test", arc, "--threads", "1", "--no-progress", "-q")
+    assert out == ""
+
+
+def test_info_lists_plugins_and_models(cli):
+    out, _ = cli("info")
+    for name in ("raw", "text", "png", "wav", "compressed"):
+        assert name in out
+    assert "engine: exact integer inference" in out
+
+
+def test_help_on_every_command():
+    for cmd in ("add", "extract", "list", "test", "info"):
+        r = subprocess.run([sys.executable, "-m", "archiver.cli", cmd, "--help"], capture_output=True, text=True)
+        assert r.returncode == 0 and "usage: lmarc" in r.stdout
+
+
+def test_corpus_images_and_audio_round_trip(cli, tiny, corpus, tmp_path, monkeypatch):
+    """A slice of the real corpus: PNG photos/icons, the fax PBM, WAVs of several layouts."""
+    picks = sorted((corpus / "image" / "gimp_icons").glob("legacy_*"))[:6]
+    picks += list((corpus / "image" / "bilevel_fax").iterdir())
+    picks += sorted((corpus / "audio" / "music_flac_testbench").glob("*.wav"), key=lambda p: p.stat().st_size)[:4]
+    picks += sorted((corpus / "audio" / "speech_fsdd").glob("*.wav"))[:3]
+    src = tmp_path / "src"
+    src.mkdir()
+    for p in picks:
+        shutil.copy(p, src / p.name)
+    arc = tmp_path / "a.lma"
+    monkeypatch.chdir(tmp_path)
+    cli("add", "-a", arc, "--model", tiny, "src")
+    cli("extract", arc, "-C", tmp_path / "out")
+    for p in picks:
+        assert (tmp_path / "out" / "src" / p.name).read_bytes() == p.read_bytes(), p.name

@@ -1,0 +1,116 @@
+"""The exact engine: identical frequency tables however and wherever they are computed."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from archiver import intmodel
+from archiver.engine import TOTAL, Engine
+from tests.conftest import ROOT, TINY
+
+ALPHA = torch.arange(256)
+
+
+def _seqs(n: int, seed: int, ctx: int) -> list[list[int]]:
+    rng = np.random.default_rng(seed)
+    text = (ROOT / "samples" / "notes.txt").read_bytes()
+    out = []
+    for i in range(n):
+        length = int(rng.integers(1, ctx))
+        if i % 2:
+            body = list(rng.integers(0, 256, length))
+        else:
+            start = int(rng.integers(0, len(text) - length))
+            body = list(text[start : start + length])
+        out.append([256 + i % 4, *[int(b) for b in body]])
+    return out
+
+
+def _digest(tables: list[np.ndarray]) -> str:
+    h = hashlib.sha256()
+    for t in tables:
+        h.update(np.ascontiguousarray(t, dtype=np.int64).tobytes())
+    return h.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def model():
+    return intmodel.load(TINY)
+
+
+def test_tables_are_valid_distributions(model):
+    eng = Engine(model)
+    for t in eng.score(_seqs(5, 0, model.context), ALPHA):
+        assert t.shape[1] == 256
+        assert (t >= 1).all() and (t.sum(1) == TOTAL).all()
+
+
+def test_parallel_equals_incremental(model):
+    eng = Engine(model)
+    seqs = _seqs(7, 1, model.context)
+    par = eng.score(seqs, ALPHA)
+    sess = eng.session(len(seqs), ALPHA)
+    steps = max(len(s) for s in seqs) - 1
+    inc: list[list[np.ndarray]] = [[] for _ in seqs]
+    for i in range(steps):
+        f = sess.feed([s[i] if i < len(s) else 0 for s in seqs])
+        for j, s in enumerate(seqs):
+            if i < len(s) - 1:
+                inc[j].append(f[j])
+    for p, rows in zip(par, inc, strict=True):
+        assert np.array_equal(p, np.array(rows))
+
+
+def test_batch_composition_does_not_matter(model):
+    eng = Engine(model)
+    target = _seqs(1, 2, model.context)[0]
+    alone = eng.score([target], ALPHA)[0]
+    for n in (7, 64):
+        others = _seqs(n - 1, 10 + n, model.context)
+        mixed = others[: n // 2] + [target] + others[n // 2 :]
+        assert np.array_equal(eng.score(mixed, ALPHA)[n // 2], alone)
+
+
+def test_gemm_backends_are_bit_identical(model):
+    seqs = _seqs(6, 3, model.context)
+    ref = _digest(Engine(model, backend="int").score(seqs, ALPHA))
+    for backend in ("f32", "f64"):
+        assert _digest(Engine(model, backend=backend).score(seqs, ALPHA)) == ref, backend
+
+
+_PROBE = """
+import sys, torch, numpy as np
+sys.path.insert(0, {root!r})
+from tests.test_engine import _seqs, _digest, ALPHA
+from archiver import intmodel
+from archiver.engine import Engine
+m = intmodel.load({tiny!r})
+e = Engine(m, threads={threads})
+s = _seqs(6, 4, m.context)
+par = e.score(s, ALPHA)
+sess = e.session(len(s), ALPHA)
+inc = [sess.feed([q[i] if i < len(q) else 0 for q in s]) for i in range(max(map(len, s)) - 1)]
+print(_digest(par), _digest(inc))
+"""
+
+
+def _probe(threads: int, env_extra: dict[str, str]) -> str:
+    env = dict(os.environ, **env_extra)
+    code = _PROBE.format(root=str(ROOT), tiny=str(TINY), threads=threads)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    return out.stdout.strip()
+
+
+def test_threads_and_cpu_kernels_do_not_matter():
+    """Fresh processes: 1 vs 2 threads, default vs AVX2-only kernels, give the same tables."""
+    ref = _probe(1, {})
+    assert _probe(2, {}) == ref
+    assert _probe(2, {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}) == ref
+    assert _probe(1, {"ATEN_CPU_CAPABILITY": "default"}) == ref
