@@ -18,8 +18,9 @@ from pathlib import Path, PurePosixPath
 
 from archiver import registry, streamcoder
 from archiver.container import ArchiveError, ArchiveReader, ArchiveWriter
-from archiver.formats import join_streams, split_file
+from archiver.formats import RAW, Stream, join_streams, split_file
 from archiver.intmodel import ModelError
+from archiver.plugins import format_by_name
 from archiver.progress import Reporter
 from archiver.streamcoder import Predictor
 
@@ -152,16 +153,22 @@ def _add_one(p: Path, name: str, writer: ArchiveWriter, settings: Settings, ui: 
 
 
 def _store_object(data: bytes, name: str, writer: ArchiveWriter, settings: Settings, ui: Reporter) -> dict:
+    """Code a file's streams; if the classic codecs on the file's own bytes do better (a PNG whose
+    pixels the model cannot beat its deflate on), keep those instead."""
     chosen = split_file(data, name)
     predictor = settings.predictor()
-    writer.index.models[predictor.model.model_id] = settings.model
-    streams = []
-    for s in chosen.split.streams:
-        coded = streamcoder.encode_stream(s.kind, s.data, predictor, ui.advance)
-        chunks = [c.record | writer.write_chunk(c.payload) for c in coded]
-        streams.append({"kind": s.kind, "size": len(s.data), "chunks": chunks})
-    return {"format": chosen.format.name, "format_version": chosen.format.version,
-            "recipe": chosen.split.recipe, "streams": streams}
+    coded = [(s, streamcoder.encode_stream(s.kind, s.data, predictor, ui.advance)) for s in chosen.split.streams]
+    fmt, recipe = chosen.format, chosen.split.recipe
+    if fmt.name != RAW:
+        whole = streamcoder.classic_blocks(data)
+        if sum(len(c.payload) for c in whole) < sum(len(c.payload) for _, cs in coded for c in cs):
+            fmt, recipe = format_by_name(RAW), {}
+            coded = [(Stream("binary", data), whole)]
+    if any(c.record["codec"] == "lm" for _, cs in coded for c in cs):
+        writer.index.models[predictor.model.model_id] = settings.model
+    streams = [{"kind": s.kind, "size": len(s.data), "chunks": [c.record | writer.write_chunk(c.payload) for c in cs]}
+               for s, cs in coded]
+    return {"format": fmt.name, "format_version": fmt.version, "recipe": recipe, "streams": streams}
 
 
 # ---- reading ------------------------------------------------------------------------------------
@@ -264,7 +271,7 @@ def test(archive: Path, settings: Settings, ui: Reporter) -> Result:
         _check_models(reader, entries, settings)
         ui.start("testing", sum(int(e.get("size", 0)) for e in entries if e.get("type") == "file"))
         try:
-            for e, data, problem in _decode_files(reader, entries, settings, ui):
+            for e, _data, problem in _decode_files(reader, entries, settings, ui):
                 if problem:
                     res.problems.append(f"{e.get('path')}: {problem}")
                 else:

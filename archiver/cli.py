@@ -26,7 +26,8 @@ def _global_options(p: argparse.ArgumentParser, suppress: bool) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lmarc", description="Lossless archiver whose compressor is a language model.")
+    parser = argparse.ArgumentParser(prog="lmarc",
+                                     description="Lossless archiver whose compressor is a language model.")
     _global_options(parser, suppress=False)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

@@ -226,6 +226,7 @@ def convert_llama(hf_model, extra: dict | None = None, context: int | None = Non
         "context": ctx,
         **(extra or {}),
     }
-    model = IntModel(config, QMatrix.from_float(embed), layers, QMatrix.from_float(head), _tables(head_dim, ctx, rope_theta))
+    tables = _tables(head_dim, ctx, rope_theta)
+    model = IntModel(config, QMatrix.from_float(embed), layers, QMatrix.from_float(head), tables)
     model.check_bounds()
     return model

@@ -40,7 +40,7 @@ class Predictor:
         self.chunk_tokens = model.context - 1
 
 
-def _classic_blocks(data: bytes) -> list[Coded]:
+def classic_blocks(data: bytes) -> list[Coded]:
     out = []
     for i in range(0, len(data), CLASSIC_BLOCK):
         block = data[i : i + CLASSIC_BLOCK]
@@ -64,7 +64,7 @@ def looks_random(data: bytes, classic_coded: list[Coded]) -> bool:
 def encode_stream(kind: str, data: bytes, predictor: Predictor | None,
                   on_progress: Callable[[int], None] | None = None) -> list[Coded]:
     """Code one stream; `on_progress(n)` is called with bytes done as chunks finish."""
-    whole = _classic_blocks(data)
+    whole = classic_blocks(data)
     if kind == "stored" or predictor is None or not data or looks_random(data, whole):
         if on_progress:
             on_progress(len(data))
@@ -101,7 +101,7 @@ def decode_chunks(kind_chunks: list[tuple[str, dict, bytes]], predictor_for: Cal
     """Decode chunks (kind, record, payload) in any mix; LM chunks run in lockstep batches."""
     out: list[bytes | None] = [None] * len(kind_chunks)
     lm: dict[str, list[int]] = {}
-    for i, (kind, rec, payload) in enumerate(kind_chunks):
+    for i, (_kind, rec, payload) in enumerate(kind_chunks):
         if rec["codec"] == "lm":
             lm.setdefault(rec["model"], []).append(i)
         else:

@@ -147,11 +147,10 @@ def test_help_on_every_command():
 
 
 def test_corpus_images_and_audio_round_trip(cli, tiny, corpus, tmp_path, monkeypatch):
-    """A slice of the real corpus: PNG photos/icons, the fax PBM, WAVs of several layouts."""
+    """A slice of the real corpus, small enough for CI: PNG icons and spoken-digit WAVs.
+    (test_formats checks every corpus image and audio file at the plugin level.)"""
     picks = sorted((corpus / "image" / "gimp_icons").glob("legacy_*"))[:6]
-    picks += list((corpus / "image" / "bilevel_fax").iterdir())
-    picks += sorted((corpus / "audio" / "music_flac_testbench").glob("*.wav"), key=lambda p: p.stat().st_size)[:4]
-    picks += sorted((corpus / "audio" / "speech_fsdd").glob("*.wav"))[:3]
+    picks += sorted((corpus / "audio" / "speech_fsdd").glob("*.wav"))[:2]
     src = tmp_path / "src"
     src.mkdir()
     for p in picks:

@@ -1,0 +1,134 @@
+"""Format plugins: join(split(x)) == x for anything, and real files take the plugin meant for them."""
+
+from __future__ import annotations
+
+import io
+import struct
+import wave
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from archiver.formats import join_streams, split_file
+from archiver.plugins import formats
+
+
+def roundtrip(data: bytes, path: str = "") -> str:
+    chosen = split_file(data, path)
+    assert join_streams(chosen.format.name, [s.data for s in chosen.split.streams], chosen.split.recipe) == data
+    return chosen.format.name
+
+
+def png_bytes(w: int, h: int, mode: str, seed: int, **save) -> bytes:
+    rng = np.random.default_rng(seed)
+    chans = {"L": 1, "RGB": 3, "RGBA": 4, "LA": 2, "P": 1}[mode]
+    arr = rng.integers(0, 256, (h, w, chans), dtype=np.uint8)
+    arr = (arr // 32 * 32).astype(np.uint8)  # some structure for the filters to find
+    im = Image.fromarray(arr[:, :, 0] if chans == 1 else arr, "L" if chans == 1 else mode)
+    if mode == "P":
+        im = im.convert("P")
+    buf = io.BytesIO()
+    im.save(buf, "PNG", **save)
+    return buf.getvalue()
+
+
+def wav_bytes(channels: int, width: int, frames: bytes) -> bytes:
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(channels)
+        w.setsampwidth(width)
+        w.setframerate(8000)
+        w.writeframes(frames)
+    return buf.getvalue()
+
+
+def test_every_format_is_registered_through_entry_points():
+    assert {"raw", "text", "compressed", "png", "pnm", "bmp", "wav"} <= {f.name for f in formats()}
+
+
+@given(st.binary(max_size=3000))
+def test_any_bytes_round_trip(data):
+    roundtrip(data)
+
+
+@given(st.text(max_size=2000))
+def test_any_text_round_trips(text):
+    for nl in ("\n", "\r\n"):
+        roundtrip(("\ufeff" + text).replace("\n", nl).encode("utf-8"))
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(1, 40), st.integers(1, 40), st.sampled_from(["L", "RGB", "RGBA", "LA", "P"]), st.integers(0, 9),
+       st.integers(0, 1 << 16))
+def test_png_round_trips_and_uses_pixels(w, h, mode, level, seed):
+    data = png_bytes(w, h, mode, seed, compress_level=level)
+    assert roundtrip(data, "x.png") == "png"
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 6), st.sampled_from([1, 2, 3, 4]), st.binary(max_size=600), st.binary(max_size=9))
+def test_wav_round_trips(channels, width, payload, junk):
+    frames = payload[: len(payload) // (channels * width) * channels * width]
+    data = wav_bytes(channels, width, frames)
+    assert roundtrip(data, "x.wav") == "wav"
+    roundtrip(data + junk)  # trailing bytes after the RIFF chunks
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_truncated_or_corrupted_files_fall_back(data):
+    base = data.draw(st.sampled_from([png_bytes(9, 7, "RGB", 1), wav_bytes(2, 2, bytes(range(200))),
+                                      b"P6\n4 3\n255\n" + bytes(range(36)), bmp_bytes(5, 3)]))
+    cut = data.draw(st.integers(0, len(base)))
+    flips = data.draw(st.lists(st.tuples(st.integers(0, len(base) - 1), st.integers(1, 255)), max_size=3))
+    mangled = bytearray(base[:cut] if data.draw(st.booleans()) else base)
+    for pos, x in flips:
+        if pos < len(mangled):
+            mangled[pos] ^= x
+    roundtrip(bytes(mangled))
+
+
+def bmp_bytes(w: int, h: int) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.arange(w * h * 3, dtype=np.uint8).reshape(h, w, 3)).save(buf, "BMP")
+    return buf.getvalue()
+
+
+def test_pnm_and_bmp_use_their_plugins():
+    assert roundtrip(b"P5\n# comment\n3 2\n255\n" + bytes(range(6)), "x.pgm") == "pnm"
+    assert roundtrip(b"P4\n10 2\n" + bytes([0xAA, 0xC0, 0x55, 0x80]), "x.pbm") == "pnm"
+    assert roundtrip(bmp_bytes(5, 3), "x.bmp") == "bmp"
+
+
+def test_compressed_files_are_not_shown_to_the_lm():
+    import gzip
+
+    chosen = split_file(gzip.compress(b"hello" * 100), "x.gz")
+    assert chosen.format.name == "compressed" and chosen.split.streams[0].kind == "stored"
+
+
+def test_wide_samples_keep_low_bytes_in_a_side_stream():
+    frames = struct.pack("<6i", *[1 << 20, -(1 << 20), 5, -5, 123456789, -1])
+    chosen = split_file(wav_bytes(2, 4, frames), "x.wav")
+    kinds = [s.kind for s in chosen.split.streams]
+    assert kinds == ["binary", "audio", "binary"]
+    audio = chosen.split.streams[1].data
+    assert len(audio) == 6 * 2  # top 16 bits of each sample, big-endian, channel by channel
+    assert audio[:2] == struct.pack(">h", (1 << 20) >> 16)
+
+
+def test_every_corpus_image_and_audio_file_round_trips(corpus):
+    counts: dict[str, int] = {}
+    for p in sorted(corpus.glob("image/**/*")) + sorted(corpus.glob("audio/**/*.wav"))[::10]:
+        if p.is_file():
+            name = roundtrip(p.read_bytes(), str(p))
+            counts[name] = counts.get(name, 0) + 1
+    assert counts.get("png", 0) > 100 and counts.get("wav", 0) > 100 and counts.get("pnm") == 1
+
+
+@pytest.mark.parametrize("text", ["plain\n", "tabs\tand\x1bescape\r\n", "\ufeffbom", "x" * 100000, "nul\x00ok"])
+def test_text_variants(text):
+    roundtrip(text.encode("utf-8"))
