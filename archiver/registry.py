@@ -45,9 +45,13 @@ def load(name: str = DEFAULT) -> IntModel:
     return _load_path(str(models[name].resolve()))
 
 
-@functools.cache
 def _ids() -> dict[str, Path]:
-    return {intmodel.file_sha256(f): f for f in available().values()}
+    return {_file_id(f, f.stat().st_mtime_ns): f for f in available().values()}
+
+
+@functools.cache
+def _file_id(path: Path, mtime_ns: int) -> str:
+    return intmodel.file_sha256(path)
 
 
 def by_id(model_id: str, hint: str | None = None) -> IntModel:

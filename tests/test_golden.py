@@ -1,0 +1,29 @@
+"""The cross-machine check: an archive made once (tests/fixtures/golden.lma, by the tiny model on the
+files in tests/fixtures/golden/) must decode bit-exactly on whatever machine runs the tests.
+
+Never regenerate the archive casually: it exists to catch any change of the engine's arithmetic.
+"""
+
+import hashlib
+
+from tests.conftest import FIXTURES
+
+
+def test_golden_archive_decodes_bit_exactly(cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("LMARC_MODEL_PATH", str(FIXTURES))
+    arc = FIXTURES / "golden.lma"
+    out, _ = cli("list", arc, "--json")
+    assert '"lm' in out  # it really holds LM-coded chunks (text, image, audio, binary)
+    cli("extract", arc, "-C", tmp_path)
+    originals = sorted(p for p in (FIXTURES / "golden").iterdir())
+    assert len(originals) == 5
+    for p in originals:
+        got = (tmp_path / "golden" / p.name).read_bytes()
+        assert hashlib.sha256(got).digest() == hashlib.sha256(p.read_bytes()).digest(), p.name
+
+
+def test_golden_archive_refuses_without_its_model(cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("LMARC_MODEL_PATH", str(tmp_path))
+    _, err = cli("extract", FIXTURES / "golden.lma", "-C", tmp_path / "out", code=2)
+    assert "needs model" in err and "tiny" in err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
