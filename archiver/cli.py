@@ -157,6 +157,11 @@ def main(argv: list[str] | None = None) -> int:
         msg = f"{e.filename}: {e.strerror}" if isinstance(e, OSError) and e.filename else str(e)
         print(f"lmarc: {msg}", file=sys.stderr)
         return 2
+    except Exception as e:  # a bug or an input we did not foresee: still one line, no traceback
+        if args.debug:
+            raise
+        print(f"lmarc: internal error: {type(e).__name__}: {e} (run with --debug for details)", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

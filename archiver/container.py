@@ -63,6 +63,73 @@ class Index:
         return cls(entries, objects, models)
 
 
+CHUNK_CODECS = ("lm", "store", "zstd", "xz")
+MAX_CHUNK = 4 << 20  # no chunk decodes to more than this (streamcoder.CLASSIC_BLOCK)
+_HEX = set("0123456789abcdef")
+
+
+def _is_int(v, lo: int = 0, hi: int = 1 << 62) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
+
+
+def validate_index(index: Index, data_end: int) -> None:
+    """Reject any index this code did not write: wrong types, absurd sizes, chunks outside the data
+    area or overlapping each other. After this, readers may index the structure without guarding."""
+
+    def bad(why: str):
+        raise ArchiveError(f"archive index is malformed: {why}")
+
+    regions = []
+    for key, obj in index.objects.items():
+        if not (isinstance(key, str) and len(key) == 64 and set(key) <= _HEX) or not isinstance(obj, dict):
+            bad("object key")
+        if not isinstance(obj.get("format"), str) or not isinstance(obj.get("recipe", {}), dict):
+            bad("object format")
+        streams = obj.get("streams")
+        if not isinstance(streams, list):
+            bad("object streams")
+        for st in streams:
+            if not isinstance(st, dict) or not isinstance(st.get("kind"), str) or not _is_int(st.get("size")):
+                bad("stream")
+            chunks = st.get("chunks")
+            if not isinstance(chunks, list):
+                bad("chunk table")
+            total = 0
+            for c in chunks:
+                if not isinstance(c, dict) or c.get("codec") not in CHUNK_CODECS:
+                    bad("chunk codec")
+                if not (_is_int(c.get("offset"), HEADER_LEN, data_end) and _is_int(c.get("length"), 0, data_end)
+                        and c["offset"] + c["length"] <= data_end and _is_int(c.get("crc32"), 0, 0xFFFFFFFF)
+                        and _is_int(c.get("size"), 0, MAX_CHUNK) and _is_int(c.get("tokens"), 0, MAX_CHUNK)):
+                    bad("chunk location or size")
+                if c["codec"] == "lm" and (not isinstance(c.get("model"), str) or c["tokens"] > c["size"]
+                                           or c["size"] > 64 * max(c["tokens"], 1)):
+                    bad("LM chunk")
+                if c["codec"] == "store" and c["size"] != c["length"]:
+                    bad("stored chunk size")
+                total += c["size"]
+                regions.append((c["offset"], c["length"]))
+            if total != st["size"]:
+                bad("stream size does not match its chunks")
+    regions.sort()
+    for (a, n), (b, _) in zip(regions, regions[1:], strict=False):
+        if a + n > b:
+            bad("chunks overlap")
+    for e in index.entries:
+        if not isinstance(e, dict) or not isinstance(e.get("path"), str) or e.get("type") not in ("file", "dir",
+                                                                                                   "symlink"):
+            bad("entry")
+        if not (_is_int(e.get("mode", 0), 0, 0o7777) and _is_int(e.get("mtime", 0), -(1 << 62))
+                and _is_int(e.get("size", 0))):
+            bad("entry metadata")
+        if e["type"] == "file" and e.get("sha256") not in index.objects:
+            bad("entry without data")
+        if e["type"] == "symlink" and not isinstance(e.get("link"), str):
+            bad("symlink without target")
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in index.models.items()):
+        bad("model table")
+
+
 def _find_trailer(mm, size: int) -> tuple[int, int, int]:
     """(index offset, index length, end of archive) of the last valid trailer."""
     end = size
@@ -110,12 +177,14 @@ class ArchiveReader:
             off, length, self.end = _find_trailer(mm, self.size)
             self.index = Index.from_bytes(bytes(mm[off : off + length]))
         self.data_end = off
+        try:
+            validate_index(self.index, off)
+        except ArchiveError:
+            self._f.close()
+            raise
 
     def read_chunk(self, chunk: dict) -> bytes:
         off, length = chunk["offset"], chunk["length"]
-        if not (isinstance(off, int) and isinstance(length, int)) or off < HEADER_LEN or off + length > self.data_end \
-                or length < 0:
-            raise ArchiveError("chunk lies outside the archive's data area")
         self._f.seek(off)
         data = self._f.read(length)
         if len(data) != length or zlib.crc32(data) != chunk["crc32"]:
