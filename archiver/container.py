@@ -29,7 +29,7 @@ HEADER_LEN = len(HEADER)
 TRAILER_MAGIC = b"LMAIDX\x00\x01"
 TRAILER = struct.Struct("<8sQQII")
 MAX_INDEX = 1 << 30  # an index larger than this is not one we wrote
-LOCK_TIMEOUT = 30.0
+LOCK_TIMEOUT = float(os.environ.get("LMARC_LOCK_TIMEOUT", "30"))  # seconds to wait for another add
 
 
 class ArchiveError(Exception):
@@ -211,11 +211,11 @@ class ArchiveWriter:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
             raise ArchiveError(f"cannot open archive {path} for writing: {e.strerror}") from e
-        self._f = os.fdopen(fd, "r+b")
+        self._f = os.fdopen(fd, "r+b", buffering=0)  # unbuffered: a failed write fails here, not at close
         self._lock()
         size = os.fstat(fd).st_size
         if size == 0:
-            self._f.write(HEADER)
+            self._write(HEADER)
             self.start = HEADER_LEN
             self.created = True
         else:
@@ -244,30 +244,32 @@ class ArchiveWriter:
                     raise ArchiveError(f"{self.path} is locked by another lmarc process") from None
                 time.sleep(0.1)
 
+    def _write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            n = self._f.write(view)
+            if not n:
+                raise OSError(28, "No space left on device")
+            view = view[n:]
+
     def write_chunk(self, payload: bytes) -> dict:
         """Append a payload; returns its location record for the chunk table."""
-        self._f.write(payload)
+        self._write(payload)
         rec = {"offset": self.pos, "length": len(payload), "crc32": zlib.crc32(payload)}
         self.pos += len(payload)
         return rec
 
     def commit(self) -> None:
         raw = self.index.to_bytes()
-        self._f.write(raw)
+        self._write(raw)
         head = TRAILER_MAGIC + struct.pack("<QQI", self.pos, len(raw), zlib.crc32(raw))
-        self._f.write(head + struct.pack("<I", zlib.crc32(head)))
-        self._f.flush()
+        self._write(head + struct.pack("<I", zlib.crc32(head)))
         os.fsync(self._f.fileno())
         self.start = self.pos = self._f.tell()
 
     def rollback(self) -> None:
         """Drop everything written since the last commit (the previous index stays the last one)."""
-        try:
-            self._f.flush()
-        except OSError:
-            pass
         self._f.truncate(self.start)
-        self._f.flush()
 
     def _unlock_close(self) -> None:
         try:

@@ -1,0 +1,236 @@
+"""Hostile archives, hostile paths, crashes, full disks and concurrent writers lose nothing."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from archiver.cli import main
+from archiver.container import ArchiveWriter
+from tests.conftest import SAMPLES, TINY
+
+LMARC = [sys.executable, "-m", "archiver.cli"]
+
+
+def run(*args, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([*LMARC, *map(str, args)], capture_output=True, text=True, **kw)
+
+
+def one_clean_line(err: str) -> bool:
+    return "Traceback" not in err and all(line.startswith("lmarc: ") for line in err.splitlines())
+
+
+@pytest.fixture(scope="module")
+def two_adds(tmp_path_factory) -> tuple[Path, int]:
+    """An archive built by two adds; returns it and the size after the first."""
+    d = tmp_path_factory.mktemp("arc")
+    arc = d / "a.lma"
+    assert run("add", "-a", arc, "--model", TINY, SAMPLES / "notes.txt", cwd=d).returncode == 0
+    first = arc.stat().st_size
+    second = run("add", "-a", arc, "--model", TINY, SAMPLES / "records.bin", SAMPLES / "weather.json", cwd=d)
+    assert second.returncode == 0
+    return arc, first
+
+
+def test_truncation_anywhere_keeps_the_previous_state_or_fails_cleanly(two_adds, tmp_path, cli):
+    arc, first = two_adds
+    data = arc.read_bytes()
+    cuts = sorted(set(range(0, len(data), max(1, len(data) // 150))) | {first - 1, first, first + 1, len(data) - 1})
+    for cut in cuts:
+        t = tmp_path / "t.lma"
+        t.write_bytes(data[:cut])
+        rc = ops_list(t)
+        if cut >= first:
+            assert rc == ["work/main/samples/notes.txt"] or rc[0].endswith("notes.txt"), cut
+        else:
+            assert rc is None, cut
+
+
+def ops_list(path: Path) -> list[str] | None:
+    from archiver.archive import listing
+    from archiver.container import ArchiveError
+
+    try:
+        return [r["path"] for r in listing(path)]
+    except ArchiveError:
+        return None
+
+
+@pytest.fixture(scope="module")
+def small_archive(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("small")
+    (d / "bits.bin").write_bytes((SAMPLES / "records.bin").read_bytes()[:400])
+    arc = d / "s.lma"
+    assert run("add", "-a", arc, "--model", TINY, "bits.bin", SAMPLES / "notes.txt", cwd=d).returncode == 0
+    return arc
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.data())
+def test_bit_flips_give_clean_errors_and_nothing_outside(small_archive, tmp_path, data):
+    raw = bytearray(small_archive.read_bytes())
+    for _ in range(data.draw(st.integers(1, 4))):
+        pos = data.draw(st.integers(0, len(raw) - 1))
+        raw[pos] ^= data.draw(st.integers(1, 255))
+    case = Path(tempfile.mkdtemp(dir=tmp_path))
+    bad = case / "bad.lma"
+    bad.write_bytes(bytes(raw))
+    for cmd in (["list", bad], ["test", bad], ["extract", bad, "-C", case / "out"]):
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            rc = main([str(c) for c in cmd])
+        assert rc in (0, 1, 2)
+        assert one_clean_line(err.getvalue()), err.getvalue()
+    outside = [p for p in case.rglob("*") if p != bad and not str(p).startswith(str(case / "out"))]
+    assert outside == []
+
+
+def _hostile_archive(path: Path, entries: list[dict]) -> None:
+    payload = b"owned"
+    digest = hashlib.sha256(payload).hexdigest()
+    w = ArchiveWriter(path)
+    loc = w.write_chunk(payload)
+    w.index.objects[digest] = {"format": "raw", "format_version": "1", "recipe": {},
+                               "streams": [{"kind": "binary", "size": 5,
+                                            "chunks": [{"codec": "store", "size": 5, "tokens": 0} | loc]}]}
+    for e in entries:
+        w.index.entries.append({"mode": 0o644, "mtime": 0, "size": 5} | e | (
+            {"sha256": digest} if e["type"] == "file" else {}))
+    w.commit()
+    w.close()
+
+
+@pytest.mark.parametrize("name", ["../evil", "/abs/evil", "a/../../evil", "C:/evil", "a\\..\\evil", "", "a/\x00b"])
+def test_unsafe_names_are_refused(tmp_path, name, cli):
+    arc = tmp_path / "h.lma"
+    _hostile_archive(arc, [{"path": name, "type": "file"}])
+    _, err = cli("extract", arc, "-C", tmp_path / "out", code=2)
+    assert "unsafe member name" in err or "malformed" in err
+    assert not (tmp_path / "evil").exists() and not Path("/abs/evil").exists()
+
+
+def test_symlinks_cannot_escape_or_be_written_through(tmp_path, cli):
+    arc = tmp_path / "h.lma"
+    _hostile_archive(arc, [
+        {"path": "up", "type": "symlink", "link": "../../outside"},
+        {"path": "abs", "type": "symlink", "link": "/etc/passwd"},
+        {"path": "ok", "type": "symlink", "link": "sub/file"},
+        {"path": "via/file", "type": "file"},
+    ])
+    out = tmp_path / "out"
+    out.mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    os.symlink(tmp_path / "elsewhere", out / "via")  # an existing symlink in the destination
+    _, err = cli("extract", arc, "-C", out, code=1)
+    assert "outside the destination" in err and "existing symlink" in err
+    assert not (out / "up").exists() and not (out / "abs").is_symlink()
+    assert os.readlink(out / "ok") == "sub/file"
+    assert list((tmp_path / "elsewhere").iterdir()) == []
+
+
+def test_setuid_bits_are_never_restored(tmp_path, cli):
+    arc = tmp_path / "h.lma"
+    _hostile_archive(arc, [{"path": "tool", "type": "file", "mode": 0o6755}])
+    cli("extract", arc, "-C", tmp_path / "out")
+    assert (tmp_path / "out" / "tool").stat().st_mode & 0o7777 == 0o755
+
+
+def _big_input(tmp_path: Path, files: int = 12, reps: int = 20) -> Path:
+    src = tmp_path / "big"
+    src.mkdir()
+    text = (SAMPLES / "notes.txt").read_bytes()
+    for i in range(files):
+        (src / f"f{i}.txt").write_bytes(text * (reps + i) + bytes([i]))
+    return src
+
+
+def test_sigkill_during_add_leaves_previous_contents(two_adds, tmp_path):
+    arc0, _ = two_adds
+    src = _big_input(tmp_path)
+    before = ops_list(arc0)
+    for delay in (0.8, 1.6, 3.0):
+        arc = tmp_path / "k.lma"
+        arc.write_bytes(arc0.read_bytes())
+        p = subprocess.Popen([*LMARC, "--threads", "1", "add", "-a", str(arc), "--model", str(TINY), str(src)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(delay)
+        p.kill()
+        p.wait()
+        got = ops_list(arc)
+        assert got is not None and got[: len(before)] == before
+        assert run("test", arc).returncode == 0
+
+
+def test_ctrl_c_during_add_says_so_and_changes_nothing(two_adds, tmp_path):
+    arc0, _ = two_adds
+    arc = tmp_path / "c.lma"
+    arc.write_bytes(arc0.read_bytes())
+    p = subprocess.Popen([*LMARC, "add", "-a", str(arc), "--model", str(TINY), str(_big_input(tmp_path))],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(2.5)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 130 or p.returncode == 2, err
+    assert "interrupted" in err and one_clean_line(err)
+    assert arc.read_bytes() == arc0.read_bytes()
+
+
+def test_full_disk_gives_clear_error_and_readable_archive(two_adds, tmp_path):
+    arc0, _ = two_adds
+    arc = tmp_path / "f.lma"
+    arc.write_bytes(arc0.read_bytes())
+    limit = arc.stat().st_size + 3000
+
+    def small_disk():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    src = _big_input(tmp_path, files=3, reps=3)
+    r = subprocess.run([*LMARC, "add", "-a", str(arc), "--model", str(TINY), str(src)], capture_output=True,
+                       text=True, preexec_fn=small_disk)
+    assert r.returncode == 2 and "cannot write" in r.stderr and one_clean_line(r.stderr)
+    assert arc.read_bytes() == arc0.read_bytes()
+
+
+def test_a_second_writer_waits_then_fails_clearly(two_adds, tmp_path):
+    arc0, _ = two_adds
+    arc = tmp_path / "l.lma"
+    arc.write_bytes(arc0.read_bytes())
+    holder = ArchiveWriter(arc)  # another add in progress
+    try:
+        r = run("add", "-a", arc, "--model", TINY, SAMPLES / "chord.wav", env=dict(os.environ, LMARC_LOCK_TIMEOUT="1"))
+    finally:
+        holder.rollback()
+        holder.close()
+    assert r.returncode == 2 and "locked by another lmarc process" in r.stderr
+    assert arc.read_bytes() == arc0.read_bytes()
+
+
+def test_unreadable_file_is_reported_and_the_rest_added(tmp_path, cli):
+    if os.geteuid() == 0:
+        pytest.skip("root can read anything")
+    f = tmp_path / "secret.txt"
+    f.write_text("x")
+    f.chmod(0)
+    cli("add", "-a", tmp_path / "a.lma", "--model", TINY, f, SAMPLES / "notes.txt", code=1)
+
+
+def test_list_json_is_valid_after_hostile_entries(tmp_path, cli):
+    arc = tmp_path / "h.lma"
+    _hostile_archive(arc, [{"path": "fine.txt", "type": "file"}])
+    rows = json.loads(cli("list", arc, "--json")[0])
+    assert rows[0]["path"] == "fine.txt"
