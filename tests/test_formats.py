@@ -132,3 +132,29 @@ def test_every_corpus_image_and_audio_file_round_trips(corpus):
 @pytest.mark.parametrize("text", ["plain\n", "tabs\tand\x1bescape\r\n", "\ufeffbom", "x" * 100000, "nul\x00ok"])
 def test_text_variants(text):
     roundtrip(text.encode("utf-8"))
+
+
+def test_a_third_party_plugin_package_is_found_and_used(tmp_path):
+    """Install plugins/lmarc-npy (the plugin authors' template) into a side directory and watch
+    lmarc pick it up through the entry-point group, like the built-in formats."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT, TINY
+
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+                    "--target", str(site), str(ROOT / "plugins" / "lmarc-npy")], check=True, capture_output=True)
+    arr = np.cumsum(np.random.default_rng(0).normal(0, 1, 3000)).astype("<f4")
+    np.save(tmp_path / "walk.npy", arr)
+    env = dict(__import__("os").environ, PYTHONPATH=f"{site}:{ROOT}")
+    lmarc = [sys.executable, "-m", "archiver.cli"]
+    info = subprocess.run([*lmarc, "info"], env=env, capture_output=True, text=True, check=True).stdout
+    assert "npy" in info and "lmarc-npy" in info
+    arc = tmp_path / "a.lma"
+    subprocess.run([*lmarc, "add", "-a", arc, "--model", TINY, "walk.npy"], env=env, check=True,
+                   cwd=tmp_path)
+    rows = subprocess.run([*lmarc, "list", arc, "--json"], env=env, capture_output=True, text=True, check=True)
+    assert '"plugin": "npy"' in rows.stdout
+    subprocess.run([*lmarc, "extract", arc, "-C", tmp_path / "out"], env=env, check=True)
+    assert (tmp_path / "out" / "walk.npy").read_bytes() == (tmp_path / "walk.npy").read_bytes()
