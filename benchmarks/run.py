@@ -1,0 +1,240 @@
+"""Compare lmarc with the codecs people use, per modality, on the corpus's dev split.
+
+    python benchmarks/run.py --quick            # a small dev sample, under 10 minutes
+    python benchmarks/run.py                    # the whole dev split (hours at today's speed)
+
+Each file is compressed on its own by every tool (lmarc through its CLI, so the archive's own
+overhead counts). Missing command-line codecs are installed with apt-get (the runner says so).
+Writes a markdown report (default docs/benchmarks.md) and a ratio-vs-speed plot next to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from training.data import split_files  # noqa: E402
+
+# tool -> (modalities, command template with {i} input and {o} output, apt package)
+CODECS: dict[str, tuple[tuple[str, ...], str, str]] = {
+    "gzip -9": (("text",), "gzip -9 -c {i} > {o}", "gzip"),
+    "bzip2 -9": (("text",), "bzip2 -9 -c {i} > {o}", "bzip2"),
+    "xz -9e": (("text", "audio", "image"), "xz -9e -c {i} > {o}", "xz-utils"),
+    "zstd -19 --long": (("text",), "zstd -q -19 --long -c {i} > {o}", "zstd"),
+    "brotli -q 11": (("text",), "brotli -q 11 -c {i} > {o}", "brotli"),
+    "7z PPMd": (("text",), "7z a -bd -bso0 -m0=PPMd -mx=9 {o}.7z {i} && mv {o}.7z {o}", "p7zip-full"),
+    "flac -8": (("audio",), "flac -s -8 --no-padding -f -o {o} {i}", "flac"),
+    "optipng -o7": (("image",), "cp {i} {o}.png && optipng -quiet -o7 {o}.png && mv {o}.png {o}", "optipng"),
+    "cwebp -lossless -z 9": (("image",), "cwebp -quiet -lossless -z 9 -exact {i} -o {o}", "webp"),
+    "cjxl -d 0 -e 9": (("image",), "cjxl -q 100 -d 0 -e 9 {i} {o} >/dev/null 2>&1", "libjxl-tools"),
+}
+QUICK_BUDGET = {"text": 48_000, "image": 40_000, "audio": 48_000}
+
+
+def ensure_tools() -> None:
+    missing = sorted({pkg for name, (_, _, pkg) in CODECS.items() if shutil.which(name.split()[0]) is None})
+    if missing and shutil.which("apt-get"):
+        print(f"installing missing codecs with apt-get: {' '.join(missing)}", file=sys.stderr)
+        subprocess.run("apt-get update -qq && apt-get install -y -qq " + " ".join(missing), shell=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+
+
+def modality(p: Path) -> str | None:
+    if p.suffix.lower() in (".png", ".pbm", ".ppm", ".pgm", ".bmp"):
+        return "image"
+    if p.suffix.lower() == ".wav":
+        return "audio"
+    if "text" in p.parts and p.suffix.lower() not in (".xls",) and "LICENSE" not in p.name:
+        return "text"
+    return None
+
+
+def pick(dev: list[Path], quick: bool) -> dict[str, list[Path]]:
+    files: dict[str, list[Path]] = {"text": [], "image": [], "audio": []}
+    for p in dev:
+        m = modality(p)
+        if m:
+            files[m].append(p)
+    if quick:  # smallest-first round robin over folders, up to a byte budget per modality
+        for m, lst in files.items():
+            by_dir: dict[Path, list[Path]] = {}
+            for p in sorted(lst, key=lambda q: q.stat().st_size):
+                by_dir.setdefault(p.parent, []).append(p)
+            chosen, total = [], 0
+            while any(by_dir.values()) and total < QUICK_BUDGET[m]:
+                for d in list(by_dir):
+                    if by_dir[d] and total < QUICK_BUDGET[m]:
+                        p = by_dir[d].pop(0)
+                        if total + p.stat().st_size <= QUICK_BUDGET[m] * 1.5:
+                            chosen.append(p)
+                            total += p.stat().st_size
+            files[m] = chosen
+    return files
+
+
+_WRAP = ("import json, resource, subprocess, sys; a = json.loads(sys.argv[1]); "
+         "subprocess.run(a['cmd'], shell=a['shell'], check=True, cwd=a['cwd'], stdout=subprocess.DEVNULL); "
+         "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+
+
+def timed(cmd: list[str] | str, shell: bool = False, cwd: Path | None = None) -> tuple[float, int]:
+    """(wall seconds, peak RSS in KiB) of one command, measured in its own wrapper process."""
+    arg = json.dumps({"cmd": cmd, "shell": shell, "cwd": str(cwd) if cwd else None})
+    t = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", _WRAP, arg], check=True, capture_output=True, text=True)
+    return time.perf_counter() - t, int(out.stdout.strip().splitlines()[-1])
+
+
+def run_lmarc(p: Path, model: str, tmp: Path) -> dict:
+    arc = tmp / "x.lma"
+    arc.unlink(missing_ok=True)
+    lmarc = [sys.executable, "-m", "archiver.cli", "--no-progress", "-q"]
+    shutil.copy(p, tmp / p.name)
+    ct, mem = timed([*lmarc, "add", "-a", str(arc), "--model", model, p.name], cwd=tmp)
+    out = tmp / "out"
+    shutil.rmtree(out, ignore_errors=True)
+    dt, mem2 = timed([*lmarc, "extract", str(arc), "-C", str(out)])
+    assert (out / p.name).read_bytes() == p.read_bytes(), p
+    (tmp / p.name).unlink()
+    rows = json.loads(subprocess.run([*lmarc, "list", str(arc), "--json"], capture_output=True, text=True,
+                                     check=True).stdout)
+    return {"size": arc.stat().st_size, "ctime": ct, "dtime": dt, "mem": max(mem, mem2),
+            "codec": rows[0]["codec"], "plugin": rows[0]["plugin"]}
+
+
+def run_codec(name: str, p: Path, tmp: Path) -> dict | None:
+    _, cmd, _ = CODECS[name]
+    if shutil.which(name.split()[0]) is None:
+        return None
+    o = tmp / "codec.out"
+    o.unlink(missing_ok=True)
+    try:
+        ct, mem = timed(cmd.format(i=p, o=o), shell=True)
+    except subprocess.CalledProcessError:
+        return None
+    return {"size": o.stat().st_size, "ctime": ct, "dtime": None, "mem": mem}
+
+
+def raw_pixels(p: Path) -> int:
+    from PIL import Image
+
+    with Image.open(p) as im:
+        return im.width * im.height * len(im.getbands())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--corpus", type=Path, default=ROOT.parent / "shared" / "corpus")
+    ap.add_argument("--quick", action="store_true", help="a small dev sample (< 10 minutes)")
+    ap.add_argument("--models", default="default", help="comma-separated lmarc models")
+    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    a = ap.parse_args()
+    if not a.corpus.is_dir():
+        sys.exit(f"corpus not found: {a.corpus}")
+    ensure_tools()
+    _, dev = split_files(a.corpus)
+    files = pick(dev, a.quick)
+    results: dict[str, dict[str, dict]] = {}
+    with tempfile.TemporaryDirectory() as td:
+        tmp = Path(td)
+        for m, lst in files.items():
+            tools = [f"lmarc {x}" for x in a.models.split(",")] + [n for n, (ms, _, _) in CODECS.items() if m in ms]
+            agg = {t: {"size": 0, "ctime": 0.0, "dtime": 0.0, "mem": 0, "n": 0} for t in tools}
+            orig = sum(p.stat().st_size for p in lst)
+            for p in lst:
+                print(f"{m}: {p.relative_to(a.corpus)}", file=sys.stderr)
+                for t in tools:
+                    r = run_lmarc(p, t.split(" ", 1)[1], tmp) if t.startswith("lmarc") else run_codec(t, p, tmp)
+                    if r is None:
+                        agg[t]["n"] = -1
+                        continue
+                    g = agg[t]
+                    g["size"] += r["size"]
+                    g["ctime"] += r["ctime"]
+                    g["dtime"] = None if r["dtime"] is None or g["dtime"] is None else g["dtime"] + r["dtime"]
+                    g["mem"] = max(g["mem"], r["mem"])
+                    g["n"] += 1 if g["n"] >= 0 else 0
+            results[m] = {"files": len(lst), "bytes": orig, "tools": agg,
+                          "pixels": sum(raw_pixels(p) for p in lst) if m == "image" else None,
+                          "shipped": orig}
+    write_report(a, results)
+
+
+def write_report(a, results: dict) -> None:
+    from archiver import registry
+
+    model_bytes = {n: registry.available()[n].stat().st_size for n in a.models.split(",") if n in registry.available()}
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Produced by `python benchmarks/run.py{' --quick' if a.quick else ''}` on "
+        f"{datetime.date.today()} ({platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}),"
+        " dev split of `../shared/corpus` (the last ~20% of each folder, never trained on), each file"
+        " compressed on its own. lmarc sizes are whole archives (header and index included).",
+        "",
+        "Ratio = compressed / original; bpb = bits per original byte; speeds are wall-clock KB/s of"
+        " original data on 2 cores. *Adjusted* ratio counts the model file once, as the paper does.",
+        "",
+    ]
+    for m, r in results.items():
+        lines += [f"## {m}: {r['files']} files, {r['bytes']:,} bytes", ""]
+        if r["pixels"]:
+            lines += [f"Raw pixels: {r['pixels']:,} bytes (ratios to pixels in the last column).", ""]
+        lines += ["| tool | bytes | ratio | bpb | adjusted | compress KB/s | decompress KB/s | peak RAM MB |"
+                  + (" ratio to pixels |" if r["pixels"] else ""),
+                  "|---|---|---|---|---|---|---|---|" + ("---|" if r["pixels"] else "")]
+        for t, g in r["tools"].items():
+            if g["n"] <= 0:
+                lines.append(f"| {t} | not available | | | | | | |" + (" |" if r["pixels"] else ""))
+                continue
+            size, orig = g["size"], r["bytes"]
+            adj = size + model_bytes.get(t.split(" ", 1)[1], 0) if t.startswith("lmarc") else size
+            dk = f"{orig / 1000 / g['dtime']:.1f}" if g["dtime"] else "-"
+            row = (f"| {t} | {size:,} | {size / orig:.3f} | {8 * size / orig:.2f} | {adj / orig:.3f} | "
+                   f"{orig / 1000 / g['ctime']:.1f} | {dk} | {g['mem'] / 1024:.0f} |")
+            if r["pixels"]:
+                row += f" {size / r['pixels']:.3f} |"
+            lines.append(row)
+        lines.append("")
+    a.out.write_text("\n".join(lines) + "\n")
+    (a.out.parent / "benchmarks.json").write_text(json.dumps(results, indent=1, default=str))
+    plot(results, a.out.parent / "benchmarks.png")
+    print(f"wrote {a.out}", file=sys.stderr)
+
+
+def plot(results: dict, path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no plot", file=sys.stderr)
+        return
+    fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 4))
+    for ax, (m, r) in zip(axes, results.items(), strict=True):
+        for t, g in r["tools"].items():
+            if g["n"] > 0:
+                ax.scatter(r["bytes"] / 1000 / g["ctime"], g["size"] / r["bytes"], color="C3" if "lmarc" in t else "C0")
+                ax.annotate(t, (r["bytes"] / 1000 / g["ctime"], g["size"] / r["bytes"]), fontsize=7)
+        ax.set_xscale("log")
+        ax.set_xlabel("compress speed, KB/s (log)")
+        ax.set_ylabel("ratio (lower is better)")
+        ax.set_title(m)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    main()
