@@ -43,11 +43,50 @@ def tiny_fixture(seed: int, steps: int = 400, context: int = 128) -> LlamaForCau
     return model.eval()
 
 
+def compare(hf: LlamaForCausalLM, path: Path, corpus: Path, windows: int, seed: int = 0) -> dict:
+    """Bits per byte of the float model and of the exported integer model on the same dev windows
+    (each [BOS] + 1023 bytes, exactly as the archiver codes chunks), per stream kind."""
+    import numpy as np
+
+    from archiver import intmodel
+    from archiver.coder import ideal_bits
+    from archiver.engine import Engine
+    from training.data import load_streams, split_files
+
+    _, dev = split_files(corpus)
+    streams = load_streams(dev, corpus)
+    im = intmodel.load(path)
+    eng = Engine(im)
+    n = im.context - 1
+    rng = np.random.default_rng(seed)
+    out = {}
+    for kind, bos in BYTE_VOCAB["bos"].items():
+        pool = [d for k, d in streams if k == kind and len(d) > n]
+        if not pool:
+            continue
+        seqs = []
+        for _ in range(windows):
+            d = pool[int(rng.integers(len(pool)))]
+            a = int(rng.integers(len(d) - n + 1))
+            seqs.append([bos, *d[a : a + n]])
+        with torch.no_grad():
+            logits = hf(torch.tensor(seqs)).logits[:, :-1, :256].double()
+            tgt = torch.tensor([s[1:] for s in seqs])
+            nats = -torch.log_softmax(logits, -1).gather(-1, tgt[..., None]).sum()
+        freqs = eng.score(seqs, torch.arange(256))
+        bits = sum(ideal_bits(np.array(s[1:]), f) for s, f in zip(seqs, freqs, strict=True))
+        total = windows * n
+        out[kind] = {"float_bpb": float(nats) / np.log(2) / total, "int_bpb": bits / total}
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--checkpoint", help="directory written by save_pretrained")
     ap.add_argument("--tiny-fixture-seed", type=int, help="train and export the tests' tiny model instead")
     ap.add_argument("--name", default="default", help="model name recorded in the file")
+    ap.add_argument("--compare", type=Path, metavar="CORPUS", help="also report float vs integer bits/byte on dev")
+    ap.add_argument("--windows", type=int, default=8, help="dev windows per stream kind for --compare")
     ap.add_argument("out", type=Path)
     a = ap.parse_args()
     if a.checkpoint is None:
@@ -57,6 +96,14 @@ def main() -> None:
     model = convert_llama(hf, extra=dict(BYTE_VOCAB, name=a.name))
     digest = model.save(a.out)
     print(f"wrote {a.out} ({a.out.stat().st_size} bytes), model id {digest}")
+    if a.compare:
+        import json
+
+        res = compare(hf, a.out, a.compare, a.windows)
+        for kind, r in res.items():
+            gap = r["int_bpb"] / r["float_bpb"] - 1
+            print(f"{kind:<7} float {r['float_bpb']:.4f}  integer {r['int_bpb']:.4f} bits/byte  ({gap:+.2%})")
+        print(json.dumps(res))
 
 
 if __name__ == "__main__":
