@@ -2,7 +2,7 @@
 
 One forward function serves both paths the archiver needs, so they cannot drift apart:
 - `score`: teacher-forced scoring of whole chunks at once (compression), batched;
-- `Session.feed`: one token per chunk per call against a preallocated int8 KV cache (decompression),
+- `Session.feed`: one token per chunk per call against a float64 KV cache (decompression),
   a batch of chunks in lockstep.
 Every row of every tensor is computed from its own chunk only, with exact integer arithmetic, so a
 chunk's frequencies do not depend on its batch, the thread count, the CPU's vector unit or the device.
@@ -20,8 +20,10 @@ TOTAL_BITS = 24  # frequency tables sum to 2**24: the floor of 1 per symbol cost
 TOTAL = 1 << TOTAL_BITS
 NORM_FRAC = 15  # 1/rms in Q15
 KEY_FRAC = 10  # queries and keys enter the score product in Q10
-QUERY_BLOCK = 256  # query rows per attention block in the parallel path
-ATTN_ELEMENTS = 1 << 23  # cap on batch*heads*block*S per parallel forward (int64 score tensors)
+QUERY_BLOCK = 64  # query positions per attention block in the parallel path
+ATTN_TILE = 1 << 18  # float64 scores per attention tile (2 MiB): the softmax chain stays in cache
+ROW_TILE = 256  # rows per tile of the row-wise layers (projections, MLP, head)
+SCORE_ROWS = 2048  # tokens per parallel forward: bounds the activations, batching gains no more
 
 
 def default_backend(device: torch.device) -> str:
@@ -61,6 +63,8 @@ class Engine:
         self.layers = [(prep(L.qkv), prep(L.o), prep(L.gate_up), prep(L.down)) for L in model.layers]
         self.head = prep(model.head)
         self.t = {k: v.to(self.device) for k, v in model.tables.items()}
+        self.att_exp64 = self.t["att_exp"].to(torch.float64)  # Q15 integers, exact as float64
+        self._tris: dict[tuple[int, int], torch.Tensor] = {}
         # float64 exactness: |q.k| <= hd * qk_limit**2 < 2**53 and sum(e) * v_limit < 2**53
         self.qk_limit = (1 << ((53 - (self.head_dim - 1).bit_length()) // 2)) - 1
         self.v_limit = (1 << (53 - 15 - (self.context - 1).bit_length())) - 1
@@ -89,36 +93,70 @@ class Engine:
             [rshift_round(x1 * cos - x2 * sin, ROPE_FRAC), rshift_round(x2 * cos + x1 * sin, ROPE_FRAC)], -1
         )
 
-    def _attend(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, p0: int) -> torch.Tensor:
+    def _attend(self, q: torch.Tensor, cache: _Cache, li: int, p0: int) -> torch.Tensor:
         """Causal softmax attention of q [B, T, H, hd] (Q16, at positions p0..) over the history.
 
-        keys hold Q10 integers and values Q16 integers as float64; every float64 product and sum
-        below stays an integer under 2**53, so the matrix products are exact in any order. Query
-        rows are processed in blocks that only see the keys they may attend to.
+        The cache holds Q10 keys and Q16 values as float64, transposed [B, KV, hd, S]. Queries are
+        scaled to Q10 and then by 2**-12 (exact: a power of two), so one float64 product gives
+        x = (q.k) / 2**12 with every partial sum a multiple of 2**-12 below 2**40: exact in any
+        order. The softmax index of the original integer program,
+            min(m - s, last) with s = floor(x + 1/2) and m its row maximum,
+        equals floor(min(m + 1/2 - 2**-12 - x, last)) because x is a multiple of 2**-12 (so
+        ceil(w) = floor(w + 1 - 2**-12)); masked scores are -inf and land on the last table entry,
+        which is 0. All of it is exact float64 arithmetic on values below 2**42.
+        The work runs in tiles of at most ATTN_TILE scores so the chain stays in cache.
         """
         B, T, H, hd = q.shape
         KV = self.kv_heads
         g = H // KV
-        att_exp = self.t["att_exp"]
-        last = att_exp.numel() - 1
-        q = rshift_round(q, F - KEY_FRAC).clamp(-self.qk_limit, self.qk_limit)
-        out = []
-        for a in range(0, T, QUERY_BLOCK):
-            b = min(T, a + QUERY_BLOCK)
+        keys, values = cache.kt[li], cache.vt[li]
+        last = self.att_exp64.numel() - 1
+        q10 = rshift_round(q, F - KEY_FRAC).clamp_(-self.qk_limit, self.qk_limit)
+        qf = torch.empty((B, KV, T, g, hd), dtype=torch.float64, device=q.device)
+        qf.copy_(q10.view(B, T, KV, g, hd).transpose(1, 2))
+        qf = qf.mul_(2.0 ** -(2 * KEY_FRAC - ATT_FRAC)).view(B, KV, T * g, hd)  # rows (t, head)
+        acc = torch.empty((B, KV, T * g, hd), dtype=torch.float64, device=q.device)
+        den = torch.empty((B, KV, T * g), dtype=torch.float64, device=q.device)
+        half = 0.5 - 2.0 ** -(2 * KEY_FRAC - ATT_FRAC)
+        blk = QUERY_BLOCK if T > 1 else 1
+        buf = ibuf = ebuf = None
+        for a in range(0, T, blk):
+            b = min(T, a + blk)
             S = p0 + b
-            qb = q[:, a:b].reshape(B, b - a, KV, g, hd).permute(0, 2, 3, 1, 4).reshape(B, KV, g * (b - a), hd)
-            acc = (qb.to(torch.float64) @ keys[:, :, :S].transpose(-1, -2)).to(torch.int64)  # Q20
-            s = rshift_round(acc, 2 * KEY_FRAC - ATT_FRAC)  # Q8 nats
-            pos = torch.arange(p0 + a, p0 + b, device=self.device).repeat(g)
-            masked = torch.arange(S, device=self.device)[None, :] > pos[:, None]  # [g*(b-a), S]
-            s = s.masked_fill(masked, torch.iinfo(torch.int64).min)
-            idx = (s.amax(-1, keepdim=True) - s).clamp(0, last).masked_fill(masked, last)
-            e = att_exp[idx]  # Q15, the row maximum is exactly 2**15
-            acc = (e.to(torch.float64) @ values[:, :, :S]).to(torch.int64)
-            den = e.sum(-1, keepdim=True)
-            o = torch.div(2 * acc + den, 2 * den, rounding_mode="floor")  # [B, KV, g*(b-a), hd]
-            out.append(o.reshape(B, KV, g, b - a, hd).permute(0, 3, 1, 2, 4).reshape(B, b - a, H * hd))
-        return torch.cat(out, 1) if len(out) > 1 else out[0]
+            R = (b - a) * g
+            nb = max(1, min(B, ATTN_TILE // (KV * R * S)))
+            n = nb * KV * R * S
+            if buf is None or buf.numel() < n:
+                buf = torch.empty(n, dtype=torch.float64, device=q.device)
+                ibuf = torch.empty(n, dtype=torch.int32, device=q.device)
+                ebuf = torch.empty(n, dtype=torch.float64, device=q.device)
+            tri = self._tri(b - a, g) if b - a > 1 else None
+            for b0 in range(0, B, nb):
+                b1 = min(B, b0 + nb)
+                n = (b1 - b0) * KV * R * S
+                s = buf[:n].view(b1 - b0, KV, R, S)
+                torch.matmul(qf[b0:b1, :, a * g : b * g], keys[b0:b1, :, :, :S], out=s)
+                if tri is not None:
+                    s[..., p0 + a : S].masked_fill_(tri, float("-inf"))
+                m = s.amax(-1, keepdim=True).add_(0.5).floor_().add_(half)
+                torch.sub(m, s, out=s).clamp_max_(last)
+                idx = ibuf[:n]
+                idx.view_as(s).copy_(s)
+                e = torch.index_select(self.att_exp64, 0, idx, out=ebuf[:n]).view_as(s)  # Q15, row max 2**15
+                torch.sum(e, -1, out=den[b0:b1, :, a * g : b * g])
+                acc[b0:b1, :, a * g : b * g] = torch.matmul(e, values[b0:b1, :, :, :S].transpose(-1, -2))
+        acc = acc.to(torch.int64)
+        d = den.to(torch.int64).unsqueeze(-1)
+        o = torch.div(acc.mul_(2).add_(d), d.mul_(2), rounding_mode="floor")  # [B, KV, T*g, hd]
+        return o.view(B, KV, T, g, hd).transpose(1, 2).reshape(B, T, H * hd)
+
+    def _tri(self, n: int, g: int) -> torch.Tensor:
+        """Causal mask of a diagonal block: rows (t, head) t < n, columns u < n, True where u > t."""
+        key = (n, g)
+        if key not in self._tris:
+            t = torch.arange(n, device=self.device)
+            self._tris[key] = t[None, :] > t.repeat_interleave(g)[:, None]
+        return self._tris[key]
 
     def _silu(self, g: torch.Tensor) -> torch.Tensor:
         sig = self.t["sigmoid"]
@@ -135,20 +173,39 @@ class Engine:
         x = rshift_round(self.embed_q[tokens] * self.embed_mult[tokens][..., None], self.embed_shift - F)
         H, KV, hd = self.heads, self.kv_heads, self.head_dim
         for li, (qkv_m, o_m, gu_m, down_m) in enumerate(self.layers):
-            qkv = self._normed_linear(x, qkv_m)
+            qkv = self._rowwise(lambda t, m=qkv_m: self._normed_linear(t, m), x)
             q = self._rope(qkv[..., : H * hd].reshape(B, T, H, hd), pos)
             k = self._rope(qkv[..., H * hd : (H + KV) * hd].reshape(B, T, KV, hd), pos)
             v = qkv[..., (H + KV) * hd :].reshape(B, T, KV, hd)
             k = rshift_round(k, F - KEY_FRAC).clamp(-self.qk_limit, self.qk_limit)
             v = v.clamp(-self.v_limit, self.v_limit)
-            keys, values = cache.append(li, k.transpose(1, 2), v.transpose(1, 2))  # [B, KV, S, hd]
-            att = self._attend(q, keys, values, p0)
-            x = x + self._linear(att, o_m)
-            gu = self._normed_linear(x, gu_m)
-            h = rshift_round(self._silu(gu[..., : self.inter]) * gu[..., self.inter :], F)
-            x = x + self._linear(h, down_m)
+            cache.append(li, k, v)
+            att = self._attend(q, cache, li, p0)
+            x = x + self._rowwise(lambda t, m=o_m: self._linear(t, m), att)
+            x = x + self._rowwise(lambda t, gm=gu_m, dm=down_m: self._mlp(t, gm, dm), x)
         cache.length = S
-        return self._normed_linear(x, self.head)
+        return self._rowwise(lambda t: self._normed_linear(t, self.head), x)
+
+    def _mlp(self, x: torch.Tensor, gu_m: _Prepared, down_m: _Prepared) -> torch.Tensor:
+        gu = self._normed_linear(x, gu_m)
+        h = rshift_round(self._silu(gu[..., : self.inter]) * gu[..., self.inter :], F)
+        return self._linear(h, down_m)
+
+    def _rowwise(self, fn, x: torch.Tensor) -> torch.Tensor:
+        """fn applied to the rows of x [..., k] in tiles of ROW_TILE rows, so every intermediate
+        stays in cache; fn must treat each row on its own (all of ours do)."""
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, x.shape[-1])
+        n = x2.shape[0]
+        if n <= ROW_TILE:
+            y = fn(x2)
+        else:
+            first = fn(x2[:ROW_TILE])
+            y = torch.empty((n, first.shape[-1]), dtype=first.dtype, device=first.device)
+            y[:ROW_TILE] = first
+            for r in range(ROW_TILE, n, ROW_TILE):
+                y[r : r + ROW_TILE] = fn(x2[r : r + ROW_TILE])
+        return y.view(*lead, y.shape[-1])
 
     def frequencies(self, logits: torch.Tensor, alphabet: torch.Tensor | None) -> torch.Tensor:
         """Q16 logits [..., V] -> int64 frequencies over the alphabet, each >= 1, summing to 2**24."""
@@ -174,8 +231,7 @@ class Engine:
         i = 0
         while i < len(order):
             T = len(seqs[order[i]]) - 1
-            per_seq = self.heads * min(T, QUERY_BLOCK) * T
-            bsz = max(1, min(len(order) - i, ATTN_ELEMENTS // max(per_seq, 1), 64))
+            bsz = max(1, min(len(order) - i, SCORE_ROWS // max(T, 1)))
             batch = order[i : i + bsz]
             toks = torch.zeros(len(batch), T, dtype=torch.int64)
             for r, j in enumerate(batch):
@@ -194,23 +250,38 @@ class Engine:
 
 
 class _Cache:
-    """Preallocated key/value history per layer: Q10 keys and Q16 values as exact float64."""
+    """Key/value history per layer: Q10 keys and Q16 values as exact float64, stored transposed
+    [B, KV, hd, room] so a decoding step streams them. The room grows geometrically up to the
+    capacity, which keeps the rows read by a step close together at every history length."""
 
     def __init__(self, engine: Engine, batch: int, capacity: int):
-        shape = (batch, engine.kv_heads, capacity, engine.head_dim)
-        dev = engine.device
-        self.k = [torch.zeros(shape, dtype=torch.float64, device=dev) for _ in engine.layers]
-        self.v = [torch.zeros(shape, dtype=torch.float64, device=dev) for _ in engine.layers]
+        self.shape = (batch, engine.kv_heads, engine.head_dim)
+        self.device = engine.device
+        self.kt: list[torch.Tensor] = [torch.zeros(0)] * len(engine.layers)
+        self.vt: list[torch.Tensor] = [torch.zeros(0)] * len(engine.layers)
         self.length = 0
+        self.room = 0
         self.capacity = capacity
 
-    def append(self, li: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        a, b = self.length, self.length + k.shape[2]
+    def _grow(self, need: int) -> None:
+        room = min(self.capacity, max(need, 2 * self.room, 32))
+        for store in (self.kt, self.vt):
+            for li, old in enumerate(store):
+                new = torch.zeros((*self.shape, room), dtype=torch.float64, device=self.device)
+                if self.length:
+                    new[..., : self.length] = old[..., : self.length]
+                store[li] = new
+        self.room = room
+
+    def append(self, li: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Store k, v [B, T, KV, hd] at positions length..length+T."""
+        a, b = self.length, self.length + k.shape[1]
         if b > self.capacity:
             raise ValueError("sequence longer than the model context")
-        self.k[li][:, :, a:b] = k.to(torch.float64)
-        self.v[li][:, :, a:b] = v.to(torch.float64)
-        return self.k[li][:, :, :b], self.v[li][:, :, :b]
+        if b > self.room:
+            self._grow(b)
+        self.kt[li][..., a:b] = k.permute(0, 2, 3, 1)
+        self.vt[li][..., a:b] = v.permute(0, 2, 3, 1)
 
 
 class Session:

@@ -1,0 +1,132 @@
+"""Engine speed on this machine against the GEMM bound.
+
+Measures the CPU's matrix-multiply peak (torch._int_mm on int8, float32 matmul), the model's
+arithmetic per token, and the engine's encode (`Engine.score`, teacher-forced full-context chunks)
+and decode (`Session.feed`, one token per chunk per step over a whole chunk, batch 64 and 256)
+throughput, then prints a markdown table.
+
+FLOPs per token (multiply and add counted as 2):
+    2 * (params of all matrices: per layer qkv + o + gate_up + down, plus the output head)
+  + layers * 4 * (heads * head_dim) * avg_context
+where avg_context = (n + 1) / 2 for a chunk of n predicted tokens (causal attention: q.k and
+e.v, 2 flops each per key per head dimension). The embedding lookup costs no FLOPs.
+The GEMM bound is peak_ops_per_s / flops_per_token (int8 peak: the engine's matrices are int8).
+
+    python benchmarks/engine_speed.py [--model PATH] [--threads N] [--quick] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from archiver import intmodel  # noqa: E402
+from archiver.engine import Engine  # noqa: E402
+
+
+def _best(fn, reps: int) -> float:
+    fn()
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def gemm_peaks(n: int, reps: int) -> tuple[float, float]:
+    """(int8 ops/s, float32 flops/s) on n x n x n products."""
+    g = torch.Generator().manual_seed(0)
+    a8 = torch.randint(-127, 128, (n, n), generator=g, dtype=torch.int8)
+    b8 = torch.randint(-127, 128, (n, n), generator=g, dtype=torch.int8)
+    t8 = _best(lambda: torch._int_mm(a8, b8), reps)
+    af, bf = a8.float(), b8.float()
+    tf = _best(lambda: af @ bf, reps)
+    return 2 * n**3 / t8, 2 * n**3 / tf
+
+
+def flops_per_token(model: intmodel.IntModel, n: int) -> float:
+    c = model.config
+    params = model.head.q.numel() + sum(
+        m.q.numel() for layer in model.layers for m in (layer.qkv, layer.o, layer.gate_up, layer.down)
+    )
+    avg_ctx = (n + 1) / 2
+    attn = c["num_layers"] * 4 * c["num_heads"] * c["head_dim"] * avg_ctx
+    return 2 * params + attn
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default=str(ROOT / "archiver" / "models" / "default.safetensors"))
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--quick", action="store_true", help="fewer chunks and decode steps, smaller GEMMs")
+    ap.add_argument("--out", help="also write the table to this file")
+    args = ap.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    model = intmodel.load(Path(args.model))
+    eng = Engine(model, threads=args.threads)
+    ctx = model.context
+    n = ctx - 1  # predicted tokens per full chunk (BOS + n tokens)
+    rng = np.random.default_rng(0)
+    bos = next(iter(model.config.get("bos", {"text": 0}).values()))
+    alpha = torch.tensor(model.config.get("byte_tokens", list(range(256))), dtype=torch.int64)
+    byte_ids = alpha.numpy()
+
+    peak8, peakf = gemm_peaks(1024 if args.quick else 2048, 3)
+    fpt = flops_per_token(model, n)
+    bound = peak8 / fpt
+
+    rows: list[tuple[str, float, str]] = []
+
+    chunks = 4 if args.quick else 16
+    seqs = [[bos, *byte_ids[rng.integers(0, len(byte_ids), n)].tolist()] for _ in range(chunks)]
+    eng.score(seqs[:1], alpha)  # warm-up
+    t = time.perf_counter()
+    eng.score(seqs, alpha)
+    rows.append((f"encode (score, {chunks} x {n} tokens)", chunks * n / (time.perf_counter() - t), ""))
+
+    steps = 256 if args.quick else n
+    for batch in (64, 256):
+        sess = eng.session(batch, alpha)
+        toks = byte_ids[rng.integers(0, len(byte_ids), (steps, batch))]
+        toks[0] = bos
+        t = time.perf_counter()
+        for i in range(steps):
+            sess.feed(toks[i])
+        note = "" if steps == n else " (first steps only: lower attention cost)"
+        tps = batch * steps / (time.perf_counter() - t)
+        rows.append((f"decode (feed, batch {batch}, {steps} steps){note}", tps, ""))
+
+    c = model.config
+    lines = [
+        f"Model `{Path(args.model).name}`: d={c['hidden_size']}, {c['num_layers']} layers, "
+        f"{c['num_heads']} heads ({c['num_kv_heads']} KV), context {ctx}; {args.threads} thread(s); "
+        f"torch {torch.__version__}.",
+        "",
+        f"GEMM peak: int8 `_int_mm` {peak8 / 1e9:.0f} GOP/s, float32 matmul {peakf / 1e9:.0f} GFLOP/s. "
+        f"FLOPs/token = 2*matrix params + layers*4*heads*head_dim*avg_context = {fpt / 1e6:.2f} M "
+        f"(avg_context {(n + 1) / 2:.0f}); GEMM bound = int8 peak / FLOPs per token = {bound:,.0f} tok/s.",
+        "",
+        "| workload | tok/s | fraction of GEMM bound |",
+        "| --- | ---: | ---: |",
+    ]
+    for name, tps, _ in rows:
+        lines.append(f"| {name} | {tps:,.0f} | {tps / bound:.1%} |")
+    table = "\n".join(lines) + "\n"
+    sys.stdout.write(table)
+    if args.out:
+        Path(args.out).write_text(table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
