@@ -15,6 +15,7 @@ import datetime
 import json
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -37,7 +38,14 @@ CODECS: dict[str, tuple[tuple[str, ...], str, str]] = {
     "flac -8": (("audio",), "flac -s -8 --no-padding -f -o {o} {i}", "flac"),
     "optipng -o7": (("image",), "cp {i} {o}.png && optipng -quiet -o7 {o}.png && mv {o}.png {o}", "optipng"),
     "cwebp -lossless -z 9": (("image",), "cwebp -quiet -lossless -z 9 -exact {i} -o {o}", "webp"),
-    "cjxl -d 0 -e 9": (("image",), "cjxl -q 100 -d 0 -e 9 {i} {o} >/dev/null 2>&1", "libjxl-tools"),
+    "cjxl -d 0 -e 9": (("image",), "cjxl {i} {o} -d 0 -e 9 >/dev/null 2>&1", "libjxl-tools"),
+}
+# tool -> decompression command ({o} compressed input, {d} decoded output)
+DECODE = {
+    "gzip -9": "gzip -dc {o} > {d}", "bzip2 -9": "bzip2 -dc {o} > {d}", "xz -9e": "xz -dc {o} > {d}",
+    "zstd -19 --long": "zstd -q -d --long=31 -c {o} > {d}", "brotli -q 11": "brotli -dc {o} > {d}",
+    "7z PPMd": "7z e -so {o} > {d}", "flac -8": "flac -s -d -f -o {d} {o}",
+    "cwebp -lossless -z 9": "dwebp -quiet {o} -o {d}", "cjxl -d 0 -e 9": "djxl {o} {d}.png >/dev/null 2>&1",
 }
 QUICK_BUDGET = {"text": 48_000, "image": 40_000, "audio": 48_000}
 
@@ -60,7 +68,7 @@ def modality(p: Path) -> str | None:
     return None
 
 
-def pick(dev: list[Path], quick: bool) -> dict[str, list[Path]]:
+def pick(dev: list[Path], quick: bool, budget: int | None = None) -> dict[str, list[Path]]:
     files: dict[str, list[Path]] = {"text": [], "image": [], "audio": []}
     for p in dev:
         m = modality(p)
@@ -72,11 +80,12 @@ def pick(dev: list[Path], quick: bool) -> dict[str, list[Path]]:
             for p in sorted(lst, key=lambda q: q.stat().st_size):
                 by_dir.setdefault(p.parent, []).append(p)
             chosen, total = [], 0
-            while any(by_dir.values()) and total < QUICK_BUDGET[m]:
+            cap = budget or QUICK_BUDGET[m]
+            while any(by_dir.values()) and total < cap:
                 for d in list(by_dir):
-                    if by_dir[d] and total < QUICK_BUDGET[m]:
+                    if by_dir[d] and total < cap:
                         p = by_dir[d].pop(0)
-                        if total + p.stat().st_size <= QUICK_BUDGET[m] * 1.5:
+                        if total + p.stat().st_size <= cap * 1.5:
                             chosen.append(p)
                             total += p.stat().st_size
             files[m] = chosen
@@ -99,6 +108,7 @@ def timed(cmd: list[str] | str, shell: bool = False, cwd: Path | None = None) ->
 def run_lmarc(p: Path, model: str, tmp: Path) -> dict:
     arc = tmp / "x.lma"
     arc.unlink(missing_ok=True)
+    model = str(Path(model).resolve()) if Path(model).is_file() else model
     lmarc = [sys.executable, "-m", "archiver.cli", "--no-progress", "-q"]
     shutil.copy(p, tmp / p.name)
     ct, mem = timed([*lmarc, "add", "-a", str(arc), "--model", model, p.name], cwd=tmp)
@@ -120,10 +130,14 @@ def run_codec(name: str, p: Path, tmp: Path) -> dict | None:
     o = tmp / "codec.out"
     o.unlink(missing_ok=True)
     try:
-        ct, mem = timed(cmd.format(i=p, o=o), shell=True)
+        ct, mem = timed(cmd.format(i=shlex.quote(str(p)), o=o), shell=True)
+        dt = None
+        if name in DECODE:
+            dt, mem2 = timed(DECODE[name].format(o=o, d=tmp / "codec.dec"), shell=True)
+            mem = max(mem, mem2)
     except subprocess.CalledProcessError:
         return None
-    return {"size": o.stat().st_size, "ctime": ct, "dtime": None, "mem": mem}
+    return {"size": o.stat().st_size, "ctime": ct, "dtime": dt, "mem": mem}
 
 
 def raw_pixels(p: Path) -> int:
@@ -137,6 +151,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--corpus", type=Path, default=ROOT.parent / "shared" / "corpus")
     ap.add_argument("--quick", action="store_true", help="a small dev sample (< 10 minutes)")
+    ap.add_argument("--budget", type=int, help="with --quick: bytes per modality")
     ap.add_argument("--models", default="default", help="comma-separated lmarc models")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
     a = ap.parse_args()
@@ -144,7 +159,7 @@ def main() -> None:
         sys.exit(f"corpus not found: {a.corpus}")
     ensure_tools()
     _, dev = split_files(a.corpus)
-    files = pick(dev, a.quick)
+    files = pick(dev, a.quick, a.budget)
     results: dict[str, dict[str, dict]] = {}
     with tempfile.TemporaryDirectory() as td:
         tmp = Path(td)
