@@ -46,7 +46,7 @@ def wav_bytes(channels: int, width: int, frames: bytes) -> bytes:
 
 
 def test_every_format_is_registered_through_entry_points():
-    assert {"raw", "text", "compressed", "png", "pnm", "bmp", "wav"} <= {f.name for f in formats()}
+    assert {"raw", "text", "compressed", "png", "pnm", "bmp", "wav", "aiff"} <= {f.name for f in formats()}
 
 
 @given(st.binary(max_size=3000))
@@ -158,3 +158,23 @@ def test_a_third_party_plugin_package_is_found_and_used(tmp_path):
     assert '"plugin": "npy"' in rows.stdout
     subprocess.run([*lmarc, "extract", arc, "-C", tmp_path / "out"], env=env, check=True)
     assert (tmp_path / "out" / "walk.npy").read_bytes() == (tmp_path / "walk.npy").read_bytes()
+
+
+def aiff_bytes(channels: int, width: int, frames: bytes, offset: int = 0) -> bytes:
+    n = len(frames) // (channels * width)
+    rate80 = bytes.fromhex("400cfa00000000000000")  # 16000 Hz as an 80-bit float
+    comm = struct.pack(">HIH", channels, n, width * 8) + rate80
+    ssnd = struct.pack(">II", offset, 0) + bytes(offset) + frames
+    body = b"AIFF" + b"COMM" + struct.pack(">I", len(comm)) + comm + b"SSND" + struct.pack(">I", len(ssnd)) + ssnd
+    return b"FORM" + struct.pack(">I", len(body)) + body
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 4), st.sampled_from([1, 2, 3, 4]), st.binary(max_size=400), st.integers(0, 3))
+def test_aiff_round_trips(channels, width, payload, offset):
+    frames = payload[: len(payload) // (channels * width) * channels * width]
+    data = aiff_bytes(channels, width, frames, offset)
+    assert roundtrip(data, "x.aiff") == "aiff"
+    if frames and width >= 2:  # big-endian samples: the audio stream starts with the first sample's top bytes
+        chosen = split_file(data, "x.aiff")
+        assert chosen.split.streams[1].data[:2] == frames[:2]
