@@ -157,7 +157,9 @@ def _store_object(data: bytes, name: str, writer: ArchiveWriter, settings: Setti
     pixels the model cannot beat its deflate on), keep those instead."""
     chosen = split_file(data, name)
     predictor = settings.predictor()
-    coded = [(s, streamcoder.encode_stream(s.kind, s.data, predictor, ui.advance)) for s in chosen.split.streams]
+    scale = len(data) / max(1, sum(len(s.data) for s in chosen.split.streams))  # progress in file bytes
+    coded = [(s, streamcoder.encode_stream(s.kind, s.data, predictor, lambda n: ui.advance(round(n * scale))))
+             for s in chosen.split.streams]
     fmt, recipe = chosen.format, chosen.split.recipe
     if fmt.name != RAW:
         whole = streamcoder.classic_blocks(data)

@@ -60,8 +60,8 @@ class RichReporter(Reporter):
     def file_done(self, size: int, stored: int) -> None:
         self.size += size
         self.stored += stored
-        if self.progress and self.size:
-            self.progress.update(self.task, ratio=f"ratio {self.stored / self.size:.1%}")
+        if self.progress and self.size:  # re-sync: per-stream advances are only approximately file bytes
+            self.progress.update(self.task, completed=self.size, ratio=f"ratio {self.stored / self.size:.1%}")
 
     def stop(self) -> None:
         if self.progress:
