@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default=str(ROOT / "archiver" / "models" / "default.safetensors"))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="fewer chunks and decode steps, smaller GEMMs")
-    ap.add_argument("--out", help="also write the table to this file")
+    ap.add_argument("--out", help="also write the table into this markdown file's `engine` section")
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -124,7 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     table = "\n".join(lines) + "\n"
     sys.stdout.write(table)
     if args.out:
-        Path(args.out).write_text(table)
+        from report import replace_section
+
+        replace_section(Path(args.out), "engine", table)
     return 0
 
 

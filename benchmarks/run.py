@@ -191,7 +191,7 @@ def write_report(a, results: dict) -> None:
 
     model_bytes = {n: registry.available()[n].stat().st_size for n in a.models.split(",") if n in registry.available()}
     lines = [
-        "# Benchmarks",
+        "## lmarc against the classic codecs",
         "",
         f"Produced by `python benchmarks/run.py{' --quick' if a.quick else ''}` on "
         f"{datetime.date.today()} ({platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}),"
@@ -203,7 +203,7 @@ def write_report(a, results: dict) -> None:
         "",
     ]
     for m, r in results.items():
-        lines += [f"## {m}: {r['files']} files, {r['bytes']:,} bytes", ""]
+        lines += [f"### {m}: {r['files']} files, {r['bytes']:,} bytes", ""]
         if r["pixels"]:
             lines += [f"Raw pixels: {r['pixels']:,} bytes (ratios to pixels in the last column).", ""]
         lines += ["| tool | bytes | ratio | bpb | adjusted | compress KB/s | decompress KB/s | peak RAM MB |"
@@ -222,10 +222,12 @@ def write_report(a, results: dict) -> None:
                 row += f" {size / r['pixels']:.3f} |"
             lines.append(row)
         lines.append("")
-    a.out.write_text("\n".join(lines) + "\n")
+    from report import replace_section
+
+    replace_section(a.out, "codecs", "\n".join(lines))
     (a.out.parent / "benchmarks.json").write_text(json.dumps(results, indent=1, default=str))
     plot(results, a.out.parent / "benchmarks.png")
-    print(f"wrote {a.out}", file=sys.stderr)
+    print(f"wrote the codecs section of {a.out}", file=sys.stderr)
 
 
 def plot(results: dict, path: Path) -> None:
