@@ -39,10 +39,30 @@ class Settings:
     _predictors: dict[str, Predictor] = field(default_factory=dict)
 
     def predictor(self, model_id: str | None = None, hint: str | None = None) -> Predictor:
-        key = model_id or f"name:{self.model}"
+        """The chosen model (`model_id` None) or the one an archive names by id."""
+        if model_id is None:
+            return self._named(self.model)
+        return self._get(model_id, lambda: registry.by_id(model_id, hint))
+
+    def predictor_for(self, kind: str) -> Predictor:
+        """The chosen model where its vocabulary codes this stream kind (a text model codes text),
+        else the default byte-level model (images, audio and binary with a text model)."""
+        main = self.predictor()
+        return main if kind in main.vocab.kinds else self.byte_predictor()
+
+    def byte_predictor(self) -> Predictor:
+        """The fallback for streams the chosen model cannot code: the chosen model if byte-level."""
+        main = self.predictor()
+        return main if len(main.vocab.kinds) > 1 else self._named(registry.DEFAULT)
+
+    def _named(self, name: str) -> Predictor:
+        return self._get(f"name:{name}", lambda: registry.load(name), name)
+
+    def _get(self, key: str, load, name: str | None = None) -> Predictor:
         if key not in self._predictors:
-            model = registry.load(self.model) if model_id is None else registry.by_id(model_id, hint)
-            self._predictors[key] = Predictor(model, self.device, self.threads)
+            pred = Predictor(load(), self.device, self.threads)
+            pred.name = name or pred.name
+            self._predictors[key] = self._predictors.setdefault(pred.model.model_id, pred)
         return self._predictors[key]
 
 
@@ -157,18 +177,20 @@ def _store_object(data: bytes, name: str, writer: ArchiveWriter, settings: Setti
     """Code a file's streams; if the classic codecs on the file's own bytes do better (a PNG whose
     pixels the model cannot beat its deflate on), keep those instead."""
     chosen = split_file(data, name)
-    predictor = settings.predictor()
     scale = len(data) / max(1, sum(len(s.data) for s in chosen.split.streams))  # progress in file bytes
-    coded = [(s, streamcoder.encode_stream(s.kind, s.data, predictor, lambda n: ui.advance(round(n * scale))))
-             for s in chosen.split.streams]
+    coded = []
+    for s in chosen.split.streams:  # text to a text model, the rest (and text it cannot tokenize) to bytes
+        pred = None if s.kind == "stored" else settings.predictor_for(s.kind)
+        coded.append((s, streamcoder.encode_stream(s.kind, s.data, pred, lambda n: ui.advance(round(n * scale)),
+                                                   settings.byte_predictor)))
     fmt, recipe = chosen.format, chosen.split.recipe
     if fmt.name != RAW:
         whole = streamcoder.classic_blocks(data)
         if sum(len(c.payload) for c in whole) < sum(len(c.payload) for _, cs in coded for c in cs):
             fmt, recipe = format_by_name(RAW), {}
             coded = [(Stream("binary", data), whole)]
-    if any(c.record["codec"] == "lm" for _, cs in coded for c in cs):
-        writer.index.models[predictor.model.model_id] = settings.model
+    for mid in {c.record["model"] for _, cs in coded for c in cs if c.record["codec"] == "lm"}:
+        writer.index.models[mid] = settings.predictor(mid).name  # id -> name: the hint when it is missing
     streams = [{"kind": s.kind, "size": len(s.data), "chunks": [c.record | writer.write_chunk(c.payload) for c in cs]}
                for s, cs in coded]
     return {"format": fmt.name, "format_version": fmt.version, "recipe": recipe, "streams": streams}

