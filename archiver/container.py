@@ -22,6 +22,9 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from archiver.classic import CODECS
+from archiver.formats import KINDS
+
 MAGIC = b"LMARC\r\n\x1a"
 VERSION = 1
 HEADER = MAGIC + struct.pack("<H", VERSION) + bytes(6)
@@ -63,7 +66,7 @@ class Index:
         return cls(entries, objects, models)
 
 
-CHUNK_CODECS = ("lm", "store", "zstd", "xz")
+CHUNK_CODECS = ("lm", *CODECS)
 MAX_CHUNK = 4 << 20  # no chunk decodes to more than this (streamcoder.CLASSIC_BLOCK)
 _HEX = set("0123456789abcdef")
 
@@ -89,7 +92,7 @@ def validate_index(index: Index, data_end: int) -> None:
         if not isinstance(streams, list):
             bad("object streams")
         for st in streams:
-            if not isinstance(st, dict) or not isinstance(st.get("kind"), str) or not _is_int(st.get("size")):
+            if not isinstance(st, dict) or st.get("kind") not in KINDS or not _is_int(st.get("size")):
                 bad("stream")
             chunks = st.get("chunks")
             if not isinstance(chunks, list):
