@@ -228,6 +228,13 @@ def _decode_files(reader: ArchiveReader, entries: list[dict], settings: Settings
         -> Iterator[tuple[dict, bytes | None, str | None]]:
     """Yield (entry, verified bytes or None, problem) for file entries, decoding in groups."""
     files = [e for e in entries if e.get("type") == "file"]
+    for e, data, problem in _decode_in_groups(reader, files, settings, ui):
+        ui.file_done(int(e.get("size", 0)), 0)  # re-sync progress to file bytes (chunks count stream bytes)
+        yield e, data, problem
+
+
+def _decode_in_groups(reader: ArchiveReader, files: list[dict], settings: Settings, ui: Reporter) \
+        -> Iterator[tuple[dict, bytes | None, str | None]]:
     group: list[dict] = []
     size = 0
     for e in files + [None]:

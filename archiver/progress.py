@@ -61,7 +61,8 @@ class RichReporter(Reporter):
         self.size += size
         self.stored += stored
         if self.progress and self.size:  # re-sync: per-stream advances are only approximately file bytes
-            self.progress.update(self.task, completed=self.size, ratio=f"ratio {self.stored / self.size:.1%}")
+            ratio = f"ratio {self.stored / self.size:.1%}" if self.stored else ""
+            self.progress.update(self.task, completed=self.size, ratio=ratio)
 
     def stop(self) -> None:
         if self.progress:
