@@ -175,3 +175,12 @@ def test_adding_the_current_directory(cli, tiny, tree, tmp_path, monkeypatch):
     assert "notes.txt" in names and "empty_dir" in names and "." not in names
     cli("extract", arc, "-C", tmp_path / "out", "notes.txt")
     assert (tmp_path / "out" / "notes.txt").read_bytes() == (SAMPLES / "notes.txt").read_bytes()
+
+
+def test_cuda_without_a_gpu_is_a_clear_error(cli):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    _, err = cli("--device", "cuda", "info", code=2)
+    assert err == "lmarc: --device cuda: no CUDA device is available\n"
