@@ -184,7 +184,8 @@ def _store_object(data: bytes, name: str, writer: ArchiveWriter, settings: Setti
         coded.append((s, streamcoder.encode_stream(s.kind, s.data, pred, lambda n: ui.advance(round(n * scale)),
                                                    settings.byte_predictor)))
     fmt, recipe = chosen.format, chosen.split.recipe
-    if fmt.name != RAW:
+    # (a format whose one stream is the file itself was already weighed against these bytes' classic coding)
+    if fmt.name != RAW and [s.data for s in chosen.split.streams] != [data]:
         whole = streamcoder.classic_blocks(data)
         if sum(len(c.payload) for c in whole) < sum(len(c.payload) for _, cs in coded for c in cs):
             fmt, recipe = format_by_name(RAW), {}

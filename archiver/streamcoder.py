@@ -76,15 +76,16 @@ def encode_stream(kind: str, data: bytes, predictor: Predictor | None,
         if on_progress:
             on_progress(len(data))
         return whole
-    v = predictor.vocab
-    symbols = v.symbols(kind, data)
+    symbols = predictor.vocab.symbols(kind, data)
+    if symbols is None and fallback is not None:
+        other = fallback()
+        if other is not predictor:
+            predictor, symbols = other, other.vocab.symbols(kind, data)
     if symbols is None:
-        other = fallback() if fallback else None
-        if other is None or other is predictor:
-            if on_progress:
-                on_progress(len(data))
-            return whole
-        return encode_stream(kind, data, other, on_progress)
+        if on_progress:
+            on_progress(len(data))
+        return whole
+    v = predictor.vocab
     n = predictor.chunk_tokens
     pieces = [symbols[i : i + n] for i in range(0, len(symbols), n)]
     bos = v.bos(kind)
@@ -95,7 +96,7 @@ def encode_stream(kind: str, data: bytes, predictor: Predictor | None,
     for g in range(0, len(pieces), group):
         batch = pieces[g : g + group]
         seqs = [[bos, *v.token_ids(p).tolist()] for p in batch]
-        freqs = predictor.engine.score(seqs, v.alphabet(kind))
+        freqs = predictor.engine.score(seqs, table)
         for p, f in zip(batch, freqs, strict=True):
             raw = v.to_bytes(kind, p)
             lm = coder.encode(p, f)
