@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import struct
 import wave
+import zlib
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from PIL import Image
 
 from archiver.formats import join_streams, split_file
 from archiver.plugins import formats
+from lmarc_plugins.png import pack_bits, png_filter
 
 
 def roundtrip(data: bytes, path: str = "") -> str:
@@ -35,6 +37,36 @@ def png_bytes(w: int, h: int, mode: str, seed: int, **save) -> bytes:
     return buf.getvalue()
 
 
+def _png_chunk(ctype: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + ctype + body + struct.pack(">I", zlib.crc32(ctype + body))
+
+
+def raw_png_bytes(w: int, h: int, depth: int, ctype: int, seed: int, level: int = 6) -> bytes:
+    """A PNG of any bit depth and colour type, written here (Pillow cannot write 16-bit RGB or
+    2/4-bit gray), with a random filter type per row so every unfilter path is exercised."""
+    rng = np.random.default_rng(seed)
+    chans = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}[ctype]
+    if depth >= 8:
+        raw, bpp = (rng.integers(0, 4, (h, w * chans * depth // 8)) * 37).astype(np.uint8), chans * depth // 8
+    else:
+        raw, bpp = pack_bits(rng.integers(0, 1 << depth, (h, w)).astype(np.uint8), (w * depth + 7) // 8, depth), 1
+    types = rng.integers(0, 5, h).astype(np.uint8)
+    rows = np.concatenate([types[:, None], png_filter(raw, types, bpp)], axis=1).tobytes()
+    head = _png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, depth, ctype, 0, 0, 0))
+    plte = _png_chunk(b"PLTE", bytes(range(48))) if ctype == 3 else b""
+    idat = _png_chunk(b"IDAT", zlib.compress(rows, level))
+    return b"\x89PNG\r\n\x1a\n" + head + plte + idat + _png_chunk(b"IEND", b"")
+
+
+def pil_bytes(arr: np.ndarray, mode: str, fmt: str, **save) -> bytes:
+    im = Image.fromarray(arr, "L" if mode in ("P", "1") else mode) if mode != "I;16" else Image.fromarray(arr)
+    if mode in ("P", "1"):
+        im = im.convert(mode)
+    buf = io.BytesIO()
+    im.save(buf, fmt, **save)
+    return buf.getvalue()
+
+
 def wav_bytes(channels: int, width: int, frames: bytes) -> bytes:
     buf = io.BytesIO()
     with wave.open(buf, "wb") as w:
@@ -46,7 +78,8 @@ def wav_bytes(channels: int, width: int, frames: bytes) -> bytes:
 
 
 def test_every_format_is_registered_through_entry_points():
-    assert {"raw", "text", "compressed", "png", "pnm", "bmp", "wav", "aiff"} <= {f.name for f in formats()}
+    expected = {"raw", "text", "compressed", "png", "pnm", "bmp", "tiff", "gif", "wav", "aiff"}
+    assert expected <= {f.name for f in formats()}
 
 
 @given(st.binary(max_size=3000))
@@ -61,11 +94,59 @@ def test_any_text_round_trips(text):
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.integers(1, 40), st.integers(1, 40), st.sampled_from(["L", "RGB", "RGBA", "LA", "P"]), st.integers(0, 9),
-       st.integers(0, 1 << 16))
+@given(
+    st.integers(1, 40),
+    st.integers(1, 40),
+    st.sampled_from(["L", "RGB", "RGBA", "LA", "P"]),
+    st.integers(0, 9),
+    st.integers(0, 1 << 16),
+)
 def test_png_round_trips_and_uses_pixels(w, h, mode, level, seed):
     data = png_bytes(w, h, mode, seed, compress_level=level)
     assert roundtrip(data, "x.png") == "png"
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.sampled_from([(0, 1), (0, 2), (0, 4), (0, 16), (2, 16), (3, 1), (3, 2), (3, 4), (4, 16), (6, 16)]),
+    st.integers(1, 30),
+    st.integers(1, 20),
+    st.integers(0, 9),
+    st.integers(0, 1 << 16),
+)
+def test_png_of_every_bit_depth_round_trips(layout, w, h, level, seed):
+    ctype, depth = layout
+    assert roundtrip(raw_png_bytes(w, h, depth, ctype, seed, level), "x.png") == "png"
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    st.integers(1, 70),
+    st.integers(1, 70),
+    st.sampled_from(["L", "RGB", "RGBA", "1", "I;16", "CMYK"]),
+    st.integers(0, 1 << 16),
+)
+def test_uncompressed_tiff_round_trips(w, h, mode, seed):
+    rng = np.random.default_rng(seed)
+    if mode == "I;16":
+        arr = rng.integers(0, 1 << 16, (h, w)).astype(np.uint16)
+    else:
+        chans = {"L": 1, "1": 1, "RGB": 3, "RGBA": 4, "CMYK": 4}[mode]
+        arr = (rng.integers(0, 8, (h, w, chans)) * 32).astype(np.uint8).squeeze(2 if chans == 1 else ())
+    assert roundtrip(pil_bytes(arr, mode, "TIFF"), "x.tif") == "tiff"
+    assert roundtrip(pil_bytes(arr, mode, "TIFF", compression="tiff_lzw"), "x.tif") == "raw"  # compressed: bytes
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(1, 120), st.integers(1, 90), st.integers(1, 256), st.integers(1, 3), st.integers(0, 1 << 16))
+def test_gif_round_trips_including_full_lzw_tables_and_frames(w, h, colours, frames, seed):
+    rng = np.random.default_rng(seed)
+    ims = [Image.fromarray(rng.integers(0, colours, (h, w)).astype(np.uint8), "L").convert("P") for _ in range(frames)]
+    buf = io.BytesIO()
+    ims[0].save(buf, "GIF", save_all=frames > 1, append_images=ims[1:], duration=50)
+    chosen = split_file(buf.getvalue(), "x.gif")
+    assert roundtrip(buf.getvalue(), "x.gif") == "gif"
+    assert sum(s.kind == "image" for s in chosen.split.streams) >= 1
 
 
 @settings(max_examples=40, deadline=None)
@@ -80,8 +161,7 @@ def test_wav_round_trips(channels, width, payload, junk):
 @settings(max_examples=60, deadline=None)
 @given(st.data())
 def test_truncated_or_corrupted_files_fall_back(data):
-    base = data.draw(st.sampled_from([png_bytes(9, 7, "RGB", 1), wav_bytes(2, 2, bytes(range(200))),
-                                      b"P6\n4 3\n255\n" + bytes(range(36)), bmp_bytes(5, 3)]))
+    base = data.draw(st.sampled_from(MALFORMABLE))
     cut = data.draw(st.integers(0, len(base)))
     flips = data.draw(st.lists(st.tuples(st.integers(0, len(base) - 1), st.integers(1, 255)), max_size=3))
     mangled = bytearray(base[:cut] if data.draw(st.booleans()) else base)
@@ -95,6 +175,14 @@ def bmp_bytes(w: int, h: int) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(np.arange(w * h * 3, dtype=np.uint8).reshape(h, w, 3)).save(buf, "BMP")
     return buf.getvalue()
+
+
+MALFORMABLE = [
+    png_bytes(9, 7, "RGB", 1), raw_png_bytes(9, 7, 16, 2, 1), raw_png_bytes(11, 5, 2, 0, 1),
+    wav_bytes(2, 2, bytes(range(200))), b"P6\n4 3\n255\n" + bytes(range(36)), bmp_bytes(5, 3),
+    pil_bytes(np.arange(60, dtype=np.uint8).reshape(6, 10), "L", "TIFF"),
+    pil_bytes(np.arange(600, dtype=np.uint16).reshape(20, 30).astype(np.uint8), "P", "GIF"),
+]  # fmt: skip
 
 
 def test_pnm_and_bmp_use_their_plugins():
@@ -143,8 +231,22 @@ def test_a_third_party_plugin_package_is_found_and_used(tmp_path):
     from tests.conftest import ROOT, TINY
 
     site = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                    "--target", str(site), str(ROOT / "plugins" / "lmarc-npy")], check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(site),
+            str(ROOT / "plugins" / "lmarc-npy"),
+        ],
+        check=True,
+        capture_output=True,
+    )
     arr = np.cumsum(np.random.default_rng(0).normal(0, 1, 3000)).astype("<f4")
     np.save(tmp_path / "walk.npy", arr)
     env = dict(__import__("os").environ, PYTHONPATH=f"{site}:{ROOT}")
@@ -152,8 +254,7 @@ def test_a_third_party_plugin_package_is_found_and_used(tmp_path):
     info = subprocess.run([*lmarc, "info"], env=env, capture_output=True, text=True, check=True).stdout
     assert "npy" in info and "lmarc-npy" in info
     arc = tmp_path / "a.lma"
-    subprocess.run([*lmarc, "add", "-a", arc, "--model", TINY, "walk.npy"], env=env, check=True,
-                   cwd=tmp_path)
+    subprocess.run([*lmarc, "add", "-a", arc, "--model", TINY, "walk.npy"], env=env, check=True, cwd=tmp_path)
     rows = subprocess.run([*lmarc, "list", arc, "--json"], env=env, capture_output=True, text=True, check=True)
     assert '"plugin": "npy"' in rows.stdout
     subprocess.run([*lmarc, "extract", arc, "-C", tmp_path / "out"], env=env, check=True)
