@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from archiver.fixedpoint import F, force_exact_float_math, gemm, isqrt, quantize_rows, rshift_round
+from archiver.fixedpoint import F, force_exact_float_math, gemm, isqrt, quantize_rows, rescale_, rshift_round
 from archiver.intmodel import ATT_FRAC, ROPE_FRAC, IntModel, QMatrix
 
 TOTAL_BITS = 24  # frequency tables sum to 2**24: the floor of 1 per symbol costs < 0.01 bit/token
@@ -72,16 +72,18 @@ class Engine:
     # ---- exact building blocks -------------------------------------------------------------
     def _linear(self, x: torch.Tensor, m: _Prepared) -> torch.Tensor:
         q, rm, re = quantize_rows(x)
-        acc = gemm(q, m.wt, self.backend)
-        return rshift_round(acc * m.mult * rm, (m.shift + 7) - re)
+        return rescale_(gemm(q, m.wt, self.backend), m.mult, rm, (m.shift + 7) - re)
 
     def _normed_linear(self, x: torch.Tensor, m: _Prepared) -> torch.Tensor:
-        """RMSNorm then linear; the norm's gain is folded into m, the norm itself is exact here."""
+        """RMSNorm then linear; the norm's gain is folded into m, the norm itself is exact here.
+
+        The sum of squares is taken in float64: every partial sum is an integer below 127**2 * 2**14
+        < 2**53, so it is exact in any order."""
         q, _, _ = quantize_rows(x)
-        ss = (q * q).sum(-1, keepdim=True).clamp(min=1)
+        qf = q.to(torch.float64)
+        ss = torch.linalg.vecdot(qf, qf).to(torch.int64).clamp_(min=1).unsqueeze(-1)
         inv = isqrt(torch.div(x.new_full((), x.shape[-1] << (2 * NORM_FRAC)), ss, rounding_mode="floor"))
-        acc = gemm(q, m.wt, self.backend)
-        return rshift_round(acc * m.mult * inv, m.shift + NORM_FRAC - F)
+        return rescale_(gemm(q, m.wt, self.backend), m.mult, inv, m.shift + NORM_FRAC - F)
 
     def _rope(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         """x [B, T, H, hd] at positions pos [T]."""

@@ -49,22 +49,45 @@ def rshift_round(x: torch.Tensor, s: torch.Tensor | int) -> torch.Tensor:
 def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Quantize the last axis to int8 values q with x ~= q * m * 2**(e-7).
 
-    Returns q (int64 holding values in [-127, 127]) and the row scale (m, e), each shaped [..., 1].
+    Returns q (int8, values in [-127, 127]) and the row scale (m, e), each shaped [..., 1].
+    q = clamp(floor((256 x + d) / (2 d)), -127, 127) with d = m * 2**e, for |x| < 2**54 (256 x fits
+    int64). int64 division is scalar on CPUs, so the quotient is taken in two exact steps:
+    floor(N / (2**(e+1) m)) = floor(floor(N / 2**(e+1)) / m); the first is a shift, and the second
+    has a numerator n with |n| <= 257 m / 2 < 2**23, where floor of the float64 quotient is exact
+    (for integers |n| < 2**53 and m >= 1 a non-integer n / m lies >= 1/m from any integer, more than
+    the rounding error |n / m| * 2**-53).
     """
     amax = x.abs().amax(-1, keepdim=True).clamp(min=1)
     m, e = split_scale(amax)
-    d = m << e
-    q = torch.div(x * 256 + d, 2 * d, rounding_mode="floor").clamp(-127, 127)
+    n = ((x << 8) + (m << e)) >> (e + 1)
+    q = n.to(torch.float64).div_(m.to(torch.float64)).floor_().clamp_(-127, 127).to(torch.int8)
     return q, m, e
 
 
 def isqrt(v: torch.Tensor) -> torch.Tensor:
-    """floor(sqrt(v)) for int64 0 <= v < 2**52, exact: float sqrt then integer correction."""
-    r = torch.sqrt(v.to(torch.float64)).to(torch.int64)
-    for _ in range(2):
-        r = torch.where(r * r > v, r - 1, r)
-        r = torch.where((r + 1) * (r + 1) <= v, r + 1, r)
-    return r
+    """floor(sqrt(v)) for int64 0 <= v < 2**52, exact: the float64 square root truncated.
+
+    v is exact as float64 and sqrt is correctly rounded. With r = floor(sqrt(v)), sqrt(v) >= r rounds
+    to at least r (exact), and r + 1 - sqrt(v) >= sqrt(v + 1) - sqrt(v) > 2**-27 exceeds the half ulp
+    (<= 2**-28 below 2**26), so it never rounds up to r + 1.
+    """
+    return torch.sqrt(v.to(torch.float64)).to(torch.int64)
+
+
+def rescale_(acc: torch.Tensor, mult: torch.Tensor, row_mult: torch.Tensor, s: torch.Tensor | int) -> torch.Tensor:
+    """rshift_round(acc * mult * row_mult, s), computed in place in acc (which it returns).
+
+    Same integers as the unfused chain: a negative shift is folded into row_mult, and int64 products
+    wrap modulo 2**64 in either order.
+    """
+    if isinstance(s, int):
+        acc.mul_(mult).mul_(row_mult if s >= 0 else row_mult << -s)
+        if s > 0:
+            acc.add_(1 << (s - 1)).bitwise_right_shift_(s)
+        return acc
+    pos = s.clamp(min=0)
+    acc.mul_(mult).mul_(row_mult << (-s).clamp(min=0))
+    return acc.add_((torch.ones_like(pos) << pos) >> 1).bitwise_right_shift_(pos)
 
 
 def gemm(q: torch.Tensor, wt: torch.Tensor, backend: str) -> torch.Tensor:
