@@ -85,21 +85,28 @@ class Engine:
         inv = isqrt(torch.div(x.new_full((), x.shape[-1] << (2 * NORM_FRAC)), ss, rounding_mode="floor"))
         return rescale_(gemm(q, m.wt, self.backend), m.mult, inv, m.shift + NORM_FRAC - F)
 
-    def _rope(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        """x [B, T, H, hd] at positions pos [T]."""
+    def _rope_q10(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """Rotary embedding of x [B, T, H, hd] (Q16) by cos, sin [T, 1, hd/2] (Q14), rounded straight to
+        the Q10 of the score product and clamped to +-qk_limit.
+
+        One rounding shift does both roundings of the integer program, rshift_round(rshift_round(y,
+        ROPE_FRAC), F - KEY_FRAC): floor((floor(a / 2**14) + 2**5) / 2**6) = floor((a + 2**19) / 2**20)
+        for a = y + 2**13 (nested floor division), with |y| far below 2**62."""
         half = self.head_dim // 2
-        cos = self.t["rope_cos"][pos][None, :, None, :]
-        sin = self.t["rope_sin"][pos][None, :, None, :]
         x1, x2 = x[..., :half], x[..., half:]
-        return torch.cat(
-            [rshift_round(x1 * cos - x2 * sin, ROPE_FRAC), rshift_round(x2 * cos + x1 * sin, ROPE_FRAC)], -1
-        )
+        y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+        y1, y2 = y[..., :half], y[..., half:]
+        torch.mul(x1, cos, out=y1).sub_(x2 * sin)
+        torch.mul(x2, cos, out=y2).add_(x1 * sin)
+        s = ROPE_FRAC + F - KEY_FRAC
+        y.add_((1 << (ROPE_FRAC - 1)) + (1 << (s - 1))).bitwise_right_shift_(s)
+        return y.clamp_(-self.qk_limit, self.qk_limit)
 
     def _attend(self, q: torch.Tensor, cache: _Cache, li: int, p0: int) -> torch.Tensor:
-        """Causal softmax attention of q [B, T, H, hd] (Q16, at positions p0..) over the history.
+        """Causal softmax attention of q [B, T, H, hd] (Q10, at positions p0..) over the history.
 
         The cache holds Q10 keys and Q16 values as float64, transposed [B, KV, hd, S]. Queries are
-        scaled to Q10 and then by 2**-12 (exact: a power of two), so one float64 product gives
+        scaled by 2**-12 (exact: a power of two), so one float64 product gives
         x = (q.k) / 2**12 with every partial sum a multiple of 2**-12 below 2**40: exact in any
         order. The softmax index of the original integer program,
             min(m - s, last) with s = floor(x + 1/2) and m its row maximum,
@@ -113,9 +120,8 @@ class Engine:
         g = H // KV
         keys, values = cache.kt[li], cache.vt[li]
         last = self.att_exp64.numel() - 1
-        q10 = rshift_round(q, F - KEY_FRAC).clamp_(-self.qk_limit, self.qk_limit)
         qf = torch.empty((B, KV, T, g, hd), dtype=torch.float64, device=q.device)
-        qf.copy_(q10.view(B, T, KV, g, hd).transpose(1, 2))
+        qf.copy_(q.view(B, T, KV, g, hd).transpose(1, 2))
         qf = qf.mul_(2.0 ** -(2 * KEY_FRAC - ATT_FRAC)).view(B, KV, T * g, hd)  # rows (t, head)
         acc = torch.empty((B, KV, T * g, hd), dtype=torch.float64, device=q.device)
         den = torch.empty((B, KV, T * g), dtype=torch.float64, device=q.device)
@@ -160,10 +166,14 @@ class Engine:
             self._tris[key] = t[None, :] > t.repeat_interleave(g)[:, None]
         return self._tris[key]
 
-    def _silu(self, g: torch.Tensor) -> torch.Tensor:
+    def _silu_mul(self, g: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """rshift_round(silu(g) * u, F) with silu(g) = rshift_round(g * sigmoid[idx], 15), in place
+        in the looked-up table values (index_select: the fast path of a 1-D table lookup)."""
         sig = self.t["sigmoid"]
-        idx = ((g >> (F - 8)) + sig.numel() // 2).clamp(0, sig.numel() - 1)
-        return rshift_round(g * sig[idx], 15)
+        idx = (g >> (F - 8)).add_(sig.numel() // 2).clamp_(0, sig.numel() - 1)
+        h = torch.index_select(sig, 0, idx.view(-1)).view(g.shape)
+        h.mul_(g).add_(1 << 14).bitwise_right_shift_(15)
+        return h.mul_(u).add_(1 << (F - 1)).bitwise_right_shift_(F)
 
     # ---- the forward pass ------------------------------------------------------------------
     def _forward(self, tokens: torch.Tensor, cache: _Cache, out=None) -> torch.Tensor:
@@ -173,15 +183,16 @@ class Engine:
         B, T = tokens.shape
         p0 = cache.length
         pos = torch.arange(p0, p0 + T, device=self.device)
+        cos = torch.index_select(self.t["rope_cos"], 0, pos)[:, None, :]
+        sin = torch.index_select(self.t["rope_sin"], 0, pos)[:, None, :]
         S = p0 + T
         x = rshift_round(self.embed_q[tokens] * self.embed_mult[tokens][..., None], self.embed_shift - F)
         H, KV, hd = self.heads, self.kv_heads, self.head_dim
         for li, (qkv_m, o_m, gu_m, down_m) in enumerate(self.layers):
             qkv = self._rowwise(lambda t, m=qkv_m: self._normed_linear(t, m), x)
-            q = self._rope(qkv[..., : H * hd].reshape(B, T, H, hd), pos)
-            k = self._rope(qkv[..., H * hd : (H + KV) * hd].reshape(B, T, KV, hd), pos)
+            q = self._rope_q10(qkv[..., : H * hd].reshape(B, T, H, hd), cos, sin)
+            k = self._rope_q10(qkv[..., H * hd : (H + KV) * hd].reshape(B, T, KV, hd), cos, sin)
             v = qkv[..., (H + KV) * hd :].reshape(B, T, KV, hd)
-            k = rshift_round(k, F - KEY_FRAC).clamp(-self.qk_limit, self.qk_limit)
             v = v.clamp(-self.v_limit, self.v_limit)
             cache.append(li, k, v)
             att = self._attend(q, cache, li, p0)
@@ -194,8 +205,7 @@ class Engine:
 
     def _mlp(self, x: torch.Tensor, gu_m: _Prepared, down_m: _Prepared) -> torch.Tensor:
         gu = self._normed_linear(x, gu_m)
-        h = rshift_round(self._silu(gu[..., : self.inter]) * gu[..., self.inter :], F)
-        return self._linear(h, down_m)
+        return self._linear(self._silu_mul(gu[..., : self.inter], gu[..., self.inter :]), down_m)
 
     def _rowwise(self, fn, x: torch.Tensor) -> torch.Tensor:
         """fn applied to the rows of x [..., k] in tiles of ROW_TILE rows, so every intermediate
