@@ -153,10 +153,17 @@ class Engine:
                 e = torch.index_select(self.att_exp64, 0, idx, out=ebuf[:n]).view_as(s)  # Q15, row max 2**15
                 torch.sum(e, -1, out=den[b0:b1, :, a * g : b * g])
                 acc[b0:b1, :, a * g : b * g] = torch.matmul(e, values[b0:b1, :, :, :S].transpose(-1, -2))
-        acc = acc.to(torch.int64)
-        d = den.to(torch.int64).unsqueeze(-1)
-        o = torch.div(acc.mul_(2).add_(d), d.mul_(2), rounding_mode="floor")  # [B, KV, T*g, hd]
-        return o.view(B, KV, T, g, hd).transpose(1, 2).reshape(B, T, H * hd)
+        # o = floor(acc / den + 1/2), in float64 and exact: |acc| <= den * v_limit and
+        # den * (v_limit + 1) <= 2**53, so the floored quotient of these integers is exact (a
+        # non-integer quotient lies >= 1/den from any integer, beyond the rounding error), q * den is
+        # an integer of magnitude <= |acc| + den <= 2**53 (exact), and so is the remainder r.
+        den = den.unsqueeze(-1)
+        o = torch.div(acc, den).floor_()
+        r = acc.addcmul_(o, den, value=-1)  # acc - o * den, in [0, den)
+        o.add_(r.div_(den.mul_(0.5)).floor_())  # + (2 r >= den), exact as floor(2 r / den) < 2
+        out = torch.empty((B, T, H * hd), dtype=torch.int64, device=q.device)
+        out.view(B, T, KV, g, hd).copy_(o.view(B, KV, T, g, hd).transpose(1, 2))
+        return out
 
     def _tri(self, n: int, g: int) -> torch.Tensor:
         """Causal mask of a diagonal block: rows (t, head) t < n, columns u < n, True where u > t."""
