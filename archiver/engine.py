@@ -86,8 +86,8 @@ class Engine:
         return rescale_(gemm(q, m.wt, self.backend), m.mult, inv, m.shift + NORM_FRAC - F)
 
     def _rope_q10(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        """Rotary embedding of x [B, T, H, hd] (Q16) by cos, sin [T, 1, hd/2] (Q14), rounded straight to
-        the Q10 of the score product and clamped to +-qk_limit.
+        """Rotary embedding of x [N, heads, hd] (Q16) by its rows' cos, sin [N, 1, hd/2] (Q14), rounded
+        straight to the Q10 of the score product and clamped to +-qk_limit.
 
         One rounding shift does both roundings of the integer program, rshift_round(rshift_round(y,
         ROPE_FRAC), F - KEY_FRAC): floor((floor(a / 2**14) + 2**5) / 2**6) = floor((a + 2**19) / 2**20)
@@ -102,8 +102,21 @@ class Engine:
         y.add_((1 << (ROPE_FRAC - 1)) + (1 << (s - 1))).bitwise_right_shift_(s)
         return y.clamp_(-self.qk_limit, self.qk_limit)
 
+    def _qkv(self, x: torch.Tensor, m: _Prepared, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """Rows x [N, d] -> [N, (H + 2 KV) hd]: Q10 rotated queries and keys, then values clamped to
+        +-v_limit (the bounds that keep the float64 attention exact)."""
+        H, KV, hd = self.heads, self.kv_heads, self.head_dim
+        y = self._normed_linear(x, m)
+        n = x.shape[0]
+        k = slice(H * hd, (H + KV) * hd)
+        y[:, : H * hd] = self._rope_q10(y[:, : H * hd].view(n, H, hd), cos, sin).view(n, H * hd)
+        y[:, k] = self._rope_q10(y[:, k].view(n, KV, hd), cos, sin).view(n, KV * hd)
+        y[:, (H + KV) * hd :].clamp_(-self.v_limit, self.v_limit)
+        return y
+
     def _attend(self, q: torch.Tensor, cache: _Cache, li: int, p0: int) -> torch.Tensor:
-        """Causal softmax attention of q [B, T, H, hd] (Q10, at positions p0..) over the history.
+        """Causal softmax attention of q [B, T, H, hd] (Q10, at positions p0..) over the history;
+        returns the Q16 outputs [B, T, H * hd].
 
         The cache holds Q10 keys and Q16 values as float64, transposed [B, KV, hd, S]. Queries are
         scaled by 2**-12 (exact: a power of two), so one float64 product gives
@@ -113,20 +126,19 @@ class Engine:
         equals floor(min(m + 1/2 - 2**-12 - x, last)) because x is a multiple of 2**-12 (so
         ceil(w) = floor(w + 1 - 2**-12)); masked scores are -inf and land on the last table entry,
         which is 0. All of it is exact float64 arithmetic on values below 2**42.
-        The work runs in tiles of at most ATTN_TILE scores so the chain stays in cache.
+        The work runs in tiles of at most ATTN_TILE scores, from the queries' conversion to the
+        rounded outputs, so the whole chain stays in cache.
         """
         B, T, H, hd = q.shape
         KV = self.kv_heads
         g = H // KV
         keys, values = cache.kt[li], cache.vt[li]
         last = self.att_exp64.numel() - 1
-        qf = torch.empty((B, KV, T, g, hd), dtype=torch.float64, device=q.device)
-        qf.copy_(q.view(B, T, KV, g, hd).transpose(1, 2))
-        qf = qf.mul_(2.0 ** -(2 * KEY_FRAC - ATT_FRAC)).view(B, KV, T * g, hd)  # rows (t, head)
-        acc = torch.empty((B, KV, T * g, hd), dtype=torch.float64, device=q.device)
-        den = torch.empty((B, KV, T * g), dtype=torch.float64, device=q.device)
-        half = 0.5 - 2.0 ** -(2 * KEY_FRAC - ATT_FRAC)
+        scale = 2.0 ** -(2 * KEY_FRAC - ATT_FRAC)
+        half = 0.5 - scale
+        out = torch.empty((B, T, H * hd), dtype=torch.int64, device=q.device)
         blk = QUERY_BLOCK if T > 1 else 1
+        f64 = dict(dtype=torch.float64, device=q.device)
         buf = ibuf = ebuf = None
         for a in range(0, T, blk):
             b = min(T, a + blk)
@@ -135,15 +147,19 @@ class Engine:
             nb = max(1, min(B, ATTN_TILE // (KV * R * S)))
             n = nb * KV * R * S
             if buf is None or buf.numel() < n:
-                buf = torch.empty(n, dtype=torch.float64, device=q.device)
+                buf = torch.empty(n, **f64)
                 ibuf = torch.empty(n, dtype=torch.int32, device=q.device)
-                ebuf = torch.empty(n, dtype=torch.float64, device=q.device)
+                ebuf = torch.empty(n, **f64)
+                qbuf, abuf, obuf = (torch.empty(nb * KV * R * hd, **f64) for _ in range(3))
             tri = self._tri(b - a, g) if b - a > 1 else None
             for b0 in range(0, B, nb):
                 b1 = min(B, b0 + nb)
+                shape = (b1 - b0, KV, b - a, g, hd)
+                qt = qbuf[: shape[0] * KV * R * hd].view(shape)
+                qt.copy_(q[b0:b1, a:b].view(b1 - b0, b - a, KV, g, hd).transpose(1, 2)).mul_(scale)
                 n = (b1 - b0) * KV * R * S
                 s = buf[:n].view(b1 - b0, KV, R, S)
-                torch.matmul(qf[b0:b1, :, a * g : b * g], keys[b0:b1, :, :, :S], out=s)
+                torch.matmul(qt.view(b1 - b0, KV, R, hd), keys[b0:b1, :, :, :S], out=s)
                 if tri is not None:
                     s[..., p0 + a : S].masked_fill_(tri, float("-inf"))
                 m = s.amax(-1, keepdim=True).add_(0.5).floor_().add_(half)
@@ -151,18 +167,17 @@ class Engine:
                 idx = ibuf[:n]
                 idx.view_as(s).copy_(s)
                 e = torch.index_select(self.att_exp64, 0, idx, out=ebuf[:n]).view_as(s)  # Q15, row max 2**15
-                torch.sum(e, -1, out=den[b0:b1, :, a * g : b * g])
-                acc[b0:b1, :, a * g : b * g] = torch.matmul(e, values[b0:b1, :, :, :S].transpose(-1, -2))
-        # o = floor(acc / den + 1/2), in float64 and exact: |acc| <= den * v_limit and
-        # den * (v_limit + 1) <= 2**53, so the floored quotient of these integers is exact (a
-        # non-integer quotient lies >= 1/den from any integer, beyond the rounding error), q * den is
-        # an integer of magnitude <= |acc| + den <= 2**53 (exact), and so is the remainder r.
-        den = den.unsqueeze(-1)
-        o = torch.div(acc, den).floor_()
-        r = acc.addcmul_(o, den, value=-1)  # acc - o * den, in [0, den)
-        o.add_(r.div_(den.mul_(0.5)).floor_())  # + (2 r >= den), exact as floor(2 r / den) < 2
-        out = torch.empty((B, T, H * hd), dtype=torch.int64, device=q.device)
-        out.view(B, T, KV, g, hd).copy_(o.view(B, KV, T, g, hd).transpose(1, 2))
+                den = e.sum(-1, keepdim=True)
+                acc = abuf[: qt.numel()].view(b1 - b0, KV, R, hd)
+                torch.matmul(e, values[b0:b1, :, :, :S].transpose(-1, -2), out=acc)
+                # o = floor(acc / den + 1/2), in float64 and exact: |acc| <= den * v_limit and
+                # den * (v_limit + 1) <= 2**53, so the floored quotient of these integers is exact (a
+                # non-integer quotient lies >= 1/den from any integer, beyond the rounding error), o * den
+                # is an integer of magnitude <= |acc| + den <= 2**53 (exact), and so is the remainder.
+                o = torch.div(acc, den, out=obuf[: acc.numel()].view_as(acc)).floor_()
+                r = acc.addcmul_(o, den, value=-1)  # acc - o * den, in [0, den)
+                o.add_(r.div_(den.mul_(0.5)).floor_())  # + (2 r >= den), exact as floor(2 r / den) < 2
+                out[b0:b1, a:b].view(b1 - b0, b - a, KV, g, hd).copy_(o.view(shape).transpose(1, 2))
         return out
 
     def _tri(self, n: int, g: int) -> torch.Tensor:
@@ -189,46 +204,51 @@ class Engine:
         vocabulary the logits of a whole chunk would not fit in memory next to their tables."""
         B, T = tokens.shape
         p0 = cache.length
-        pos = torch.arange(p0, p0 + T, device=self.device)
+        pos = torch.arange(p0, p0 + T, device=self.device).repeat(B)  # of the rows (b, t)
         cos = torch.index_select(self.t["rope_cos"], 0, pos)[:, None, :]
         sin = torch.index_select(self.t["rope_sin"], 0, pos)[:, None, :]
-        S = p0 + T
-        x = rshift_round(self.embed_q[tokens] * self.embed_mult[tokens][..., None], self.embed_shift - F)
+        tok = tokens.reshape(-1)
+        x = rshift_round(
+            torch.index_select(self.embed_q, 0, tok) * torch.index_select(self.embed_mult, 0, tok)[:, None],
+            self.embed_shift - F,
+        )  # the residual stream [B * T, d], updated in place
         H, KV, hd = self.heads, self.kv_heads, self.head_dim
+        qkv = None
         for li, (qkv_m, o_m, gu_m, down_m) in enumerate(self.layers):
-            qkv = self._rowwise(lambda t, m=qkv_m: self._normed_linear(t, m), x)
-            q = self._rope_q10(qkv[..., : H * hd].reshape(B, T, H, hd), cos, sin)
-            k = self._rope_q10(qkv[..., H * hd : (H + KV) * hd].reshape(B, T, KV, hd), cos, sin)
-            v = qkv[..., (H + KV) * hd :].reshape(B, T, KV, hd)
-            v = v.clamp(-self.v_limit, self.v_limit)
-            cache.append(li, k, v)
-            att = self._attend(q, cache, li, p0)
-            x = x + self._rowwise(lambda t, m=o_m: self._linear(t, m), att)
-            x = x + self._rowwise(lambda t, gm=gu_m, dm=down_m: self._mlp(t, gm, dm), x)
-        cache.length = S
-        if out is None:
-            return self._rowwise(lambda t: self._normed_linear(t, self.head), x)
-        return self._rowwise(lambda t: out(self._normed_linear(t, self.head)), x)
+            qkv = self._rowwise(lambda t, r, m=qkv_m: self._qkv(t, m, cos[r], sin[r]), x, qkv)
+            split = qkv.view(B, T, H + 2 * KV, hd)
+            cache.append(li, split[:, :, H : H + KV], split[:, :, H + KV :])
+            att = self._attend(split[:, :, :H], cache, li, p0).view(B * T, H * hd)
+            self._rowwise(lambda t, _, m=o_m: self._linear(t, m), att, x, add=True)
+            self._rowwise(lambda t, _, gm=gu_m, dm=down_m: self._mlp(t, gm, dm), x, x, add=True)
+        cache.length = p0 + T
+        finish = out or (lambda z: z)
+        y = self._rowwise(lambda t, _: finish(self._normed_linear(t, self.head)), x)
+        return y.view(B, T, y.shape[-1])
 
     def _mlp(self, x: torch.Tensor, gu_m: _Prepared, down_m: _Prepared) -> torch.Tensor:
         gu = self._normed_linear(x, gu_m)
         return self._linear(self._silu_mul(gu[..., : self.inter], gu[..., self.inter :]), down_m)
 
-    def _rowwise(self, fn, x: torch.Tensor) -> torch.Tensor:
-        """fn applied to the rows of x [..., k] in tiles of ROW_TILE rows, so every intermediate
-        stays in cache; fn must treat each row on its own (all of ours do)."""
-        lead = x.shape[:-1]
-        x2 = x.reshape(-1, x.shape[-1])
-        n = x2.shape[0]
-        if n <= ROW_TILE:
-            y = fn(x2)
-        else:
-            first = fn(x2[:ROW_TILE])
-            y = torch.empty((n, first.shape[-1]), dtype=first.dtype, device=first.device)
-            y[:ROW_TILE] = first
-            for r in range(ROW_TILE, n, ROW_TILE):
-                y[r : r + ROW_TILE] = fn(x2[r : r + ROW_TILE])
-        return y.view(*lead, y.shape[-1])
+    def _rowwise(self, fn, x: torch.Tensor, out: torch.Tensor | None = None, add: bool = False) -> torch.Tensor:
+        """fn(tile, rows) applied to the rows of x [N, k] in tiles of ROW_TILE rows (rows is the
+        tile's slice), so every intermediate stays in cache; fn must treat each row on its own (all of
+        ours do). The results go into the rows of out (allocated when None, or when its shape does not
+        fit), or are added to them when add; fn's tile is read before its result is stored, so out
+        may be x itself. Returns out."""
+        n = x.shape[0]
+        for r0 in range(0, n, ROW_TILE):
+            rows = slice(r0, min(n, r0 + ROW_TILE))
+            y = fn(x[rows], rows)
+            if add:
+                out[rows] += y
+                continue
+            if n <= ROW_TILE:
+                return y
+            if out is None or out.shape != (n, y.shape[-1]):
+                out = torch.empty((n, y.shape[-1]), dtype=y.dtype, device=y.device)
+            out[rows] = y
+        return out
 
     def frequencies(self, logits: torch.Tensor, alphabet: torch.Tensor | None) -> torch.Tensor:
         """Q16 logits [..., V] -> int64 frequencies over the alphabet, each >= 1, summing to 2**24."""
