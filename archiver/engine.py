@@ -307,10 +307,12 @@ class _Cache:
         self.capacity = capacity
 
     def _grow(self, need: int) -> None:
+        """Room for need positions. The new columns are left uninitialized (no zeroing pass): every
+        read is of positions below length, which append has written."""
         room = min(self.capacity, max(need, 2 * self.room, 32))
         for store in (self.kt, self.vt):
             for li, old in enumerate(store):
-                new = torch.zeros((*self.shape, room), dtype=torch.float64, device=self.device)
+                new = torch.empty((*self.shape, room), dtype=torch.float64, device=self.device)
                 if self.length:
                     new[..., : self.length] = old[..., : self.length]
                 store[li] = new
