@@ -252,10 +252,10 @@ class Engine:
 
     def frequencies(self, logits: torch.Tensor, alphabet: torch.Tensor | None) -> torch.Tensor:
         """Q16 logits [..., V] -> int64 frequencies over the alphabet, each >= 1, summing to 2**24."""
-        z = logits if alphabet is None else logits[..., alphabet]
+        z = logits if alphabet is None else torch.index_select(logits, -1, alphabet)
         fexp = self.t["freq_exp"]
-        idx = ((z.amax(-1, keepdim=True) - z) >> (F - ATT_FRAC)).clamp(0, fexp.numel() - 1)
-        e = fexp[idx]
+        idx = ((z.amax(-1, keepdim=True) - z) >> (F - ATT_FRAC)).clamp_(0, fexp.numel() - 1)
+        e = torch.index_select(fexp, 0, idx.view(-1)).view(idx.shape)
         n = z.shape[-1]
         freq = torch.div(e * (TOTAL - n), e.sum(-1, keepdim=True), rounding_mode="floor") + 1
         top = idx == 0

@@ -28,9 +28,9 @@ def _thresholds(device: torch.device) -> torch.Tensor:
 
 
 def split_scale(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Write positive integers v as m * 2**e with m <= 2**15, m * 2**e >= v (ceil), e >= 0."""
+    """Write integers 1 <= v < 2**62 as m * 2**e with m <= 2**15, m * 2**e >= v (ceil), e >= 0."""
     e = (v.unsqueeze(-1) >= _thresholds(v.device)).sum(-1)
-    m = (v + (torch.ones_like(e) << e) - 1) >> e
+    m = ((v - 1) >> e) + 1  # ceil(v / 2**e) for v >= 1
     return m, e
 
 
