@@ -5,7 +5,7 @@ measurement, not taste. Comparing layouts with the shipped model would be unfair
 of them), so every variant gets its own probe model: the same small Llama, the same seed, the same
 number of steps, trained only on that variant's streams of the corpus train split, then scored on the
 dev split's streams with the real chunking ([BOS] + up to 1023 bytes). The table lands in the
-`choices` section of docs/benchmarks.md.
+`choices-audio` and `choices-image` sections of docs/benchmarks.md.
 
 Usage:
     python benchmarks/stream_choices.py --steps 150 --out docs/benchmarks.md [--only audio]
@@ -29,44 +29,17 @@ from transformers import LlamaConfig, LlamaForCausalLM
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from benchmarks.report import replace_section  # noqa: E402
+from plugins.audio import predict as sample_residual  # noqa: E402
 from plugins.pixels import patch_flatten  # noqa: E402
+from plugins.pixels import predict as pixel_residual  # noqa: E402
 from training.data import split_files  # noqa: E402
 from training.train import Windows, dev_sample, evaluate, lr_at, make_optimizer, row_nats  # noqa: E402
 
 
 # ---- variants: decoded data -> the byte stream the model would see ------------------------------
-def planar_residual(x: np.ndarray, order: int, zigzag: bool = False) -> np.ndarray:
-    """(channels, frames) int16 -> fixed-order difference along time, wrapping mod 2^16."""
-    r = x.view(np.uint16)
-    for _ in range(order):
-        r = np.diff(r, axis=1, prepend=np.zeros((r.shape[0], 1), np.uint16))
-    if zigzag:  # 0, -1, 1, -2, ... -> 0, 1, 2, 3: small magnitudes get a zero high byte
-        s = r.view(np.int16).astype(np.int32)
-        r = ((s << 1) ^ (s >> 15)).astype(np.uint16)
-    return r
-
-
-def pixel_residual(x: np.ndarray, mode: str) -> np.ndarray:
-    """(H, W, C) uint8 -> prediction residual mod 256 from the left, upper or MED (LOCO-I) neighbour."""
-    p = x.astype(np.int16)
-    a = np.zeros_like(p)
-    a[:, 1:] = p[:, :-1]
-    b = np.zeros_like(p)
-    b[1:] = p[:-1]
-    if mode == "left":
-        pred = a
-    elif mode == "up":
-        pred = b
-    else:
-        c = np.zeros_like(p)
-        c[1:, 1:] = p[:-1, :-1]
-        lo, hi = np.minimum(a, b), np.maximum(a, b)
-        pred = np.where(c >= hi, lo, np.where(c <= lo, hi, a + b - c))
-    return ((p - pred) & 0xFF).astype(np.uint8)
-
-
-def _audio_be(x: np.ndarray) -> bytes:
-    return x.astype(">u2").tobytes()
+def _audio_be(x: np.ndarray, order: int = 0, zigzag: bool = False) -> bytes:
+    top = x.astype(">i2")[..., None].view(np.uint8)
+    return sample_residual(top, order, zigzag).tobytes()
 
 
 AUDIO: dict[str, Callable[[np.ndarray], bytes]] = {
@@ -74,9 +47,10 @@ AUDIO: dict[str, Callable[[np.ndarray], bytes]] = {
     "planar, high byte first": lambda x: _audio_be(x),
     "planar, low byte first": lambda x: x.astype("<u2").tobytes(),
     "interleaved, high byte first": lambda x: _audio_be(np.ascontiguousarray(x.T)),
-    "planar, high first, order-1 residual": lambda x: _audio_be(planar_residual(x, 1)),
-    "planar, high first, order-2 residual": lambda x: _audio_be(planar_residual(x, 2)),
-    "planar, high first, order-2 residual, zigzag": lambda x: _audio_be(planar_residual(x, 2, zigzag=True)),
+    "planar, high first, order-1 residual": lambda x: _audio_be(x, 1),
+    "planar, high first, order-1 residual, zigzag": lambda x: _audio_be(x, 1, zigzag=True),
+    "planar, high first, order-2 residual": lambda x: _audio_be(x, 2),
+    "planar, high first, order-2 residual, zigzag": lambda x: _audio_be(x, 2, zigzag=True),
 }
 
 IMAGE: dict[str, Callable[[np.ndarray], bytes]] = {
@@ -88,6 +62,9 @@ IMAGE: dict[str, Callable[[np.ndarray], bytes]] = {
     "16x16 patches, left residual": lambda x: patch_flatten(pixel_residual(x, "left"), 16),
     "16x16 patches, up residual": lambda x: patch_flatten(pixel_residual(x, "up"), 16),
     "16x16 patches, gradient (MED) residual": lambda x: patch_flatten(pixel_residual(x, "med"), 16),
+    "raster rows, MED residual": lambda x: pixel_residual(x, "med").tobytes(),
+    "8x8 patches, MED residual": lambda x: patch_flatten(pixel_residual(x, "med"), 8),
+    "32x32 patches, MED residual": lambda x: patch_flatten(pixel_residual(x, "med"), 32),
 }
 
 
@@ -155,13 +132,13 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--only", choices=sorted(MODALITIES))
-    p.add_argument("--out", type=Path, help="markdown file whose `choices` section gets the table")
+    p.add_argument("--out", type=Path, help="markdown file whose `choices-<kind>` sections get the tables")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     if not args.corpus.is_dir():
         sys.exit(f"no corpus at {args.corpus}")
     train_files, dev_files = split_files(args.corpus)
-    lines = [
+    intro = [
         f"Produced by `python benchmarks/stream_choices.py --steps {args.steps}` ({platform.machine()},"
         f" torch {torch.__version__}). Each row is its own probe model (Llama d=128, 2 layers, context"
         f" 1024), trained for {args.steps} steps of {args.batch} x {args.seq - 1} bytes on that layout's"
@@ -181,12 +158,12 @@ def main() -> None:
             rows.append((name, bpb))
             print(f"{kind:5s} {name:45s} {bpb:.3f} bpb ({time.time() - t0:.0f}s)", flush=True)
         best = min(b for _, b in rows)
-        lines += [f"### {kind}: {len(tr)} train / {len(dv)} dev files", "", "| layout | dev bits/byte |", "|---|---|"]
+        lines = [f"### {kind}: {len(tr)} train / {len(dv)} dev files", "", *intro]
+        lines += ["| layout | dev bits/byte |", "|---|---|"]
         lines += [f"| {n} | {f'**{b:.3f}**' if b == best else f'{b:.3f}'} |" for n, b in rows]
-        lines.append("")
-    if args.out:
-        replace_section(args.out, "choices", "\n".join(lines).rstrip() + "\n")
-    print("\n".join(lines))
+        if args.out:
+            replace_section(args.out, f"choices-{kind}", "\n".join(lines) + "\n")
+        print("\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """How decoded pixels become the byte stream the model sees, shared by every image format.
 
-Patch flattening puts each pixel's upper and left neighbours a few dozen bytes back, well inside the
-model's context, which a plain raster scan of a wide image would not. The layout was chosen by
-measurement (`benchmarks/stream_choices.py`, table in docs/benchmarks.md).
+Each sample is first replaced by its prediction residual (a reversible, per-channel predictor from
+its decoded neighbours, as in lossless JPEG / PNG filters), then the image is patch-flattened, which
+puts each pixel's upper and left neighbours a few dozen bytes back, well inside the model's context.
+Both choices were made by measurement (`benchmarks/stream_choices.py`, table in docs/benchmarks.md).
 
 A format stores the returned `layout` in its recipe; a recipe without one means the first layout
 (16x16 patches, no transform), so archives written before a layout change keep decoding.
@@ -13,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 PATCH = 16
+PREDICTOR = "med"  # "none", "left" or "med"
 
 
 def patch_flatten(pix: np.ndarray, patch: int = PATCH) -> bytes:
@@ -38,12 +40,47 @@ def patch_unflatten(data: bytes, shape: tuple[int, int, int], patch: int = PATCH
     return pix
 
 
+def _med(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """LOCO-I's median edge detector: min(a, b) above an edge, max(a, b) below one, else a + b - c."""
+    lo, hi = np.minimum(a, b), np.maximum(a, b)
+    return np.where(c >= hi, lo, np.where(c <= lo, hi, a + b - c))
+
+
+def predict(pix: np.ndarray, mode: str) -> np.ndarray:
+    """(H, W, C) uint8 -> residual mod 256 of each sample against its left ("left") or its left,
+    upper and upper-left neighbours ("med"), per channel; samples outside the image count as 0."""
+    if mode == "none":
+        return pix
+    p = np.zeros((pix.shape[0] + 1, pix.shape[1] + 1, pix.shape[2]), dtype=np.int16)
+    p[1:, 1:] = pix
+    a, b, c = p[1:, :-1], p[:-1, 1:], p[:-1, :-1]
+    pred = a if mode == "left" else _med(a, b, c)
+    return ((p[1:, 1:] - pred) & 0xFF).astype(np.uint8)
+
+
+def unpredict(res: np.ndarray, mode: str) -> np.ndarray:
+    """Inverse of predict. "left" is a running sum along rows; "med" needs each sample's decoded
+    left and upper neighbours, so it walks the anti-diagonals (all samples on one are independent)."""
+    if mode == "none":
+        return res
+    if mode == "left":
+        return np.cumsum(res, axis=1, dtype=np.uint8)
+    h, w, ch = res.shape
+    p = np.zeros((h + 1, w + 1, ch), dtype=np.int16)
+    for k in range(h + w - 1):
+        i = np.arange(max(0, k - w + 1), min(k, h - 1) + 1)
+        j = k - i
+        pred = _med(p[i + 1, j], p[i, j + 1], p[i, j])
+        p[i + 1, j + 1] = (res[i, j] + pred) & 0xFF
+    return p[1:, 1:].astype(np.uint8)
+
+
 def to_stream(pix: np.ndarray) -> tuple[bytes, dict]:
     """(H, W, C) uint8 pixels -> (image stream, layout for the recipe)."""
-    return patch_flatten(pix), {"patch": PATCH}
+    return patch_flatten(predict(pix, PREDICTOR)), {"patch": PATCH, "predictor": PREDICTOR}
 
 
 def from_stream(data: bytes, shape: tuple[int, int, int] | list[int], layout: dict | None) -> np.ndarray:
-    """Inverse of to_stream for a recipe's shape and layout."""
+    """Inverse of to_stream for a recipe's shape and layout (no layout: 16x16 patches, no predictor)."""
     layout = layout or {"patch": PATCH}
-    return patch_unflatten(data, tuple(shape), layout["patch"])
+    return unpredict(patch_unflatten(data, tuple(shape), layout["patch"]), layout.get("predictor", "none"))
