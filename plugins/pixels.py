@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 PATCH = 16
-PREDICTOR = "med"  # "none", "left" or "med"
+PREDICTOR = "med"  # "none", "left", "up" or "med"
 
 
 def patch_flatten(pix: np.ndarray, patch: int = PATCH) -> bytes:
@@ -47,14 +47,15 @@ def _med(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
 
 
 def predict(pix: np.ndarray, mode: str) -> np.ndarray:
-    """(H, W, C) uint8 -> residual mod 256 of each sample against its left ("left") or its left,
-    upper and upper-left neighbours ("med"), per channel; samples outside the image count as 0."""
+    """(H, W, C) uint8 -> residual mod 256 of each sample against its left ("left"), upper ("up") or
+    left, upper and upper-left neighbours ("med"), per channel; samples outside the image count as 0."""
     if mode == "none":
         return pix
     p = np.zeros((pix.shape[0] + 1, pix.shape[1] + 1, pix.shape[2]), dtype=np.int16)
     p[1:, 1:] = pix
     a, b, c = p[1:, :-1], p[:-1, 1:], p[:-1, :-1]
-    pred = a if mode == "left" else _med(a, b, c)
+    pred = {"left": a, "up": b}.get(mode)
+    pred = _med(a, b, c) if pred is None else pred
     return ((p[1:, 1:] - pred) & 0xFF).astype(np.uint8)
 
 
@@ -63,8 +64,8 @@ def unpredict(res: np.ndarray, mode: str) -> np.ndarray:
     left and upper neighbours, so it walks the anti-diagonals (all samples on one are independent)."""
     if mode == "none":
         return res
-    if mode == "left":
-        return np.cumsum(res, axis=1, dtype=np.uint8)
+    if mode in ("left", "up"):
+        return np.cumsum(res, axis=1 if mode == "left" else 0, dtype=np.uint8)
     h, w, ch = res.shape
     p = np.zeros((h + 1, w + 1, ch), dtype=np.int16)
     for k in range(h + w - 1):
