@@ -198,6 +198,24 @@ def test_compressed_files_are_not_shown_to_the_lm():
     assert chosen.format.name == "compressed" and chosen.split.streams[0].kind == "stored"
 
 
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 40), st.integers(1, 40), st.integers(1, 4), st.sampled_from(["none", "left", "up", "med"]),
+       st.integers(0, 1 << 16))  # fmt: skip
+def test_every_pixel_predictor_inverts(h, w, c, mode, seed):
+    from lmarc_plugins.pixels import predict, unpredict
+
+    pix = np.random.default_rng(seed).integers(0, 256, (h, w, c)).astype(np.uint8)
+    assert np.array_equal(unpredict(predict(pix, mode), mode), pix)
+
+
+def test_smooth_images_become_small_residuals():
+    from lmarc_plugins.pixels import PREDICTOR, predict
+
+    ramp = (np.add.outer(np.arange(40), np.arange(60)) * 2).astype(np.uint8)[:, :, None]
+    res = predict(ramp, PREDICTOR)
+    assert PREDICTOR != "none" and len(np.unique(res[1:, 1:])) == 1  # one constant instead of 80 grey levels
+
+
 def test_audio_stream_holds_prediction_residuals():
     """A ramp is perfectly predictable: after the predictor's warm-up its residuals are all equal."""
     from lmarc_plugins.audio import ORDER
