@@ -185,6 +185,35 @@ MALFORMABLE = [
 ]  # fmt: skip
 
 
+@settings(max_examples=30, deadline=None)
+@given(st.sampled_from([b"P4", b"P5", b"P6"]), st.integers(1, 40), st.integers(1, 30), st.binary(max_size=9),
+       st.integers(0, 1 << 16))  # fmt: skip
+def test_pnm_round_trips(magic, w, h, trailer, seed):
+    per_row = {b"P4": (w + 7) // 8, b"P5": w, b"P6": 3 * w}[magic]
+    pix = np.random.default_rng(seed).integers(0, 256, per_row * h, dtype=np.uint8).tobytes()
+    head = magic + f"\n# by hypothesis\n{w} {h}\n".encode() + (b"" if magic == b"P4" else b"255\n")
+    assert roundtrip(head + pix + trailer, "x.pnm") == "pnm"
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 40), st.integers(1, 30), st.sampled_from(["L", "P", "RGB", "RGBA"]), st.integers(0, 1 << 16))
+def test_bmp_round_trips(w, h, mode, seed):
+    chans = {"L": 1, "P": 1, "RGB": 3, "RGBA": 4}[mode]
+    arr = np.random.default_rng(seed).integers(0, 256, (h, w, chans)).astype(np.uint8)
+    im = Image.fromarray(arr[:, :, 0] if chans == 1 else arr, "L" if chans == 1 else mode)
+    buf = io.BytesIO()
+    (im.convert("P") if mode == "P" else im).save(buf, "BMP")
+    assert roundtrip(buf.getvalue(), "x.bmp") in ("bmp", "raw")  # Pillow writes RGBA as BI_BITFIELDS: bytes
+    if mode != "RGBA":
+        assert roundtrip(buf.getvalue(), "x.bmp") == "bmp"
+
+
+@given(st.sampled_from([b"\xff\xd8\xff", b"PK\x03\x04", b"\x1f\x8b", b"fLaC", b"OggS"]), st.binary(max_size=500))
+def test_compressed_magic_files_round_trip_as_stored(magic, rest):
+    chosen = split_file(magic + rest, "x")
+    assert roundtrip(magic + rest) == "compressed" and chosen.split.streams[0].kind == "stored"
+
+
 def test_pnm_and_bmp_use_their_plugins():
     assert roundtrip(b"P5\n# comment\n3 2\n255\n" + bytes(range(6)), "x.pgm") == "pnm"
     assert roundtrip(b"P4\n10 2\n" + bytes([0xAA, 0xC0, 0x55, 0x80]), "x.pbm") == "pnm"
