@@ -234,3 +234,22 @@ def test_list_json_is_valid_after_hostile_entries(tmp_path, cli):
     _hostile_archive(arc, [{"path": "fine.txt", "type": "file"}])
     rows = json.loads(cli("list", arc, "--json")[0])
     assert rows[0]["path"] == "fine.txt"
+
+
+def test_index_preset_dictionary_is_used_and_old_indexes_still_read():
+    """The index's zlib preset dictionary shrinks one-file archives; indexes without it (written
+    before it existed) and indexes naming an unknown dictionary are handled explicitly."""
+    import zlib
+
+    from archiver.container import ArchiveError, Index
+
+    entry = {"path": "a.png", "mode": 420, "mtime": 1, "type": "file", "size": 3, "sha256": "ab" * 32}
+    index = Index([entry], {}, {"f" * 64: "default"})
+    raw = index.to_bytes()
+    plain = zlib.compress(json.dumps({"format": "lmarc", "version": 1, "entries": [entry], "objects": {},
+                                      "models": index.models}).encode(), 9)  # fmt: skip
+    assert raw[1] & 0x20 and len(raw) < len(plain) - 50
+    assert Index.from_bytes(raw) == index == Index.from_bytes(plain)
+    foreign = zlib.compressobj(9, zlib.DEFLATED, 15, 9, zlib.Z_DEFAULT_STRATEGY, b"another dictionary")
+    with pytest.raises(ArchiveError, match="dictionary"):
+        Index.from_bytes(foreign.compress(b"{}") + foreign.flush())
