@@ -19,7 +19,7 @@ from pathlib import Path, PurePosixPath
 from archiver import registry, streamcoder
 from archiver.container import ArchiveError, ArchiveReader, ArchiveWriter
 from archiver.formats import RAW, Stream, join_streams, split_file
-from archiver.intmodel import ModelError
+from archiver.modelfile import ModelError
 from archiver.plugins import format_by_name
 from archiver.progress import Reporter
 from archiver.streamcoder import Predictor

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from archiver import archive as ops
 from archiver.container import ArchiveError
-from archiver.intmodel import ModelError
+from archiver.modelfile import ModelError
 from archiver.progress import make_reporter
 
 DEFAULT_ARCHIVE = "archive.lma"

@@ -13,7 +13,6 @@ needs integer norms and integer matrix products.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from archiver.fixedpoint import F32_EXACT_K
+from archiver.modelfile import ModelError, file_sha256
 
 FORMAT = "lmarc-intmodel-1"
 ROPE_FRAC = 14  # cos/sin tables in Q14
@@ -33,10 +33,6 @@ SIG_STEP_FRAC = 8  # sigmoid table indexed in steps of 2**-8
 SIG_RANGE = 16  # sigmoid table covers [-16, 16)
 SIG_FRAC = 15  # sigmoid values in Q15
 MULT_BITS = 15  # weight row multipliers stay below 2**15
-
-
-class ModelError(Exception):
-    """The model file is missing, malformed or violates the engine's exactness bounds."""
 
 
 @dataclass
@@ -118,14 +114,6 @@ class IntModel:
         meta = dict(self.config, shifts=shifts)
         save_file(tensors, str(path), metadata={"lmarc": json.dumps(meta, sort_keys=True)})
         return file_sha256(path)
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def load(path: Path) -> IntModel:

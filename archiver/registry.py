@@ -10,9 +10,12 @@ import functools
 import importlib
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from archiver import intmodel
-from archiver.intmodel import IntModel, ModelError
+from archiver.modelfile import ModelError, file_sha256
+
+if TYPE_CHECKING:
+    from archiver.intmodel import IntModel
 
 PACKAGE_DIR = Path(__file__).parent / "models"
 DEFAULT = "default"
@@ -38,6 +41,8 @@ def available() -> dict[str, Path]:
 
 @functools.cache
 def _load_path(path: str) -> IntModel:
+    from archiver import intmodel  # torch: only when a model is really used
+
     return intmodel.load(Path(path))
 
 
@@ -70,14 +75,14 @@ def _ids() -> dict[str, Path]:
 
 @functools.cache
 def _file_id(path: Path, mtime_ns: int) -> str:
-    return intmodel.file_sha256(path)
+    return file_sha256(path)
 
 
 def by_id(model_id: str, hint: str | None = None) -> IntModel:
     """The installed model with this content hash; a clear error naming it when there is none."""
     f = _ids().get(model_id)
     if f is None and hint and hint.endswith(".safetensors") and Path(hint).is_file():
-        if intmodel.file_sha256(Path(hint)) == model_id:  # added with --model FILE: same file still there
+        if file_sha256(Path(hint)) == model_id:  # added with --model FILE: same file still there
             f = Path(hint)
     if f is None and hint in PROVIDED:
         try:

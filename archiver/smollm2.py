@@ -22,7 +22,7 @@ import os
 from pathlib import Path
 
 from archiver import intmodel
-from archiver.intmodel import ModelError
+from archiver.modelfile import ModelError
 
 NAME = "smollm2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from archiver import classic, coder
-from archiver.engine import Engine
-from archiver.intmodel import IntModel
-from archiver.vocab import make_vocab
+
+if TYPE_CHECKING:
+    from archiver.intmodel import IntModel
 
 CLASSIC_BLOCK = 4 << 20  # classic-coded streams are cut into blocks this size (bounds memory on extract)
 DECODE_BATCH = 64
@@ -35,6 +36,9 @@ class Predictor:
     """An engine plus the vocabulary that maps streams to its tokens."""
 
     def __init__(self, model: IntModel, device: str = "cpu", threads: int | None = None):
+        from archiver.engine import Engine  # torch is imported only once a model is used
+        from archiver.vocab import make_vocab
+
         self.model = model
         self.engine = Engine(model, device=device, threads=threads)
         self.vocab = make_vocab(model.config)

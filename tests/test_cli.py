@@ -184,3 +184,16 @@ def test_cuda_without_a_gpu_is_a_clear_error(cli):
         pytest.skip("a GPU is present")
     _, err = cli("--device", "cuda", "info", code=2)
     assert err == "lmarc: --device cuda: no CUDA device is available\n"
+
+
+def test_listing_does_not_load_torch():
+    """`lmarc list` must answer in a blink: torch (2+ s to import) loads only when a model runs."""
+    import subprocess
+    import sys
+
+    from tests.conftest import FIXTURES
+
+    code = ("import sys; from archiver.cli import main; rc = main(['list', sys.argv[1]]);"
+            " sys.exit(rc or ('torch' in sys.modules and 9))")  # fmt: skip
+    run = subprocess.run([sys.executable, "-c", code, str(FIXTURES / "golden.lma")], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr + "torch was imported" * (run.returncode == 9)
