@@ -197,3 +197,15 @@ def test_listing_does_not_load_torch():
             " sys.exit(rc or ('torch' in sys.modules and 9))")  # fmt: skip
     run = subprocess.run([sys.executable, "-c", code, str(FIXTURES / "golden.lma")], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr + "torch was imported" * (run.returncode == 9)
+
+
+def test_every_shipped_model_is_found_by_its_id():
+    """Archives name models by content hash; every model file in the package (the current default
+    and the retired ones kept for old archives) must resolve by that hash."""
+    from archiver import registry
+    from archiver.modelfile import file_sha256
+
+    shipped = sorted(registry.PACKAGE_DIR.glob("*.safetensors"))
+    assert any(p.stem == registry.DEFAULT for p in shipped)
+    for path in shipped:
+        assert registry.by_id(file_sha256(path)).model_id == file_sha256(path)
