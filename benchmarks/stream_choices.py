@@ -62,6 +62,9 @@ IMAGE: dict[str, Callable[[np.ndarray], bytes]] = {
     "16x16 patches, left residual": lambda x: patch_flatten(pixel_residual(x, "left"), 16),
     "16x16 patches, up residual": lambda x: patch_flatten(pixel_residual(x, "up"), 16),
     "16x16 patches, gradient (MED) residual": lambda x: patch_flatten(pixel_residual(x, "med"), 16),
+    "raster rows, MED residual": lambda x: pixel_residual(x, "med").tobytes(),
+    "8x8 patches, MED residual": lambda x: patch_flatten(pixel_residual(x, "med"), 8),
+    "32x32 patches, MED residual": lambda x: patch_flatten(pixel_residual(x, "med"), 32),
 }
 
 
