@@ -110,21 +110,6 @@ def pack_bits(values: np.ndarray, rowbytes: int, depth: int) -> np.ndarray:
     return np.packbits(bits.reshape(h, -1), axis=1)
 
 
-def find_zlib_params(raw: bytes, target: bytes) -> tuple[int, int, int, int] | None:
-    """zlib settings that reproduce target from raw exactly, or None."""
-    if len(target) < 2:
-        return None
-    wbits = (target[0] >> 4) + 8
-    levels = FLEVEL_LEVELS[target[1] >> 6]
-    for strategy in ZLIB_STRATEGIES:
-        for mem in (8, 9, 7, 6, 5, 4, 3, 2, 1):
-            for level in levels:
-                params = (level, mem, strategy, wbits)
-                if _zlib_matches(raw, target, params):
-                    return params
-    return None
-
-
 ZLIB_STRATEGIES = (zlib.Z_DEFAULT_STRATEGY, zlib.Z_FILTERED, zlib.Z_HUFFMAN_ONLY, zlib.Z_RLE)
 FLEVEL_LEVELS = {0: (1, 0), 1: (5, 4, 3, 2), 2: (6,), 3: (9, 8, 7)}
 PROBE = 1 << 16
@@ -142,6 +127,21 @@ def _zlib_matches(raw: bytes, target: bytes, params: tuple[int, int, int, int]) 
         out += len(piece)
     piece = c.flush()
     return piece == target[out:] and out + len(piece) == len(target)
+
+
+def find_zlib_params(raw: bytes, target: bytes) -> tuple[int, int, int, int] | None:
+    """zlib settings that reproduce target from raw exactly, or None."""
+    if len(target) < 2:
+        return None
+    wbits = (target[0] >> 4) + 8
+    levels = FLEVEL_LEVELS[target[1] >> 6]
+    for strategy in ZLIB_STRATEGIES:
+        for mem in (8, 9, 7, 6, 5, 4, 3, 2, 1):
+            for level in levels:
+                params = (level, mem, strategy, wbits)
+                if _zlib_matches(raw, target, params):
+                    return params
+    return None
 
 
 def _geometry(w: int, depth: int, chans: int) -> tuple[int, int]:
