@@ -33,7 +33,7 @@ from plugins.audio import predict as sample_residual  # noqa: E402
 from plugins.pixels import patch_flatten  # noqa: E402
 from plugins.pixels import predict as pixel_residual  # noqa: E402
 from training.data import split_files  # noqa: E402
-from training.train import Windows, dev_sample, evaluate, lr_at, make_optimizer, row_nats  # noqa: E402
+from training.train import Windows, dev_sample, evaluate, lr_at, make_optimizer, model_config, row_nats  # noqa: E402
 
 
 # ---- variants: decoded data -> the byte stream the model would see ------------------------------
@@ -93,11 +93,9 @@ MODALITIES = {"audio": (AUDIO, load_audio), "image": (IMAGE, load_image)}
 
 def probe_config() -> LlamaConfig:
     """A quarter-width cousin of the default model: same family, trains in minutes on one core."""
-    return LlamaConfig(
-        vocab_size=260, hidden_size=128, intermediate_size=352, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=1024,
-        tie_word_embeddings=True, hidden_act="silu", rms_norm_eps=1e-5, rope_theta=10000.0,
-    )  # fmt: skip
+    narrow = dict(hidden_size=128, intermediate_size=352, num_hidden_layers=2, num_attention_heads=2,
+                  num_key_value_heads=1, head_dim=None)  # head_dim None: derived again from the new width
+    return LlamaConfig(**{**model_config().to_dict(), **narrow})
 
 
 def probe(kind: str, train: list[bytes], dev: list[bytes], args: argparse.Namespace) -> float:
