@@ -174,9 +174,8 @@ class Gif:
                 stream, layout = pixels.to_stream(np.frombuffer(idx, dtype=np.uint8).reshape(h, w, 1))
                 images.append(Stream("image", stream))
                 blocks = [] if sizes == _usual(len(payload)) else sizes
-                at = sum(map(len, other))
-                frame = {"shape": [h, w, 1], "mcs": mcs, "reset": habit, "layout": layout, "blocks": blocks}
-                frames.append({**frame, "at": at})
+                frames.append({"shape": [h, w, 1], "mcs": mcs, "reset": habit, "layout": layout,
+                               "blocks": blocks, "at": sum(map(len, other))})  # fmt: skip
                 pos = end
             else:
                 raise ValueError("unknown GIF block")
