@@ -89,11 +89,12 @@ def by_id(model_id: str, hint: str | None = None) -> IntModel:
             made = _provided(hint)  # first use here: convert it now
         except ModelError:
             made = None
-        if made is not None and _file_id(made, made.stat().st_mtime_ns) == model_id:
+        if made is not None:
+            made_id = _file_id(made, made.stat().st_mtime_ns)
+            if made_id != model_id:
+                raise ModelError(f"this archive needs model {model_id[:16]} ({hint}), but the installed {hint} is "
+                                 f"{made_id[:16]} (another release or conversion)")
             f = made
-        elif made is not None:
-            raise ModelError(f"this archive needs model {model_id[:16]} ({hint}), but the installed {hint} is "
-                             f"{_file_id(made, made.stat().st_mtime_ns)[:16]} (another release or conversion)")
     if f is None:
         name = f" ({hint})" if hint else ""
         raise ModelError(f"this archive needs model {model_id[:16]}{name}, which is not installed{install_hint(hint)}")
