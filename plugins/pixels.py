@@ -1,11 +1,11 @@
 """How decoded pixels become the byte stream the model sees, shared by every image format.
 
 Each sample is first replaced by its prediction residual (a reversible, per-channel predictor from
-its decoded neighbours, as in lossless JPEG / PNG filters), then the image is patch-flattened, which
-puts each pixel's upper and left neighbours a few dozen bytes back, well inside the model's context.
-Measured with `benchmarks/stream_choices.py` (table in docs/benchmarks.md): MED beats the other
-predictors by far; with MED, raster order measured 3% better than these patches, a switch that waits
-for the default model to be retrained on it (the model was trained on this layout).
+its decoded neighbours, as in lossless JPEG / PNG filters), then the residuals are written out in
+raster order or patch by patch. Measured with `benchmarks/stream_choices.py` (table in
+docs/benchmarks.md): MED beats the other predictors by far, and once MED has folded each pixel's
+upper neighbour into its residual, plain raster rows beat 8/16/32-pixel patches, so raster it is
+(`patch` 0). Patches only paid before the residual, when they kept the upper row in context.
 
 A format stores the returned `layout` in its recipe; a recipe without one means the first layout
 (16x16 patches, no transform), so archives written before a layout change keep decoding.
@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import numpy as np
 
-PATCH = 16
+PATCH = 0  # 0: raster rows, no patches
 PREDICTOR = "med"  # "none", "left", "up" or "med"
 
 
 def patch_flatten(pix: np.ndarray, patch: int = PATCH) -> bytes:
-    """(H, W, C) uint8 -> bytes, patch by patch in raster order, pixels inside each patch in raster order."""
+    """(H, W, C) uint8 -> bytes, patch by patch in raster order, pixels inside each patch in raster order
+    (patch 0: the whole image is one patch, i.e. plain raster rows)."""
     h, w, _ = pix.shape
+    patch = patch or max(h, w, 1)
     parts = [pix[y : y + patch, x : x + patch].tobytes() for y in range(0, h, patch) for x in range(0, w, patch)]
     return b"".join(parts)
 
@@ -30,6 +32,7 @@ def patch_unflatten(data: bytes, shape: tuple[int, int, int], patch: int = PATCH
     h, w, c = shape
     if len(data) != h * w * c:
         raise ValueError("pixel stream has the wrong length")
+    patch = patch or max(h, w, 1)
     pix = np.empty(shape, dtype=np.uint8)
     flat = np.frombuffer(data, dtype=np.uint8)
     pos = 0
@@ -85,5 +88,5 @@ def to_stream(pix: np.ndarray) -> tuple[bytes, dict]:
 
 def from_stream(data: bytes, shape: tuple[int, int, int] | list[int], layout: dict | None) -> np.ndarray:
     """Inverse of to_stream for a recipe's shape and layout (no layout: 16x16 patches, no predictor)."""
-    layout = layout or {"patch": PATCH}
+    layout = layout or {"patch": 16}
     return unpredict(patch_unflatten(data, tuple(shape), layout["patch"]), layout.get("predictor", "none"))

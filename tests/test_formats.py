@@ -237,6 +237,30 @@ def test_every_pixel_predictor_inverts(h, w, c, mode, seed):
     assert np.array_equal(unpredict(predict(pix, mode), mode), pix)
 
 
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 40), st.integers(1, 40), st.integers(1, 4), st.sampled_from([0, 1, 8, 16, 32]),
+       st.integers(0, 1 << 16))  # fmt: skip
+def test_every_patch_geometry_inverts(h, w, c, patch, seed):
+    from lmarc_plugins.pixels import patch_flatten, patch_unflatten
+
+    pix = np.random.default_rng(seed).integers(0, 256, (h, w, c)).astype(np.uint8)
+    flat = patch_flatten(pix, patch)
+    assert np.array_equal(patch_unflatten(flat, (h, w, c), patch), pix)
+    if patch == 0:  # 0 means raster rows
+        assert flat == pix.tobytes()
+
+
+def test_new_layout_is_raster_and_old_recipes_keep_their_patches():
+    """Streams are raster MED residuals now; a recipe without a layout still means 16x16 patches."""
+    from lmarc_plugins.pixels import from_stream, patch_flatten, predict, to_stream
+
+    pix = np.random.default_rng(3).integers(0, 256, (40, 37, 3)).astype(np.uint8)
+    stream, layout = to_stream(pix)
+    assert layout == {"patch": 0, "predictor": "med"} and stream == predict(pix, "med").tobytes()
+    assert np.array_equal(from_stream(stream, pix.shape, layout), pix)
+    assert np.array_equal(from_stream(patch_flatten(pix, 16), pix.shape, None), pix)
+
+
 def test_smooth_images_become_small_residuals():
     from lmarc_plugins.pixels import PREDICTOR, predict
 

@@ -14,6 +14,8 @@ folder) only exists so training can run before the plugins are written.
 
 from __future__ import annotations
 
+import json
+import lzma
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -101,3 +103,40 @@ def load_streams(files: Iterable[Path], corpus: Path) -> list[tuple[str, bytes]]
             if data:
                 out.append((kind, bytes(data)))
     return out
+
+
+def save_streams(path: Path, streams: list[tuple[str, bytes]]) -> None:
+    """Write streams to one xz file (a JSON line of [kind, length] pairs, then the bytes), so a
+    machine without the corpus or the plugins (a lent GPU) can train on exactly these streams."""
+    head = json.dumps([[kind, len(data)] for kind, data in streams]).encode() + b"\n"
+    with lzma.open(path, "wb", preset=6) as f:
+        f.write(head)
+        for _, data in streams:
+            f.write(data)
+
+
+def read_streams(path: Path) -> list[tuple[str, bytes]]:
+    """Inverse of save_streams."""
+    with lzma.open(path, "rb") as f:
+        index = json.loads(f.readline())
+        return [(kind, f.read(n)) for kind, n in index]
+
+
+def main() -> None:
+    """`python -m training.data --out DIR`: the train and dev streams of a corpus as DIR/{train,dev}.xz."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=main.__doc__)
+    p.add_argument("--corpus", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "corpus")
+    p.add_argument("--out", type=Path, required=True)
+    args = p.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name, files in zip(("train", "dev"), split_files(args.corpus), strict=True):
+        streams = load_streams(files, args.corpus)
+        save_streams(args.out / f"{name}.xz", streams)
+        size = (args.out / f"{name}.xz").stat().st_size
+        print(f"{name}: {len(streams)} streams, {sum(len(d) for _, d in streams) / 1e6:.1f} MB, {size / 1e6:.1f} MB xz")
+
+
+if __name__ == "__main__":
+    main()

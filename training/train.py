@@ -13,23 +13,29 @@ Why it looks like this:
 - Batches are drawn from an RNG seeded by (seed, step), so a resumed run sees exactly the batches
   the uninterrupted run would have seen; the dev sample is fixed by its own seed so numbers from
   different runs are comparable.
-- CPU only, float32 (bf16 matmuls are not faster on CPU here), one thread by default because the
-  machine is shared.
+- CPU float32 by default (bf16 matmuls are not faster on CPU here), one thread because the machine
+  is shared. On a lent GPU: `--device cuda --bf16` (autocast) with `--streams DIR` made beforehand by
+  `python -m training.data --out DIR` (the GPU machine has neither the corpus nor room for it), and
+  `--time-budget S`, which fixes the step count from the measured step time so the cosine schedule
+  ends when the lease does.
 
 Usage:
     python -m training.train --out runs/default --steps 500 --batch 16 --seq 1024 --lr 2e-3
     python -m training.train --out runs/default --steps 500 ... --resume   # continue from runs/default/ckpt
+    python -m training.train --streams .gpu/streams --device cuda --bf16 --batch 128 --time-budget 420 ...
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import random
 import shutil
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +47,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.utils import logging as hf_logging
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script or as -m
-from training.data import BOS, KINDS, load_streams, split_files, stream_source  # noqa: E402
+from training.data import BOS, KINDS, load_streams, read_streams, split_files, stream_source  # noqa: E402
 
 KIND_WEIGHT = {"text": 1.0, "image": 1.0, "audio": 1.0, "binary": 0.25}  # binary streams are small headers
 EVAL_SEED = 1234  # fixed, independent of --seed, so dev numbers compare across runs
@@ -97,20 +103,25 @@ class Windows:
 
 
 def row_nats(model: LlamaForCausalLM, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed cross entropy (nats) and scored byte count per row."""
-    logits = model(input_ids=x).logits
+    """Summed cross entropy (nats, float32 even under autocast) and scored byte count per row."""
+    dev = model.device
+    x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+    logits = model(input_ids=x).logits.float()
     loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=-100, reduction="none")
     return loss.view_as(y).sum(1), (y != -100).sum(1)
 
 
 @torch.no_grad()
-def evaluate(model: LlamaForCausalLM, dev_batches: list[tuple[str, torch.Tensor, torch.Tensor]]) -> dict[str, float]:
+def evaluate(
+    model: LlamaForCausalLM, dev_batches: list[tuple[str, torch.Tensor, torch.Tensor]], autocast=contextlib.nullcontext
+) -> dict[str, float]:
     """Dev bits/byte per kind (and 'all', byte-weighted) on the fixed dev sample."""
     model.eval()
     nats: dict[str, float] = {}
     count: dict[str, int] = {}
     for kind, x, y in dev_batches:
-        n, c = row_nats(model, x, y)
+        with autocast():
+            n, c = row_nats(model, x, y)
         nats[kind] = nats.get(kind, 0.0) + float(n.sum())
         count[kind] = count.get(kind, 0) + int(c.sum())
     model.train()
@@ -172,6 +183,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--grad-clip", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast (for GPUs; CPU bf16 is not faster here)")
+    p.add_argument("--streams", type=Path, help="read DIR/train.xz and DIR/dev.xz instead of the corpus")
+    p.add_argument("--time-budget", type=float, help="seconds of training: --steps is set from the step time")
     p.add_argument("--resume", action="store_true", help="continue from OUT/ckpt if present")
     p.add_argument("--eval-every", type=int, default=50)
     p.add_argument("--eval-windows", type=int, default=16, help="dev windows per kind")
@@ -197,12 +212,17 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
 
     t0 = time.time()
-    train_files, dev_files = split_files(args.corpus)
-    source = stream_source()
-    train, dev = Windows(load_streams(train_files, args.corpus)), Windows(load_streams(dev_files, args.corpus))
-    console.print(
-        f"streams via {source} in {time.time() - t0:.1f}s: {len(train_files)} train / {len(dev_files)} dev files"
-    )
+    if args.streams:
+        source = "training_streams"  # what `python -m training.data` saves
+        train, dev = (Windows(read_streams(args.streams / f"{n}.xz")) for n in ("train", "dev"))
+        console.print(f"streams from {args.streams} in {time.time() - t0:.1f}s")
+    else:
+        train_files, dev_files = split_files(args.corpus)
+        source = stream_source()
+        train, dev = Windows(load_streams(train_files, args.corpus)), Windows(load_streams(dev_files, args.corpus))
+        console.print(
+            f"streams via {source} in {time.time() - t0:.1f}s: {len(train_files)} train / {len(dev_files)} dev files"
+        )
     for k in train.kinds:
         dn = dev.nbytes(k) if k in dev.kinds else 0
         console.print(
@@ -213,10 +233,12 @@ def main() -> None:
 
     ckpt = args.out / "ckpt"
     state = {"step": 0, "train_time": 0.0, "tokens": 0, "source": source}
+    device = torch.device(args.device)
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if args.bf16 else contextlib.nullcontext
     if args.resume and (ckpt / "train_state.pt").exists():
-        model = LlamaForCausalLM.from_pretrained(ckpt, dtype=torch.float32)
+        model = LlamaForCausalLM.from_pretrained(ckpt, dtype=torch.float32).to(device)
         opt = make_optimizer(model, args)
-        saved = torch.load(ckpt / "train_state.pt", weights_only=False)
+        saved = torch.load(ckpt / "train_state.pt", weights_only=False, map_location=device)
         opt.load_state_dict(saved.pop("optimizer"))
         state.update(saved)
         if state["source"] != source:
@@ -224,17 +246,17 @@ def main() -> None:
             state["source"] = source
         console.print(f"resumed from {ckpt} at step {state['step']}")
     else:
-        model = LlamaForCausalLM(model_config())
+        model = LlamaForCausalLM(model_config()).to(device)
         opt = make_optimizer(model, args)
     model.train()
     console.print(
-        f"model {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, {args.threads} thread(s),"
+        f"model {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params on {device}, {args.threads} thread(s),"
         f" args {vars(args)}"
     )
 
     def log_eval(step: int) -> dict[str, float]:
         te = time.time()
-        ev = evaluate(model, dev_batches)
+        ev = evaluate(model, dev_batches, autocast)
         console.print(
             f"[bold]eval step {step}[/] dev bits/byte "
             + " ".join(f"{k}={v:.3f}" for k, v in ev.items())
@@ -254,18 +276,27 @@ def main() -> None:
         TimeRemainingColumn(),
         TextColumn("{task.fields[info]}"),
     ]
+
+    def draw(step: int):
+        return train.batch(np.random.default_rng([args.seed, step]), args.batch, args.seq)
+
+    budget_start, budget_train_time0 = state["step"], state["train_time"]  # --time-budget counts from here
+    prefetch = ThreadPoolExecutor(1)  # the next batch is built while the device runs this one
     with Progress(*cols, console=console) as progress:
         task = progress.add_task("train", total=args.steps, completed=state["step"], info="")
         if state["step"] == 0:
             log_eval(0)
+        next_batch = prefetch.submit(draw, state["step"])
         while state["step"] < args.steps:
             step = state["step"]
             ts = time.time()
-            x, y, kinds = train.batch(np.random.default_rng([args.seed, step]), args.batch, args.seq)
+            x, y, kinds = next_batch.result()
+            next_batch = prefetch.submit(draw, step + 1)
             lr = lr_at(step, args)
             for g in opt.param_groups:
                 g["lr"] = lr
-            nats, count = row_nats(model, x, y)
+            with autocast():
+                nats, count = row_nats(model, x, y)
             loss = nats.sum() / count.sum()
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -274,6 +305,12 @@ def main() -> None:
             state["step"] = step = step + 1
             state["tokens"] += int(count.sum())
             state["train_time"] += time.time() - ts
+            if args.time_budget and step - budget_start in (30, 300):  # step time measured: fix the schedule
+                spent = state["train_time"] - budget_train_time0  # (again at 300, when the cosine has barely
+                per_step = spent / (step - budget_start)  # begun, in case the first steps were slow)
+                args.steps = step + max(1, int((args.time_budget - spent) / per_step))
+                progress.update(task, total=args.steps)
+                console.print(f"time budget {args.time_budget:.0f}s: {per_step:.3f}s/step, training to {args.steps}")
             for k in set(kinds):
                 rows = [i for i, kk in enumerate(kinds) if kk == k]
                 bpb = float(nats[rows].detach().sum() / count[rows].sum()) / LN2
@@ -293,7 +330,7 @@ def main() -> None:
                 save_checkpoint(args.out, model, opt, state)
 
     model.save_pretrained(args.out / "final")
-    ev = state.get("last_eval") or evaluate(model, dev_batches)
+    ev = state.get("last_eval") or evaluate(model, dev_batches, autocast)
     metrics = {
         "train_time_s": round(state["train_time"], 1),
         "steps": state["step"],
