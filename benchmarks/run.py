@@ -197,7 +197,7 @@ def main() -> None:
             results[m] = {"files": len(lst), "bytes": orig, "tools": agg,
                           "pixels": sum(raw_pixels(p) for p in lst) if m == "image" else None,
                           "shipped": orig}
-    write_report(a, results)
+            write_report(a, results)  # after every modality, so a run cut short keeps what it measured
 
 
 def write_report(a, results: dict) -> None:
@@ -254,8 +254,8 @@ def plot(results: dict, path: Path) -> None:
     except ImportError:
         print("matplotlib not installed: no plot", file=sys.stderr)
         return
-    fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 4))
-    for ax, (m, r) in zip(axes, results.items(), strict=True):
+    fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 4), squeeze=False)
+    for ax, (m, r) in zip(axes[0], results.items(), strict=True):
         for t, g in r["tools"].items():
             if g["n"] > 0:
                 ax.scatter(r["bytes"] / 1000 / g["ctime"], g["size"] / r["bytes"], color="C3" if "lmarc" in t else "C0")
