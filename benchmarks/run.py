@@ -172,18 +172,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as td:
         tmp = Path(td)
         for m, lst in files.items():
-            tools = [f"lmarc {x}" for x in a.models.split(",")] + [n for n, (ms, _, _) in CODECS.items() if m in ms]
-            agg = {t: {"size": 0, "ctime": 0.0, "dtime": 0.0, "mem": 0, "n": 0} for t in tools}
+            classic = [n for n, (ms, _, _) in CODECS.items() if m in ms]
+            agg = {}  # lmarc rows first, then the classic codecs, in the report's order
+            for model in a.models.split(","):
+                print(f"{m}: lmarc {model}, {len(lst)} files in one archive", file=sys.stderr)
+                agg[f"lmarc {model}"] = dict(run_lmarc(lst, a.corpus, model, tmp), n=len(lst))
+            agg |= {t: {"size": 0, "ctime": 0.0, "dtime": 0.0, "mem": 0, "n": 0} for t in classic}
             orig = sum(p.stat().st_size for p in lst)
-            for t in tools:
-                if t.startswith("lmarc"):
-                    print(f"{m}: {t}, {len(lst)} files in one archive", file=sys.stderr)
-                    agg[t] = dict(run_lmarc(lst, a.corpus, t.split(" ", 1)[1], tmp), n=len(lst))
             for p in lst:
                 print(f"{m}: {p.relative_to(a.corpus)}", file=sys.stderr)
-                for t in tools:
-                    if t.startswith("lmarc"):
-                        continue
+                for t in classic:
                     r = run_codec(t, p, tmp)
                     if r is None:
                         agg[t]["n"] = -1
