@@ -13,7 +13,16 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from archiver.fixedpoint import F, force_exact_float_math, gemm, isqrt, quantize_rows, rescale_, rshift_round
+from archiver.fixedpoint import (
+    F,
+    force_exact_float_math,
+    gemm,
+    isqrt,
+    pow2_quantize,
+    quantize_rows,
+    rescale_,
+    rshift_round,
+)
 from archiver.intmodel import ATT_FRAC, ROPE_FRAC, IntModel, QMatrix
 
 TOTAL_BITS = 24  # frequency tables sum to 2**24: the floor of 1 per symbol costs < 0.01 bit/token
@@ -22,6 +31,7 @@ NORM_FRAC = 15  # 1/rms in Q15
 KEY_FRAC = 10  # queries and keys enter the score product in Q10
 QUERY_BLOCK = 64  # query positions per attention block in the parallel path
 ATTN_TILE = 1 << 18  # float64 scores per attention tile (2 MiB): the softmax chain stays in cache
+KEY8_BITS = 7  # int8 key cache: keys as 7-bit magnitudes times a power of two per position
 ROW_TILE = 256  # rows per tile of the row-wise layers (projections, MLP, head)
 SCORE_ROWS = 2048  # tokens per parallel forward: bounds the activations, batching gains no more
 
@@ -68,6 +78,9 @@ class Engine:
         # float64 exactness: |q.k| <= hd * qk_limit**2 < 2**53 and sum(e) * v_limit < 2**53
         self.qk_limit = (1 << ((53 - (self.head_dim - 1).bit_length()) // 2)) - 1
         self.v_limit = (1 << (53 - 15 - (self.context - 1).bit_length())) - 1
+        self.int8_keys = c.get("key_cache", "f64") == "int8"
+        # with int8 keys, queries get the bits that keep a key product below 2**24: exact in float32
+        self.q_bits = (((1 << 24) - 1) // (127 * self.head_dim)).bit_length() - 1
 
     # ---- exact building blocks -------------------------------------------------------------
     def _linear(self, x: torch.Tensor, m: _Prepared) -> torch.Tensor:
@@ -118,10 +131,13 @@ class Engine:
         """Causal softmax attention of q [B, T, H, hd] (Q10, at positions p0..) over the history;
         returns the Q16 outputs [B, T, H * hd].
 
-        The cache holds Q10 keys and Q16 values as float64, transposed [B, KV, hd, S]. Queries are
-        scaled by 2**-12 (exact: a power of two), so one float64 product gives
-        x = (q.k) / 2**12 with every partial sum a multiple of 2**-12 below 2**40: exact in any
-        order. The softmax index of the original integer program,
+        Scores: x = (q.k) / 2**12, every partial sum a multiple of 2**-12 below 2**40, so the float64
+        product is exact in any order. With the float64 key cache, the integer products of queries and
+        stored keys are scaled by 2**-12 (a power of two, exact). With int8 keys (see _Cache), queries
+        are first rounded to q_bits-bit magnitudes times 2**eq; their products then stay below 2**24,
+        exact in float32 at half the memory traffic, and the powers of two of query and key rescale
+        them exactly in float64.
+        The softmax index of the original integer program,
             min(m - s, last) with s = floor(x + 1/2) and m its row maximum,
         equals floor(min(m + 1/2 - 2**-12 - x, last)) because x is a multiple of 2**-12 (so
         ceil(w) = floor(w + 1 - 2**-12)); masked scores are -inf and land on the last table entry,
@@ -132,52 +148,64 @@ class Engine:
         B, T, H, hd = q.shape
         KV = self.kv_heads
         g = H // KV
-        keys, values = cache.kt[li], cache.vt[li]
+        values = cache.vt[li]
         last = self.att_exp64.numel() - 1
         scale = 2.0 ** -(2 * KEY_FRAC - ATT_FRAC)
         half = 0.5 - scale
+        if self.int8_keys:
+            q, eq = pow2_quantize(q, self.q_bits)
+            qscale = (torch.ones_like(eq) << eq).to(torch.float64).mul_(scale)  # [B, T, H, 1]
         out = torch.empty((B, T, H * hd), dtype=torch.int64, device=q.device)
         blk = QUERY_BLOCK if T > 1 else 1
-        f64 = dict(dtype=torch.float64, device=q.device)
-        buf = ibuf = ebuf = None
+        bufs: dict[str, torch.Tensor] = {}
+
+        def take(name: str, n: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+            """n elements of a scratch buffer reused across tiles (grown when too small)."""
+            if name not in bufs or bufs[name].numel() < n:
+                bufs[name] = torch.empty(n, dtype=dtype, device=q.device)
+            return bufs[name][:n]
+
         for a in range(0, T, blk):
             b = min(T, a + blk)
             S = p0 + b
             R = (b - a) * g
             nb = max(1, min(B, ATTN_TILE // (KV * R * S)))
-            n = nb * KV * R * S
-            if buf is None or buf.numel() < n:
-                buf = torch.empty(n, **f64)
-                ibuf = torch.empty(n, dtype=torch.int32, device=q.device)
-                ebuf = torch.empty(n, **f64)
-                qbuf, abuf, obuf = (torch.empty(nb * KV * R * hd, **f64) for _ in range(3))
             tri = self._tri(b - a, g) if b - a > 1 else None
             for b0 in range(0, B, nb):
                 b1 = min(B, b0 + nb)
-                shape = (b1 - b0, KV, b - a, g, hd)
-                qt = qbuf[: shape[0] * KV * R * hd].view(shape)
-                qt.copy_(q[b0:b1, a:b].view(b1 - b0, b - a, KV, g, hd).transpose(1, 2)).mul_(scale)
-                n = (b1 - b0) * KV * R * S
-                s = buf[:n].view(b1 - b0, KV, R, S)
-                torch.matmul(qt.view(b1 - b0, KV, R, hd), keys[b0:b1, :, :, :S], out=s)
+                nt = b1 - b0
+                shape = (nt, KV, b - a, g, hd)
+                n = nt * KV * R * S
+                s = take("s", n).view(nt, KV, R, S)
+                qt = take("q", nt * KV * R * hd, cache.k[li].dtype).view(shape)
+                qt.copy_(q[b0:b1, a:b].view(nt, b - a, KV, g, hd).transpose(1, 2))
+                if self.int8_keys:
+                    s32 = take("s32", n, torch.float32).view_as(s)
+                    torch.matmul(qt.view(nt, KV, R, hd), cache.keys(li, b0, b1, S), out=s32)
+                    s.copy_(s32)
+                    s.mul_(qscale[b0:b1, a:b].view(nt, b - a, KV, g, 1).transpose(1, 2).reshape(nt, KV, R, 1))
+                    s.mul_(cache.ks[li][b0:b1, :, :, :S])
+                else:
+                    qt.mul_(scale)
+                    torch.matmul(qt.view(nt, KV, R, hd), cache.keys(li, b0, b1, S), out=s)
                 if tri is not None:
                     s[..., p0 + a : S].masked_fill_(tri, float("-inf"))
                 m = s.amax(-1, keepdim=True).add_(0.5).floor_().add_(half)
                 torch.sub(m, s, out=s).clamp_max_(last)
-                idx = ibuf[:n]
+                idx = take("idx", n, torch.int32)
                 idx.view_as(s).copy_(s)
-                e = torch.index_select(self.att_exp64, 0, idx, out=ebuf[:n]).view_as(s)  # Q15, row max 2**15
+                e = torch.index_select(self.att_exp64, 0, idx, out=take("e", n)).view_as(s)  # Q15, row max 2**15
                 den = e.sum(-1, keepdim=True)
-                acc = abuf[: qt.numel()].view(b1 - b0, KV, R, hd)
+                acc = take("acc", nt * KV * R * hd).view(nt, KV, R, hd)
                 torch.matmul(e, values[b0:b1, :, :, :S].transpose(-1, -2), out=acc)
                 # o = floor(acc / den + 1/2), in float64 and exact: |acc| <= den * v_limit and
                 # den * (v_limit + 1) <= 2**53, so the floored quotient of these integers is exact (a
                 # non-integer quotient lies >= 1/den from any integer, beyond the rounding error), o * den
                 # is an integer of magnitude <= |acc| + den <= 2**53 (exact), and so is the remainder.
-                o = torch.div(acc, den, out=obuf[: acc.numel()].view_as(acc)).floor_()
+                o = torch.div(acc, den, out=take("o", acc.numel()).view_as(acc)).floor_()
                 r = acc.addcmul_(o, den, value=-1)  # acc - o * den, in [0, den)
                 o.add_(r.div_(den.mul_(0.5)).floor_())  # + (2 r >= den), exact as floor(2 r / den) < 2
-                out[b0:b1, a:b].view(b1 - b0, b - a, KV, g, hd).copy_(o.view(shape).transpose(1, 2))
+                out[b0:b1, a:b].view(nt, b - a, KV, g, hd).copy_(o.view(shape).transpose(1, 2))
         return out
 
     def _tri(self, n: int, g: int) -> torch.Tensor:
@@ -288,33 +316,53 @@ class Engine:
             i += bsz
         return out  # type: ignore[return-value]
 
+    def cache_bytes(self) -> int:
+        """Memory one chunk's key/value cache takes at full context."""
+        per_position = self.head_dim * (8 + (4 if self.int8_keys else 8)) + (8 if self.int8_keys else 0)
+        return len(self.layers) * self.kv_heads * self.context * per_position
+
     def session(self, batch: int, alphabet: torch.Tensor | None = None) -> Session:
         return Session(self, batch, alphabet)
 
 
 class _Cache:
-    """Key/value history per layer: Q10 keys and Q16 values as exact float64, stored transposed
-    [B, KV, hd, room] so a decoding step streams them. The room grows geometrically up to the
-    capacity, which keeps the rows read by a step close together at every history length."""
+    """Key/value history per layer, laid out for the products that read it at every step.
+
+    Values are exact float64 (Q16), transposed [B, KV, hd, room]. Keys are exact float64 (Q10),
+    transposed the same way; or, for a model whose config says "key_cache": "int8", each position's
+    key row (per KV head) is rounded to a 7-bit magnitude times a power of two: the magnitudes as
+    float32 (exact) [B, KV, room, hd], the powers as float64 in ks [B, KV, 1, room]. Each layout is
+    the one whose product with the queries measured fastest in its dtype.
+    The room grows geometrically up to the capacity, which keeps the rows read by a step close
+    together at every history length."""
 
     def __init__(self, engine: Engine, batch: int, capacity: int):
-        self.shape = (batch, engine.kv_heads, engine.head_dim)
+        self.batch, self.kv, self.hd = batch, engine.kv_heads, engine.head_dim
         self.device = engine.device
-        self.kt: list[torch.Tensor] = [torch.zeros(0)] * len(engine.layers)
-        self.vt: list[torch.Tensor] = [torch.zeros(0)] * len(engine.layers)
+        self.int8_keys = engine.int8_keys
+        n = len(engine.layers)
+        self.k: list[torch.Tensor] = [torch.zeros(0)] * n
+        self.vt: list[torch.Tensor] = [torch.zeros(0)] * n
+        self.ks: list[torch.Tensor] = [torch.zeros(0)] * n
         self.length = 0
         self.room = 0
         self.capacity = capacity
 
     def _grow(self, need: int) -> None:
-        """Room for need positions. The new columns are left uninitialized (no zeroing pass): every
+        """Room for need positions. The new positions are left uninitialized (no zeroing pass): every
         read is of positions below length, which append has written."""
         room = min(self.capacity, max(need, 2 * self.room, 32))
-        for store in (self.kt, self.vt):
+        B, KV, hd, f64 = self.batch, self.kv, self.hd, torch.float64
+        stores = [(self.vt, (B, KV, hd, room), f64, 3)]
+        if self.int8_keys:
+            stores += [(self.k, (B, KV, room, hd), torch.float32, 2), (self.ks, (B, KV, 1, room), f64, 3)]
+        else:
+            stores.append((self.k, (B, KV, hd, room), f64, 3))
+        for store, shape, dtype, axis in stores:
             for li, old in enumerate(store):
-                new = torch.empty((*self.shape, room), dtype=torch.float64, device=self.device)
+                new = torch.empty(shape, dtype=dtype, device=self.device)
                 if self.length:
-                    new[..., : self.length] = old[..., : self.length]
+                    new.narrow(axis, 0, self.length).copy_(old.narrow(axis, 0, self.length))
                 store[li] = new
         self.room = room
 
@@ -325,8 +373,18 @@ class _Cache:
             raise ValueError("sequence longer than the model context")
         if b > self.room:
             self._grow(b)
-        self.kt[li][..., a:b] = k.permute(0, 2, 3, 1)
+        if self.int8_keys:
+            k, e = pow2_quantize(k, KEY8_BITS)
+            self.ks[li][..., a:b] = (torch.ones_like(e) << e).permute(0, 2, 3, 1)
+            self.k[li][:, :, a:b] = k.transpose(1, 2)
+        else:
+            self.k[li][..., a:b] = k.permute(0, 2, 3, 1)
         self.vt[li][..., a:b] = v.permute(0, 2, 3, 1)
+
+    def keys(self, li: int, b0: int, b1: int, S: int) -> torch.Tensor:
+        """The first S keys of chunks b0..b1 as a [n, KV, hd, S] view."""
+        k = self.k[li][b0:b1]
+        return k[:, :, :S].transpose(-1, -2) if self.int8_keys else k[..., :S]
 
 
 class Session:

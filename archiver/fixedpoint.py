@@ -64,6 +64,20 @@ def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Te
     return q, m, e
 
 
+def pow2_quantize(x: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Quantize the last axis of integers x (|x| < 2**53) to q with x ~= q * 2**e, |q| <= 2**bits - 1.
+
+    e = max(0, bit_length(max |x|) - bits) per row, q = clamp(rshift_round(x, e)). A power-of-two
+    scale multiplies exactly in floating point, so products of q stay exact after rescaling. The bit
+    length is frexp's exponent of the exactly converted float64. Returns q and e (int64, [..., 1]).
+    """
+    amax = x.abs().amax(-1, keepdim=True).to(torch.float64)
+    e = (torch.frexp(amax).exponent.to(torch.int64) - bits).clamp_(min=0)
+    lim = (1 << bits) - 1
+    q = (x + (torch.ones_like(e) << e >> 1)).bitwise_right_shift_(e).clamp_(-lim, lim)
+    return q, e
+
+
 def isqrt(v: torch.Tensor) -> torch.Tensor:
     """floor(sqrt(v)) for int64 0 <= v < 2**52, exact: the float64 square root truncated.
 

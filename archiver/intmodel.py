@@ -85,6 +85,8 @@ class IntModel:
         c = self.config
         if c.get("format") != FORMAT:
             raise ModelError(f"unknown model format {c.get('format')!r}")
+        if c.get("key_cache", "f64") not in ("f64", "int8"):
+            raise ModelError(f"unknown key cache {c['key_cache']!r}: made by a newer lmarc?")
         if c["head_dim"] > F32_EXACT_K or c["hidden_size"] > 16384:
             raise ModelError("model dimensions exceed the exactness bounds")
         for name, m in self._matrices():

@@ -21,7 +21,8 @@ if TYPE_CHECKING:
     from archiver.intmodel import IntModel
 
 CLASSIC_BLOCK = 4 << 20  # classic-coded streams are cut into blocks this size (bounds memory on extract)
-DECODE_BATCH = 64
+DECODE_BATCH = 256  # chunks decoded in lockstep at most: per-step overheads amortize over the batch
+DECODE_MEMORY = 1 << 30  # and at most this many bytes of key/value cache (a large model gets fewer)
 SCORE_TOKENS = 8192  # tokens scored per engine call: progress moves, memory stays bounded
 SCORE_CELLS = 1 << 27  # and at most this many table entries (1 GiB of int64): large vocabularies
 
@@ -132,8 +133,9 @@ def decode_chunks(kind_chunks: list[tuple[str, dict, bytes]], predictor_for: Cal
     for model_id, idxs in lm.items():
         pred = predictor_for(model_id)
         idxs.sort(key=lambda i: -kind_chunks[i][1]["tokens"])
-        for b in range(0, len(idxs), DECODE_BATCH):
-            batch = idxs[b : b + DECODE_BATCH]
+        size = max(1, min(DECODE_BATCH, DECODE_MEMORY // pred.engine.cache_bytes()))
+        for b in range(0, len(idxs), size):
+            batch = idxs[b : b + size]
             for i, symbols in zip(batch, _decode_lm_batch(pred, [kind_chunks[i] for i in batch]), strict=True):
                 kind, rec, _ = kind_chunks[i]
                 data = pred.vocab.to_bytes(kind, symbols)

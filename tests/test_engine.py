@@ -12,7 +12,9 @@ import pytest
 import torch
 
 from archiver import intmodel
+from archiver.coder import ideal_bits
 from archiver.engine import TOTAL, Engine
+from archiver.modelfile import ModelError
 from tests.conftest import ROOT, TINY
 
 ALPHA = torch.arange(256)
@@ -40,9 +42,16 @@ def _digest(tables: list[np.ndarray]) -> str:
     return h.hexdigest()
 
 
-@pytest.fixture(scope="module")
-def model():
-    return intmodel.load(TINY)
+def _tiny(key_cache: str) -> intmodel.IntModel:
+    """The tiny model with either key cache: same weights, two integer programs."""
+    m = intmodel.load(TINY)
+    m.config["key_cache"] = key_cache
+    return m
+
+
+@pytest.fixture(scope="module", params=["f64", "int8"])
+def model(request):
+    return _tiny(request.param)
 
 
 def test_tables_are_valid_distributions(model):
@@ -88,10 +97,9 @@ def test_gemm_backends_are_bit_identical(model):
 _PROBE = """
 import sys, torch, numpy as np
 sys.path.insert(0, {root!r})
-from tests.test_engine import _seqs, _digest, ALPHA
-from archiver import intmodel
+from tests.test_engine import _seqs, _digest, _tiny, ALPHA
 from archiver.engine import Engine
-m = intmodel.load({tiny!r})
+m = _tiny({kv!r})
 e = Engine(m, threads={threads})
 s = _seqs(6, 4, m.context)
 par = e.score(s, ALPHA)
@@ -101,16 +109,34 @@ print(_digest(par), _digest(inc))
 """
 
 
-def _probe(threads: int, env_extra: dict[str, str]) -> str:
+def _probe(threads: int, env_extra: dict[str, str], kv: str) -> str:
     env = dict(os.environ, **env_extra)
-    code = _PROBE.format(root=str(ROOT), tiny=str(TINY), threads=threads)
+    code = _PROBE.format(root=str(ROOT), kv=kv, threads=threads)
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     return out.stdout.strip()
 
 
-def test_threads_and_cpu_kernels_do_not_matter():
+@pytest.mark.parametrize("kv", ["f64", "int8"])
+def test_threads_and_cpu_kernels_do_not_matter(kv):
     """Fresh processes: 1 vs 2 threads, default vs AVX2-only kernels, give the same tables."""
-    ref = _probe(1, {})
-    assert _probe(2, {}) == ref
-    assert _probe(2, {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}) == ref
-    assert _probe(1, {"ATEN_CPU_CAPABILITY": "default"}) == ref
+    ref = _probe(1, {}, kv)
+    assert _probe(2, {}, kv) == ref
+    assert _probe(2, {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}, kv) == ref
+    assert _probe(1, {"ATEN_CPU_CAPABILITY": "default"}, kv) == ref
+
+
+def test_int8_keys_cost_almost_nothing():
+    """The int8 key cache is a different integer program: it must predict as well as the float64
+    one (a wrong scale would still be exact, and useless)."""
+    seqs = [s for s in _seqs(16, 5, 128) if max(s[1:]) < 256]
+    bits = {}
+    for kv in ("f64", "int8"):
+        tables = Engine(_tiny(kv)).score(seqs, ALPHA)
+        bits[kv] = sum(ideal_bits(np.array(s[1:]), t) for s, t in zip(seqs, tables, strict=True))
+    assert abs(bits["int8"] / bits["f64"] - 1) < 0.01, bits
+
+
+def test_unknown_cache_kind_is_refused():
+    m = _tiny("int4")
+    with pytest.raises(ModelError, match="newer lmarc"):
+        m.check_bounds()

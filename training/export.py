@@ -87,13 +87,15 @@ def main() -> None:
     ap.add_argument("--name", default="default", help="model name recorded in the file")
     ap.add_argument("--compare", type=Path, metavar="CORPUS", help="also report float vs integer bits/byte on dev")
     ap.add_argument("--windows", type=int, default=8, help="dev windows per stream kind for --compare")
+    ap.add_argument("--key-cache", choices=["int8", "f64"], default="int8",
+                    help="the engine's key cache: int8 (faster, same bits/byte) or float64 (the first models)")
     ap.add_argument("out", type=Path)
     a = ap.parse_args()
     if a.checkpoint is None:
         hf = tiny_fixture(a.tiny_fixture_seed)
     else:
         hf = LlamaForCausalLM.from_pretrained(a.checkpoint).eval()
-    model = convert_llama(hf, extra=dict(BYTE_VOCAB, name=a.name))
+    model = convert_llama(hf, extra=dict(BYTE_VOCAB, name=a.name, key_cache=a.key_cache))
     digest = model.save(a.out)
     print(f"wrote {a.out} ({a.out.stat().st_size} bytes), model id {digest}")
     if a.compare:
