@@ -3,7 +3,8 @@
 Measures the CPU's matrix-multiply peak (torch._int_mm on int8, float32 matmul), the model's
 arithmetic per token, and the engine's encode (`Engine.score`, teacher-forced full-context chunks)
 and decode (`Session.feed`, one token per chunk per step over a whole chunk, batch 64 and 256)
-throughput, then prints a markdown table.
+throughput, then prints a markdown table per model. Decode runs at batch 64 (the issue's floor) and
+at the batch the archiver uses for that model (as many chunks as fit its cache budget).
 
 FLOPs per token (multiply and add counted as 2):
     2 * (params of all matrices: per layer qkv + o + gate_up + down, plus the output head)
@@ -12,7 +13,7 @@ where avg_context = (n + 1) / 2 for a chunk of n predicted tokens (causal attent
 e.v, 2 flops each per key per head dimension). The embedding lookup costs no FLOPs.
 The GEMM bound is peak_ops_per_s / flops_per_token (int8 peak: the engine's matrices are int8).
 
-    python benchmarks/engine_speed.py [--model PATH] [--threads N] [--quick] [--out FILE]
+    python benchmarks/engine_speed.py [--models PATH,PATH] [--threads N] [--quick] [--out FILE]
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from archiver import intmodel  # noqa: E402
 from archiver.engine import Engine  # noqa: E402
+from archiver.streamcoder import DECODE_BATCH, DECODE_MEMORY  # noqa: E402
 
 
 def _best(fn, reps: int) -> float:
@@ -63,65 +65,74 @@ def flops_per_token(model: intmodel.IntModel, n: int) -> float:
     return 2 * params + attn
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", default=str(ROOT / "archiver" / "models" / "default.safetensors"))
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--quick", action="store_true", help="fewer chunks and decode steps, smaller GEMMs")
-    ap.add_argument("--out", help="also write the table into this markdown file's `engine` section")
-    args = ap.parse_args(argv)
-
-    torch.set_num_threads(args.threads)
-    model = intmodel.load(Path(args.model))
-    eng = Engine(model, threads=args.threads)
+def measure(path: Path, threads: int, quick: bool, peak8: float) -> list[str]:
+    """The markdown lines of one model's table."""
+    model = intmodel.load(path)
+    eng = Engine(model, threads=threads)
     ctx = model.context
     n = ctx - 1  # predicted tokens per full chunk (BOS + n tokens)
     rng = np.random.default_rng(0)
     bos = next(iter(model.config.get("bos", {"text": 0}).values()))
     alpha = torch.tensor(model.config.get("byte_tokens", list(range(256))), dtype=torch.int64)
     byte_ids = alpha.numpy()
-
-    peak8, peakf = gemm_peaks(1024 if args.quick else 2048, 3)
     fpt = flops_per_token(model, n)
     bound = peak8 / fpt
+    rows: list[tuple[str, float]] = []
 
-    rows: list[tuple[str, float, str]] = []
-
-    chunks = 4 if args.quick else 16
+    chunks = 4 if quick else 16
     seqs = [[bos, *byte_ids[rng.integers(0, len(byte_ids), n)].tolist()] for _ in range(chunks)]
     eng.score(seqs[:1], alpha)  # warm-up
     t = time.perf_counter()
     eng.score(seqs, alpha)
-    rows.append((f"encode (score, {chunks} x {n} tokens)", chunks * n / (time.perf_counter() - t), ""))
+    rows.append((f"encode (score, {chunks} x {n} tokens)", chunks * n / (time.perf_counter() - t)))
 
-    steps = 256 if args.quick else n
-    for batch in (64, 256):
+    steps = 256 if quick else n
+    archiver_batch = max(1, min(DECODE_BATCH, DECODE_MEMORY // eng.cache_bytes()))
+    for batch in sorted({64, archiver_batch}):
         sess = eng.session(batch, alpha)
         toks = byte_ids[rng.integers(0, len(byte_ids), (steps, batch))]
         toks[0] = bos
         t = time.perf_counter()
         for i in range(steps):
             sess.feed(toks[i])
-        note = "" if steps == n else " (first steps only: lower attention cost)"
+        note = ", whole chunks" if steps == n else " (first steps only: lower attention cost)"
+        who = " (the archiver's batch)" if batch == archiver_batch else ""
         tps = batch * steps / (time.perf_counter() - t)
-        rows.append((f"decode (feed, batch {batch}, {steps} steps){note}", tps, ""))
+        rows.append((f"decode (feed, batch {batch}{who}, {steps} steps{note})", tps))
 
     c = model.config
     lines = [
-        f"Model `{Path(args.model).name}`: d={c['hidden_size']}, {c['num_layers']} layers, "
-        f"{c['num_heads']} heads ({c['num_kv_heads']} KV), context {ctx}; {args.threads} thread(s); "
-        f"torch {torch.__version__}.",
-        "",
-        f"GEMM peak: int8 `_int_mm` {peak8 / 1e9:.0f} GOP/s, float32 matmul {peakf / 1e9:.0f} GFLOP/s. "
-        f"FLOPs/token = 2*matrix params + layers*4*heads*head_dim*avg_context = {fpt / 1e6:.2f} M "
-        f"(avg_context {(n + 1) / 2:.0f}); GEMM bound = int8 peak / FLOPs per token = {bound:,.0f} tok/s.",
+        f"Model `{path.name}` (key cache {c.get('key_cache', 'f64')}): d={c['hidden_size']}, {c['num_layers']} "
+        f"layers, {c['num_heads']} heads ({c['num_kv_heads']} KV), context {ctx}. FLOPs/token = 2*matrix params "
+        f"+ layers*4*heads*head_dim*avg_context = {fpt / 1e6:.2f} M (avg_context {(n + 1) / 2:.0f}); "
+        f"GEMM bound = int8 peak / FLOPs per token = {bound:,.0f} tok/s.",
         "",
         "| workload | tok/s | fraction of GEMM bound |",
         "| --- | ---: | ---: |",
     ]
-    for name, tps, _ in rows:
-        lines.append(f"| {name} | {tps:,.0f} | {tps / bound:.1%} |")
-    table = "\n".join(lines) + "\n"
+    lines += [f"| {name} | {tps:,.0f} | {tps / bound:.1%} |" for name, tps in rows]
+    return [*lines, ""]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--models", default=str(ROOT / "archiver" / "models" / "default.safetensors"),
+                    help="comma-separated model files")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--quick", action="store_true", help="fewer chunks and decode steps, smaller GEMMs")
+    ap.add_argument("--out", help="also write the tables into this markdown file's `engine` section")
+    args = ap.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    peak8, peakf = gemm_peaks(1024 if args.quick else 2048, 3)
+    lines = [
+        f"{args.threads} thread(s); torch {torch.__version__}. GEMM peak: int8 `_int_mm` {peak8 / 1e9:.0f} GOP/s, "
+        f"float32 matmul {peakf / 1e9:.0f} GFLOP/s.",
+        "",
+    ]
+    for m in args.models.split(","):
+        lines += measure(Path(m), args.threads, args.quick, peak8)
+    table = "\n".join(lines)
     sys.stdout.write(table)
     if args.out:
         from report import replace_section
