@@ -1,12 +1,14 @@
-"""Classic codecs for data the LM does not win on: store, zstd -19 (long window) and xz -9e."""
+"""Classic codecs for data the LM does not win on: store, zstd -19 (long window), xz -9e and
+brotli -q 11 (whose built-in dictionary of common words and markup wins on small text files)."""
 
 from __future__ import annotations
 
 import lzma
 
+import brotli
 import zstandard
 
-CODECS = ("store", "zstd", "xz")
+CODECS = ("store", "zstd", "xz", "brotli")
 XZ_DICT = 1 << 26  # xz -9's dictionary; the decoder's buffer, enough for every encoder setting below
 
 
@@ -24,20 +26,33 @@ def compress(codec: str, data: bytes) -> bytes:
         # -9e, with the dictionary cut to the input: same output, without allocating 700 MB per call
         dict_size = min(XZ_DICT, max(1 << 12, 1 << (len(data) - 1).bit_length()))
         return lzma.compress(data, format=lzma.FORMAT_RAW, filters=_xz_filters(dict_size))
+    if codec == "brotli":
+        return brotli.compress(data, quality=11, lgwin=min(24, max(10, len(data).bit_length())))
     raise ValueError(f"unknown codec {codec!r}")
 
 
 def decompress(codec: str, data: bytes, size: int) -> bytes:
-    """Decompress, refusing to produce more than `size` bytes (hostile archives)."""
-    if codec == "store":
-        out = data
-    elif codec == "zstd":
-        out = zstandard.ZstdDecompressor().decompress(data, max_output_size=size)
-    elif codec == "xz":
-        d = lzma.LZMADecompressor(format=lzma.FORMAT_RAW, filters=_xz_filters(XZ_DICT))
-        out = d.decompress(data, max_length=size + 1)
-    else:
-        raise ValueError(f"unknown codec {codec!r}")
+    """Decompress, refusing to produce more than `size` bytes (hostile archives). Every codec's own
+    error type becomes ValueError, which readers report as a damaged member."""
+    try:
+        if codec == "store":
+            out = data
+        elif codec == "zstd":
+            out = zstandard.ZstdDecompressor().decompress(data, max_output_size=size)
+        elif codec == "xz":
+            d = lzma.LZMADecompressor(format=lzma.FORMAT_RAW, filters=_xz_filters(XZ_DICT))
+            out = d.decompress(data, max_length=size + 1)
+            if not d.eof and len(out) <= size:
+                raise ValueError("xz chunk is truncated")
+        elif codec == "brotli":
+            b = brotli.Decompressor()
+            out = b.process(data, output_buffer_limit=size + 1)
+            if not b.is_finished() and len(out) <= size:
+                raise ValueError("brotli chunk is truncated")
+        else:
+            raise ValueError(f"unknown codec {codec!r}")
+    except (zstandard.ZstdError, lzma.LZMAError, brotli.error) as e:
+        raise ValueError(f"{codec} chunk is corrupt: {e}") from e
     if len(out) != size:
         raise ValueError(f"{codec} chunk decodes to {len(out)} bytes, expected {size}")
     return out
@@ -48,7 +63,7 @@ def best(data: bytes) -> tuple[str, bytes]:
     choice = ("store", data)
     if len(data) < 16:
         return choice
-    for codec in ("zstd", "xz"):
+    for codec in CODECS[1:]:
         out = compress(codec, data)
         if len(out) < len(choice[1]):
             choice = (codec, out)

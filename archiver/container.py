@@ -57,15 +57,26 @@ INDEX_DICT = (
 INDEX_DICT_ID = zlib.adler32(INDEX_DICT)
 
 
+INDEX_VERSIONS = (1, 2)
+CODEC_SINCE = {"brotli": 2}  # the index version that introduced a chunk codec (others: 1)
+
+
 @dataclass
 class Index:
     entries: list[dict] = field(default_factory=list)
     objects: dict[str, dict] = field(default_factory=dict)
     models: dict[str, str] = field(default_factory=dict)
+    version: int = 1
+
+    def needed_version(self) -> int:
+        """The oldest index version that has every codec used: an archive that uses no new codec
+        stays readable by older lmarc releases."""
+        codecs = {c["codec"] for o in self.objects.values() for st in o["streams"] for c in st["chunks"]}
+        return max([1, *(CODEC_SINCE.get(c, 1) for c in codecs)])
 
     def to_bytes(self) -> bytes:
-        doc = {"format": "lmarc", "version": VERSION, "entries": self.entries, "objects": self.objects,
-               "models": self.models}
+        doc = {"format": "lmarc", "version": self.needed_version(), "entries": self.entries,
+               "objects": self.objects, "models": self.models}
         c = zlib.compressobj(9, zlib.DEFLATED, 15, 9, zlib.Z_DEFAULT_STRATEGY, INDEX_DICT)
         return c.compress(json.dumps(doc, separators=(",", ":")).encode()) + c.flush()
 
@@ -82,12 +93,14 @@ class Index:
             raise ArchiveError(f"archive index is unreadable: {e}") from e
         if not isinstance(doc, dict) or doc.get("format") != "lmarc":
             raise ArchiveError("archive index is not an lmarc index")
-        if doc.get("version") != VERSION:
-            raise ArchiveError(f"archive index version {doc.get('version')!r} is not supported (need {VERSION})")
+        version = doc.get("version")
+        if version not in INDEX_VERSIONS:
+            raise ArchiveError(f"archive index version {version!r} is not supported (this lmarc reads "
+                               f"{INDEX_VERSIONS[0]} to {INDEX_VERSIONS[-1]}): made by a newer lmarc?")
         entries, objects, models = doc.get("entries"), doc.get("objects"), doc.get("models", {})
         if not isinstance(entries, list) or not isinstance(objects, dict) or not isinstance(models, dict):
             raise ArchiveError("archive index is malformed")
-        return cls(entries, objects, models)
+        return cls(entries, objects, models, version)
 
 
 CHUNK_CODECS = ("lm", *CODECS)
@@ -123,7 +136,8 @@ def validate_index(index: Index, data_end: int) -> None:
                 bad("chunk table")
             total = 0
             for c in chunks:
-                if not isinstance(c, dict) or c.get("codec") not in CHUNK_CODECS:
+                if (not isinstance(c, dict) or c.get("codec") not in CHUNK_CODECS
+                        or CODEC_SINCE.get(c["codec"], 1) > index.version):
                     bad("chunk codec")
                 if not (_is_int(c.get("offset"), HEADER_LEN, data_end) and _is_int(c.get("length"), 0, data_end)
                         and c["offset"] + c["length"] <= data_end and _is_int(c.get("crc32"), 0, 0xFFFFFFFF)

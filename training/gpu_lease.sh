@@ -3,7 +3,7 @@
 #
 # Prepared on CPU beforehand, in the git-ignored folder .gpu/ that the lease carries:
 #   python -m training.data --out .gpu/streams     # train/dev streams (the GPU machine has no corpus)
-#   pip download ... -d .gpu/whl constriction zstandard   # what the GPU image lacks (cp312 wheels)
+#   pip download ... -d .gpu/whl constriction zstandard brotli   # what the GPU image lacks (cp312)
 #   lmarc add -a .gpu/check.lma .gpu/check          # an archive made on CPU, its files kept beside it
 # Two jobs at once: (1) train the default model's shape from scratch in bf16 for a fixed time budget;
 # (2) meanwhile decode the CPU-made archive on CUDA and compare every byte (issue #2's cross-device

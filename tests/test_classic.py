@@ -1,0 +1,60 @@
+"""The classic codecs the LM falls back to, and the index version that records which were used."""
+
+from __future__ import annotations
+
+import json
+import zlib
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from archiver import classic
+from archiver.container import ArchiveError, Index, validate_index
+from tests.conftest import SAMPLES
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.binary(max_size=3000) | st.text(max_size=1500).map(str.encode))
+def test_every_codec_round_trips(data):
+    for codec in classic.CODECS:
+        assert classic.decompress(codec, classic.compress(codec, data), len(data)) == data
+
+
+@pytest.mark.parametrize("codec", classic.CODECS[1:])
+def test_damaged_or_oversized_chunks_are_refused(codec):
+    data = (SAMPLES / "notes.txt").read_bytes()
+    packed = classic.compress(codec, data)
+    with pytest.raises(ValueError):
+        classic.decompress(codec, packed[: len(packed) // 2], len(data))
+    with pytest.raises(ValueError):  # a chunk may not decode to more than its record says
+        classic.decompress(codec, packed, len(data) - 1)
+
+
+def test_brotli_wins_on_a_small_text_file():
+    """Its built-in dictionary is why it is in the set: short prose and code, where xz and zstd
+    have no history to match against."""
+    data = (SAMPLES / "notes.txt").read_bytes()[:1500]
+    codec, packed = classic.best(data)
+    assert codec == "brotli"
+    assert len(packed) < min(len(classic.compress(c, data)) for c in ("zstd", "xz"))
+
+
+def _index(codec: str, version: int = 1) -> Index:
+    chunk = {"codec": codec, "size": 10, "tokens": 0, "offset": 16, "length": 5, "crc32": 0}
+    obj = {"format": "raw", "recipe": {}, "streams": [{"kind": "binary", "size": 10, "chunks": [chunk]}]}
+    return Index([], {"a" * 64: obj}, {}, version)
+
+
+def test_index_version_rises_only_with_a_new_codec():
+    """An archive that uses no brotli chunk keeps index version 1 (older lmarc reads it); one that
+    does says 2, and a version-1 index naming brotli, or an unknown version, is refused."""
+    assert Index.from_bytes(_index("xz").to_bytes()).version == 1
+    v2 = Index.from_bytes(_index("brotli").to_bytes())
+    assert v2.version == 2
+    validate_index(v2, 100)
+    with pytest.raises(ArchiveError, match="chunk codec"):
+        validate_index(_index("brotli", version=1), 100)
+    newer = {"format": "lmarc", "version": 3, "entries": [], "objects": {}, "models": {}}
+    with pytest.raises(ArchiveError, match="newer lmarc"):
+        Index.from_bytes(zlib.compress(json.dumps(newer).encode()))
