@@ -9,6 +9,7 @@ more than a few bytes over xz/zstd, and incompressible data is stored.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -22,7 +23,19 @@ if TYPE_CHECKING:
 
 CLASSIC_BLOCK = 4 << 20  # classic-coded streams are cut into blocks this size (bounds memory on extract)
 DECODE_BATCH = 256  # chunks decoded in lockstep at most: per-step overheads amortize over the batch
-DECODE_MEMORY = 1 << 30  # and at most this many bytes of key/value cache (a large model gets fewer)
+
+
+def _decode_memory() -> int:
+    """Key/value cache budget of a decoding batch: a quarter of physical memory, at most 4 GiB
+    (1 GiB where it cannot be read). The default model's chunk needs 6 MiB, SmolLM2's about 190."""
+    try:
+        phys = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 30
+    return max(1 << 28, min(4 << 30, phys // 4))
+
+
+DECODE_MEMORY = _decode_memory()
 SCORE_TOKENS = 8192  # tokens scored per engine call: progress moves, memory stays bounded
 SCORE_CELLS = 1 << 27  # and at most this many table entries (1 GiB of int64): large vocabularies
 
