@@ -58,3 +58,14 @@ def test_index_version_rises_only_with_a_new_codec():
     newer = {"format": "lmarc", "version": 3, "entries": [], "objects": {}, "models": {}}
     with pytest.raises(ArchiveError, match="newer lmarc"):
         Index.from_bytes(zlib.compress(json.dumps(newer).encode()))
+
+
+def test_brotli_is_not_tried_on_large_blocks(monkeypatch):
+    """It would only add time there (2.5x xz's, for ~2%)."""
+    tried = []
+    real = classic.compress
+    monkeypatch.setattr(classic, "compress", lambda c, d: tried.append((c, len(d))) or real(c, d))
+    classic.best(bytes(classic.BROTLI_MAX + 1))
+    classic.best(bytes(1000))
+    assert [c for c, n in tried if n > classic.BROTLI_MAX] == ["zstd", "xz"]
+    assert [c for c, n in tried if n == 1000] == ["zstd", "xz", "brotli"]
