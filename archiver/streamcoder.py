@@ -38,6 +38,9 @@ def _decode_memory() -> int:
 DECODE_MEMORY = _decode_memory()
 SCORE_TOKENS = 8192  # tokens scored per engine call: progress moves, memory stays bounded
 SCORE_CELLS = 1 << 27  # and at most this many table entries (1 GiB of int64): large vocabularies
+PROBE_BYTES = 64 << 10  # a stream this long is probed first: a few chunks spread over it are
+PROBE_CHUNKS = 4  # LM-coded, and when they come out larger than the whole-stream classic coding
+PROBE_MARGIN = 1.1  # (per byte, with this margin) the rest is not scored: the LM would lose anyway
 
 
 @dataclass
@@ -106,29 +109,52 @@ def encode_stream(kind: str, data: bytes, predictor: Predictor | None,
     v = predictor.vocab
     n = predictor.chunk_tokens
     pieces = [symbols[i : i + n] for i in range(0, len(symbols), n)]
-    bos = v.bos(kind)
-    coded: list[Coded] = []
     table = v.alphabet(kind)
     width = predictor.model.vocab_size if table is None else len(table)
     group = max(1, min(SCORE_TOKENS // n, SCORE_CELLS // (n * width)))
-    for g in range(0, len(pieces), group):
-        batch = pieces[g : g + group]
-        seqs = [[bos, *v.token_ids(p).tolist()] for p in batch]
-        freqs = predictor.engine.score(seqs, table)
-        for p, f in zip(batch, freqs, strict=True):
-            raw = v.to_bytes(kind, p)
-            lm = coder.encode(p, f)
-            codec, payload = classic.best(raw)
-            rec = {"codec": codec, "size": len(raw), "tokens": 0}
-            if len(lm) < len(payload):
-                payload = lm
-                rec = {"codec": "lm", "size": len(raw), "tokens": len(p), "model": predictor.model.model_id}
-            coded.append(Coded(rec, payload))
-            if on_progress:
-                on_progress(len(raw))
-    if sum(len(c.payload) for c in whole) <= sum(len(c.payload) for c in coded):
+    batches = [list(range(g, min(len(pieces), g + group))) for g in range(0, len(pieces), group)]
+    probing = len(data) >= PROBE_BYTES and len(pieces) > PROBE_CHUNKS
+    if probing:
+        probe = sorted({round(i * (len(pieces) - 1) / (PROBE_CHUNKS - 1)) for i in range(PROBE_CHUNKS)})
+        rest = [i for i in range(len(pieces)) if i not in probe]
+        batches = [probe] + [rest[g : g + group] for g in range(0, len(rest), group)]
+    coded: dict[int, Coded] = {}
+    for batch in batches:
+        coded |= _code_pieces(kind, [pieces[i] for i in batch], batch, predictor, on_progress)
+        if probing:
+            probing = False
+            probed = sum(c.record["size"] for c in coded.values())
+            classic_size = sum(len(c.payload) for c in whole)
+            if sum(len(c.payload) for c in coded.values()) > PROBE_MARGIN * classic_size * probed / len(data):
+                if on_progress:
+                    on_progress(len(data) - probed)
+                return whole
+    chunks = [coded[i] for i in range(len(pieces))]
+    if sum(len(c.payload) for c in whole) <= sum(len(c.payload) for c in chunks):
         return whole
-    return coded
+    return chunks
+
+
+def _code_pieces(kind: str, pieces: list[np.ndarray], ids: list[int], predictor: Predictor,
+                 on_progress: Callable[[int], None] | None) -> dict[int, Coded]:
+    """LM-code pieces (scored in one engine call), each kept only where it beats the classic codecs."""
+    v = predictor.vocab
+    bos = v.bos(kind)
+    seqs = [[bos, *v.token_ids(p).tolist()] for p in pieces]
+    freqs = predictor.engine.score(seqs, v.alphabet(kind))
+    out = {}
+    for i, p, f in zip(ids, pieces, freqs, strict=True):
+        raw = v.to_bytes(kind, p)
+        lm = coder.encode(p, f)
+        codec, payload = classic.best(raw)
+        rec = {"codec": codec, "size": len(raw), "tokens": 0}
+        if len(lm) < len(payload):
+            payload = lm
+            rec = {"codec": "lm", "size": len(raw), "tokens": len(p), "model": predictor.model.model_id}
+        out[i] = Coded(rec, payload)
+        if on_progress:
+            on_progress(len(raw))
+    return out
 
 
 def decode_chunks(kind_chunks: list[tuple[str, dict, bytes]], predictor_for: Callable[[str], Predictor],

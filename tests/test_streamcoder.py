@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from archiver import intmodel, streamcoder
 from tests.conftest import SAMPLES, TINY
 
@@ -20,3 +22,31 @@ def test_decode_batches_follow_the_cache_budget(monkeypatch):
     out = streamcoder.decode_chunks([("text", c.record, c.payload) for c in coded], lambda _id: pred)
     assert b"".join(out) == data
     assert max(sizes) == 2 and sum(sizes) == len(lm)
+
+
+def test_a_losing_lm_is_not_run_over_a_whole_long_stream(monkeypatch):
+    """A long stream whose probe chunks lose to the whole-stream classic coding goes classic after
+    scoring only the probe (a long log, coded by xz, costs seconds instead of LM minutes)."""
+    pred = streamcoder.Predictor(intmodel.load(TINY))
+    block = np.random.default_rng(0).integers(0, 256, 2000, dtype=np.uint8).tobytes()
+    data = block * 40  # xz finds the repeats; no 127-token chunk can
+    scored = []
+    real = pred.engine.score
+    monkeypatch.setattr(pred.engine, "score", lambda seqs, alpha: scored.append(len(seqs)) or real(seqs, alpha))
+    done = []
+    coded = streamcoder.encode_stream("binary", data, pred, on_progress=done.append)
+    assert len(data) >= streamcoder.PROBE_BYTES
+    assert scored == [streamcoder.PROBE_CHUNKS]
+    assert coded == streamcoder.classic_blocks(data) and sum(done) == len(data)
+
+
+def test_probing_does_not_change_what_is_coded(monkeypatch):
+    pred = streamcoder.Predictor(intmodel.load(TINY))
+    data = (SAMPLES / "weather.json").read_bytes()  # the tiny model wins here: chunks are kept
+    monkeypatch.setattr(streamcoder, "PROBE_MARGIN", 1e9)
+    monkeypatch.setattr(streamcoder, "PROBE_BYTES", 4096)
+    probed = streamcoder.encode_stream("text", data, pred)
+    monkeypatch.setattr(streamcoder, "PROBE_BYTES", 10**9)
+    plain = streamcoder.encode_stream("text", data, pred)
+    assert [(c.record, c.payload) for c in probed] == [(c.record, c.payload) for c in plain]
+    assert len(plain) > 8 and {c.record["codec"] for c in plain} == {"lm"}
