@@ -180,7 +180,7 @@ def _store_object(data: bytes, name: str, writer: ArchiveWriter, settings: Setti
     scale = len(data) / max(1, sum(len(s.data) for s in chosen.split.streams))  # progress in file bytes
     coded = []
     for s in chosen.split.streams:  # text to a text model, the rest (and text it cannot tokenize) to bytes
-        pred = None if s.kind == "stored" else settings.predictor_for(s.kind)
+        pred = None if s.kind == "stored" or settings.model == registry.NONE else settings.predictor_for(s.kind)
         coded.append((s, streamcoder.encode_stream(s.kind, s.data, pred, lambda n: ui.advance(round(n * scale)),
                                                    settings.byte_predictor)))
     fmt, recipe = chosen.format, chosen.split.recipe

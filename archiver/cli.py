@@ -38,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = cmd("add", "create an archive or append files and directories to it")
     p.add_argument("-a", "--archive", default=DEFAULT_ARCHIVE, help=f"archive to write (default: ./{DEFAULT_ARCHIVE})")
-    p.add_argument("--model", default="default", help="model name or .safetensors file (default: default)")
+    p.add_argument("--model", default="default",
+                   help="model name or .safetensors file (default: default; none: classic codecs only, fast)")
     p.add_argument("paths", nargs="+", metavar="PATH")
 
     p = cmd("extract", "restore files from an archive, byte for byte")

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 PACKAGE_DIR = Path(__file__).parent / "models"
 DEFAULT = "default"
+NONE = "none"  # `--model none`: classic codecs only (fast, like an ordinary archiver)
 PROVIDED = {"smollm2": "archiver.smollm2"}  # name -> module with ensure() -> model file, INSTALL
 
 

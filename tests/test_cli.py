@@ -209,3 +209,21 @@ def test_every_shipped_model_is_found_by_its_id():
     assert any(p.stem == registry.DEFAULT for p in shipped)
     for path in shipped:
         assert registry.by_id(file_sha256(path)).model_id == file_sha256(path)
+
+
+def test_model_none_is_classic_only_and_never_loads_torch(tmp_path):
+    """`--model none` archives like an ordinary archiver: classic codecs only, no model, fast; the
+    archive extracts byte for byte, still without torch."""
+    arc, out = tmp_path / "c.lma", tmp_path / "out"
+    code = ("import sys; from archiver.cli import main; rc = main(sys.argv[1:]);"
+            " sys.exit(rc or ('torch' in sys.modules and 9))")  # fmt: skip
+    for args in (["add", "-a", arc, "--model", "none", "."], ["extract", arc, "-C", out]):
+        run = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True,
+                             cwd=SAMPLES)
+        assert run.returncode == 0, run.stderr + "torch was imported" * (run.returncode == 9)
+    rows = json.loads(subprocess.run([sys.executable, "-m", "archiver.cli", "list", "--json", str(arc)],
+                                     capture_output=True, text=True, check=True).stdout)
+    assert rows and all("lm" not in r["codec"].split("+") for r in rows)
+    for f in SAMPLES.iterdir():
+        if f.is_file():
+            assert (out / f.name).read_bytes() == f.read_bytes()
