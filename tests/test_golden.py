@@ -1,17 +1,22 @@
-"""The cross-machine check: an archive made once (tests/fixtures/golden.lma, by the tiny model on the
-files in tests/fixtures/golden/) must decode bit-exactly on whatever machine runs the tests.
+"""The cross-machine check: archives made once from the files in tests/fixtures/golden/ must decode
+bit-exactly on whatever machine runs the tests. golden.lma: the tiny model with float64 keys (the
+first integer program); golden-int8keys.lma: the same weights with the int8 key cache (today's
+default model's program), which also holds brotli chunks (index version 2).
 
-Never regenerate the archive casually: it exists to catch any change of the engine's arithmetic.
+Never regenerate the archives casually: they exist to catch any change of the engine's arithmetic.
 """
 
 import hashlib
 
+import pytest
+
 from tests.conftest import FIXTURES
 
 
-def test_golden_archive_decodes_bit_exactly(cli, tmp_path, monkeypatch):
+@pytest.mark.parametrize("name", ["golden.lma", "golden-int8keys.lma"])
+def test_golden_archive_decodes_bit_exactly(cli, tmp_path, monkeypatch, name):
     monkeypatch.setenv("LMARC_MODEL_PATH", str(FIXTURES))
-    arc = FIXTURES / "golden.lma"
+    arc = FIXTURES / name
     out, _ = cli("list", arc, "--json")
     assert '"lm' in out  # it really holds LM-coded chunks (text, image, audio, binary)
     cli("extract", arc, "-C", tmp_path)
