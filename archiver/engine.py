@@ -10,6 +10,8 @@ chunk's frequencies do not depend on its batch, the thread count, the CPU's vect
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -318,8 +320,9 @@ class Engine:
 
     def cache_bytes(self) -> int:
         """Memory one chunk's key/value cache takes at full context."""
-        per_position = self.head_dim * (8 + (4 if self.int8_keys else 8)) + (8 if self.int8_keys else 0)
-        return len(self.layers) * self.kv_heads * self.context * per_position
+        per_layer = sum(math.prod(shape) * dtype.itemsize
+                        for _, shape, dtype, _ in _Cache.layout(self, 1, self.context))
+        return len(self.layers) * per_layer
 
     def session(self, batch: int, alphabet: torch.Tensor | None = None) -> Session:
         return Session(self, batch, alphabet)
@@ -337,7 +340,7 @@ class _Cache:
     together at every history length."""
 
     def __init__(self, engine: Engine, batch: int, capacity: int):
-        self.batch, self.kv, self.hd = batch, engine.kv_heads, engine.head_dim
+        self.engine, self.batch = engine, batch
         self.device = engine.device
         self.int8_keys = engine.int8_keys
         n = len(engine.layers)
@@ -348,17 +351,22 @@ class _Cache:
         self.room = 0
         self.capacity = capacity
 
+    @staticmethod
+    def layout(engine: Engine, batch: int, room: int) -> list[tuple[str, tuple[int, ...], torch.dtype, int]]:
+        """Per layer: (store, shape, dtype, position axis) of each tensor the cache keeps."""
+        B, KV, hd, f64 = batch, engine.kv_heads, engine.head_dim, torch.float64
+        if engine.int8_keys:
+            keys = [("k", (B, KV, room, hd), torch.float32, 2), ("ks", (B, KV, 1, room), f64, 3)]
+        else:
+            keys = [("k", (B, KV, hd, room), f64, 3)]
+        return [("vt", (B, KV, hd, room), f64, 3), *keys]
+
     def _grow(self, need: int) -> None:
         """Room for need positions. The new positions are left uninitialized (no zeroing pass): every
         read is of positions below length, which append has written."""
         room = min(self.capacity, max(need, 2 * self.room, 32))
-        B, KV, hd, f64 = self.batch, self.kv, self.hd, torch.float64
-        stores = [(self.vt, (B, KV, hd, room), f64, 3)]
-        if self.int8_keys:
-            stores += [(self.k, (B, KV, room, hd), torch.float32, 2), (self.ks, (B, KV, 1, room), f64, 3)]
-        else:
-            stores.append((self.k, (B, KV, hd, room), f64, 3))
-        for store, shape, dtype, axis in stores:
+        for name, shape, dtype, axis in self.layout(self.engine, self.batch, room):
+            store = getattr(self, name)
             for li, old in enumerate(store):
                 new = torch.empty(shape, dtype=dtype, device=self.device)
                 if self.length:

@@ -19,6 +19,7 @@ import numpy as np
 from archiver import classic, coder
 
 if TYPE_CHECKING:
+    from archiver.engine import Engine
     from archiver.intmodel import IntModel
 
 CLASSIC_BLOCK = 4 << 20  # classic-coded streams are cut into blocks this size (bounds memory on extract)
@@ -112,12 +113,10 @@ def encode_stream(kind: str, data: bytes, predictor: Predictor | None,
     table = v.alphabet(kind)
     width = predictor.model.vocab_size if table is None else len(table)
     group = max(1, min(SCORE_TOKENS // n, SCORE_CELLS // (n * width)))
-    batches = [list(range(g, min(len(pieces), g + group))) for g in range(0, len(pieces), group)]
     probing = len(data) >= PROBE_BYTES and len(pieces) > PROBE_CHUNKS
-    if probing:
-        probe = sorted({round(i * (len(pieces) - 1) / (PROBE_CHUNKS - 1)) for i in range(PROBE_CHUNKS)})
-        rest = [i for i in range(len(pieces)) if i not in probe]
-        batches = [probe] + [rest[g : g + group] for g in range(0, len(rest), group)]
+    probe = sorted({round(i * (len(pieces) - 1) / (PROBE_CHUNKS - 1)) for i in range(PROBE_CHUNKS)}) if probing else []
+    rest = [i for i in range(len(pieces)) if i not in probe]
+    batches = ([probe] if probing else []) + [rest[g : g + group] for g in range(0, len(rest), group)]
     coded: dict[int, Coded] = {}
     for batch in batches:
         coded |= _code_pieces(kind, [pieces[i] for i in batch], batch, predictor, on_progress)
@@ -172,7 +171,7 @@ def decode_chunks(kind_chunks: list[tuple[str, dict, bytes]], predictor_for: Cal
     for model_id, idxs in lm.items():
         pred = predictor_for(model_id)
         idxs.sort(key=lambda i: -kind_chunks[i][1]["tokens"])
-        size = max(1, min(DECODE_BATCH, DECODE_MEMORY // pred.engine.cache_bytes()))
+        size = decode_batch(pred.engine)
         for b in range(0, len(idxs), size):
             batch = idxs[b : b + size]
             for i, symbols in zip(batch, _decode_lm_batch(pred, [kind_chunks[i] for i in batch]), strict=True):
@@ -184,6 +183,11 @@ def decode_chunks(kind_chunks: list[tuple[str, dict, bytes]], predictor_for: Cal
                 if on_progress:
                     on_progress(rec["size"])
     return out  # type: ignore[return-value]
+
+
+def decode_batch(engine: Engine) -> int:
+    """Chunks decoded in lockstep: DECODE_BATCH, or fewer when their caches exceed DECODE_MEMORY."""
+    return max(1, min(DECODE_BATCH, DECODE_MEMORY // engine.cache_bytes()))
 
 
 def _decode_lm_batch(pred: Predictor, chunks: list[tuple[str, dict, bytes]]) -> list[np.ndarray]:

@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from archiver import intmodel  # noqa: E402
 from archiver.engine import Engine  # noqa: E402
-from archiver.streamcoder import DECODE_BATCH, DECODE_MEMORY  # noqa: E402
+from archiver.streamcoder import decode_batch  # noqa: E402
 
 
 def _best(fn, reps: int) -> float:
@@ -87,7 +87,7 @@ def measure(path: Path, threads: int, quick: bool, peak8: float) -> list[str]:
     rows.append((f"encode (score, {chunks} x {n} tokens)", chunks * n / (time.perf_counter() - t)))
 
     steps = 256 if quick else n
-    archiver_batch = max(1, min(DECODE_BATCH, DECODE_MEMORY // eng.cache_bytes()))
+    archiver_batch = decode_batch(eng)
     for batch in sorted({64, archiver_batch}):
         sess = eng.session(batch, alpha)
         toks = byte_ids[rng.integers(0, len(byte_ids), (steps, batch))]

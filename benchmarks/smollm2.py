@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import lzma
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -24,21 +23,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from run import timed  # noqa: E402
+from run import run_lmarc  # noqa: E402
 
 COLD, WARM = 1024, 1023  # scored tokens, and the context before them in the warm case (2048 in all)
-
-
-def through_lmarc(path: Path, tmp: Path) -> dict:
-    arc, out = tmp / f"{path.name}.lma", tmp / f"{path.name}.out"
-    lmarc = [sys.executable, "-m", "archiver.cli", "--no-progress", "-q"]
-    ct, _ = timed([*lmarc, "add", "-a", str(arc), "--model", "smollm2", path.name], cwd=path.parent)
-    dt, _ = timed([*lmarc, "extract", str(arc), "-C", str(out)])
-    assert (out / path.name).read_bytes() == path.read_bytes(), path
-    codecs = subprocess.run([*lmarc, "list", str(arc)], capture_output=True, text=True, check=True).stdout
-    xz = len(lzma.compress(path.read_bytes(), preset=9 | lzma.PRESET_EXTREME))
-    return {"size": arc.stat().st_size, "bytes": path.stat().st_size, "xz": xz, "ctime": ct, "dtime": dt,
-            "lm": " lm" in codecs or "+lm" in codecs}
 
 
 def warm_vs_cold(path: Path, windows: int) -> tuple[float, float, int]:
@@ -77,9 +64,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as td:
         for f in files:
             print(f"lmarc --model smollm2: {f.name}", file=sys.stderr)
-            r = through_lmarc(f, Path(td))
-            lines.append(f"| {f.name} | {r['bytes']:,} | {r['xz']:,} | {r['size']:,} | {r['size'] / r['xz']:.2f} | "
-                         f"{r['bytes'] / 1000 / r['ctime']:.2f} | {r['bytes'] / 1000 / r['dtime']:.2f} |")
+            r = run_lmarc([f], f.parent, "smollm2", Path(td))  # one archive, extracted and compared
+            size = f.stat().st_size
+            xz = len(lzma.compress(f.read_bytes(), preset=9 | lzma.PRESET_EXTREME))
+            lines.append(f"| {f.name} | {size:,} | {xz:,} | {r['size']:,} | {r['size'] / xz:.2f} | "
+                         f"{size / 1000 / r['ctime']:.2f} | {size / 1000 / r['dtime']:.2f} |")
     big = max(files, key=lambda p: p.stat().st_size)
     print(f"warm vs cold windows: {big.name}", file=sys.stderr)
     cold, warm, n = warm_vs_cold(big, a.windows)
