@@ -2,19 +2,24 @@
 
 One forward function serves both paths the archiver needs, so they cannot drift apart:
 - `score`: teacher-forced scoring of whole chunks at once (compression), batched;
-- `Session.feed`: one token per chunk per call against a float64 KV cache (decompression),
-  a batch of chunks in lockstep.
+- `Session.feed`: one token per chunk per call against a KV cache (decompression), a batch of
+  chunks in lockstep.
 Every row of every tensor is computed from its own chunk only, with exact integer arithmetic, so a
 chunk's frequencies do not depend on its batch, the thread count, the CPU's vector unit or the device.
+Attention runs either as torch operations on exact float64 tensors (any device) or, on a CPU, as
+the compiled integer kernel of `archiver.attention` over a compact integer cache: same program,
+same bits, a fraction of the memory traffic.
 """
 
 from __future__ import annotations
 
 import math
 
+import numba
 import numpy as np
 import torch
 
+from archiver import attention
 from archiver.fixedpoint import (
     F,
     force_exact_float_math,
@@ -43,6 +48,11 @@ def default_backend(device: torch.device) -> str:
     return "int" if device.type == "cpu" else "f32"
 
 
+def default_attention(device: torch.device) -> str:
+    """The compiled integer kernel on CPU; torch's float64 products elsewhere."""
+    return "kernel" if device.type == "cpu" else "torch"
+
+
 class _Prepared:
     """A QMatrix laid out for one GEMM backend on one device."""
 
@@ -54,13 +64,18 @@ class _Prepared:
 
 
 class Engine:
-    def __init__(self, model: IntModel, device: str = "cpu", backend: str | None = None, threads: int | None = None):
+    def __init__(self, model: IntModel, device: str = "cpu", backend: str | None = None, threads: int | None = None,
+                 attention: str | None = None):
         force_exact_float_math()
         if threads:
             torch.set_num_threads(threads)
+            numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
         self.model = model
         self.device = torch.device(device)
         self.backend = backend or default_backend(self.device)
+        self.kernel = (attention or default_attention(self.device)) == "kernel"
+        if self.kernel and self.device.type != "cpu":
+            raise ValueError("the attention kernel runs on the CPU only")
         c = model.config
         self.d = c["hidden_size"]
         self.heads = c["num_heads"]
@@ -75,7 +90,8 @@ class Engine:
         self.layers = [(prep(L.qkv), prep(L.o), prep(L.gate_up), prep(L.down)) for L in model.layers]
         self.head = prep(model.head)
         self.t = {k: v.to(self.device) for k, v in model.tables.items()}
-        self.att_exp64 = self.t["att_exp"].to(torch.float64)  # Q15 integers, exact as float64
+        self.att_exp = self.t["att_exp"].contiguous()
+        self.att_exp64 = self.att_exp.to(torch.float64)  # Q15 integers, exact as float64
         self._tris: dict[tuple[int, int], torch.Tensor] = {}
         # float64 exactness: |q.k| <= hd * qk_limit**2 < 2**53 and sum(e) * v_limit < 2**53
         self.qk_limit = (1 << ((53 - (self.head_dim - 1).bit_length()) // 2)) - 1
@@ -147,6 +163,8 @@ class Engine:
         The work runs in tiles of at most ATTN_TILE scores, from the queries' conversion to the
         rounded outputs, so the whole chain stays in cache.
         """
+        if self.kernel:
+            return self._attend_kernel(q, cache, li, p0)
         B, T, H, hd = q.shape
         KV = self.kv_heads
         g = H // KV
@@ -209,6 +227,20 @@ class Engine:
                 o.add_(r.div_(den.mul_(0.5)).floor_())  # + (2 r >= den), exact as floor(2 r / den) < 2
                 out[b0:b1, a:b].view(nt, b - a, KV, g, hd).copy_(o.view(shape).transpose(1, 2))
         return out
+
+    def _attend_kernel(self, q: torch.Tensor, cache: _Cache, li: int, p0: int) -> torch.Tensor:
+        """_attend's program run by the compiled integer kernel over the integer cache (CPU)."""
+        B, T, H, hd = q.shape
+        shape = (B, T, self.kv_heads, H // self.kv_heads)
+        if self.int8_keys:
+            q, eq = pow2_quantize(q, self.q_bits)
+            eq = eq.view(shape)
+        else:
+            eq = torch.zeros(shape, dtype=torch.int64)
+        out = torch.empty((*shape, hd), dtype=torch.int64)
+        attention.attend(q.contiguous().view(*shape, hd).numpy(), eq.numpy(), cache.k[li].numpy(),
+                         cache.ks[li].numpy(), cache.v[li].numpy(), p0, self.att_exp.numpy(), out.numpy())
+        return out.view(B, T, H * hd)
 
     def _tri(self, n: int, g: int) -> torch.Tensor:
         """Causal mask of a diagonal block: rows (t, head) t < n, columns u < n, True where u > t."""
@@ -331,11 +363,14 @@ class Engine:
 class _Cache:
     """Key/value history per layer, laid out for the products that read it at every step.
 
-    Values are exact float64 (Q16), transposed [B, KV, hd, room]. Keys are exact float64 (Q10),
-    transposed the same way; or, for a model whose config says "key_cache": "int8", each position's
-    key row (per KV head) is rounded to a 7-bit magnitude times a power of two: the magnitudes as
-    float32 (exact) [B, KV, room, hd], the powers as float64 in ks [B, KV, 1, room]. Each layout is
-    the one whose product with the queries measured fastest in its dtype.
+    For the torch attention path: values exact float64 (Q16), transposed [B, KV, hd, room]. Keys
+    exact float64 (Q10), transposed the same way; or, for a model whose config says "key_cache":
+    "int8", each position's key row (per KV head) rounded to a 7-bit magnitude times a power of two:
+    the magnitudes as float32 (exact) [B, KV, room, hd], the powers as float64 in ks [B, KV, 1,
+    room]. Each layout is the one whose product with the queries measured fastest in its dtype.
+    For the attention kernel: the same integers, in [B, KV, room, hd] rows of int8 (int8 keys) or
+    int32 (float64-program keys, below 2**23) and int32 values (below 2**28), with the key exponents
+    as int8 [B, KV, room] (zero for the float64 program).
     The room grows geometrically up to the capacity, which keeps the rows read by a step close
     together at every history length."""
 
@@ -345,8 +380,9 @@ class _Cache:
         self.int8_keys = engine.int8_keys
         n = len(engine.layers)
         self.k: list[torch.Tensor] = [torch.zeros(0)] * n
-        self.vt: list[torch.Tensor] = [torch.zeros(0)] * n
         self.ks: list[torch.Tensor] = [torch.zeros(0)] * n
+        self.v: list[torch.Tensor] = [torch.zeros(0)] * n
+        self.vt: list[torch.Tensor] = [torch.zeros(0)] * n
         self.length = 0
         self.room = 0
         self.capacity = capacity
@@ -355,6 +391,10 @@ class _Cache:
     def layout(engine: Engine, batch: int, room: int) -> list[tuple[str, tuple[int, ...], torch.dtype, int]]:
         """Per layer: (store, shape, dtype, position axis) of each tensor the cache keeps."""
         B, KV, hd, f64 = batch, engine.kv_heads, engine.head_dim, torch.float64
+        if engine.kernel:
+            kdt = torch.int8 if engine.int8_keys else torch.int32
+            return [("v", (B, KV, room, hd), torch.int32, 2), ("k", (B, KV, room, hd), kdt, 2),
+                    ("ks", (B, KV, room), torch.int8, 2)]
         if engine.int8_keys:
             keys = [("k", (B, KV, room, hd), torch.float32, 2), ("ks", (B, KV, 1, room), f64, 3)]
         else:
@@ -381,6 +421,15 @@ class _Cache:
             raise ValueError("sequence longer than the model context")
         if b > self.room:
             self._grow(b)
+        if self.engine.kernel:
+            if self.int8_keys:
+                k, e = pow2_quantize(k, KEY8_BITS)
+                self.ks[li][:, :, a:b] = e.squeeze(-1).transpose(1, 2)
+            else:
+                self.ks[li][:, :, a:b] = 0
+            self.k[li][:, :, a:b] = k.transpose(1, 2)
+            self.v[li][:, :, a:b] = v.transpose(1, 2)
+            return
         if self.int8_keys:
             k, e = pow2_quantize(k, KEY8_BITS)
             self.ks[li][..., a:b] = (torch.ones_like(e) << e).permute(0, 2, 3, 1)
@@ -390,7 +439,7 @@ class _Cache:
         self.vt[li][..., a:b] = v.permute(0, 2, 3, 1)
 
     def keys(self, li: int, b0: int, b1: int, S: int) -> torch.Tensor:
-        """The first S keys of chunks b0..b1 as a [n, KV, hd, S] view."""
+        """The first S keys of chunks b0..b1 as a [n, KV, hd, S] view (torch path)."""
         k = self.k[li][b0:b1]
         return k[:, :, :S].transpose(-1, -2) if self.int8_keys else k[..., :S]
 

@@ -94,18 +94,37 @@ def test_gemm_backends_are_bit_identical(model):
         assert _digest(Engine(model, backend=backend).score(seqs, ALPHA)) == ref, backend
 
 
+def _decode_all(eng: Engine, seqs: list[list[int]]) -> list[np.ndarray]:
+    sess = eng.session(len(seqs), ALPHA)
+    return [sess.feed([s[i] if i < len(s) else 0 for s in seqs]) for i in range(max(map(len, seqs)) - 1)]
+
+
+def test_attention_kernel_equals_torch_path(model):
+    """The CPU's compiled integer kernel and the torch float64 path (the one GPUs run) are two
+    implementations of one integer program: same tables on both engine paths, at every length."""
+    seqs = _seqs(9, 6, model.context)
+    kernel, torch_path = Engine(model, attention="kernel"), Engine(model, attention="torch")
+    assert kernel.kernel and not torch_path.kernel
+    assert _digest(kernel.score(seqs, ALPHA)) == _digest(torch_path.score(seqs, ALPHA))
+    assert _digest(_decode_all(kernel, seqs)) == _digest(_decode_all(torch_path, seqs))
+
+
+def test_kernel_cache_is_smaller(model):
+    """What the kernel is for: 5 bytes a cached key and value element instead of 12 (int8 keys), 8
+    instead of 16 (float64 keys)."""
+    kernel, torch_path = Engine(model, attention="kernel"), Engine(model, attention="torch")
+    assert kernel.cache_bytes() < 0.51 * torch_path.cache_bytes()
+
+
 _PROBE = """
 import sys, torch, numpy as np
 sys.path.insert(0, {root!r})
-from tests.test_engine import _seqs, _digest, _tiny, ALPHA
+from tests.test_engine import _seqs, _digest, _decode_all, _tiny, ALPHA
 from archiver.engine import Engine
 m = _tiny({kv!r})
 e = Engine(m, threads={threads})
 s = _seqs(6, 4, m.context)
-par = e.score(s, ALPHA)
-sess = e.session(len(s), ALPHA)
-inc = [sess.feed([q[i] if i < len(q) else 0 for q in s]) for i in range(max(map(len, s)) - 1)]
-print(_digest(par), _digest(inc))
+print(_digest(e.score(s, ALPHA)), _digest(_decode_all(e, s)))
 """
 
 
@@ -118,7 +137,8 @@ def _probe(threads: int, env_extra: dict[str, str], kv: str) -> str:
 
 @pytest.mark.parametrize("kv", ["f64", "int8"])
 def test_threads_and_cpu_kernels_do_not_matter(kv):
-    """Fresh processes: 1 vs 2 threads, default vs AVX2-only kernels, give the same tables."""
+    """Fresh processes: 1 vs 2 threads (torch's and numba's), default vs AVX2-only kernels, give the
+    same tables."""
     ref = _probe(1, {}, kv)
     assert _probe(2, {}, kv) == ref
     assert _probe(2, {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}, kv) == ref
