@@ -105,8 +105,9 @@ def measure(path: Path, attention: str, threads: int, quick: bool, peak8: float)
 
     c = model.config
     lines = [
-        f"Model `{path.name}` (key cache {c.get('key_cache', 'f64')}, attention {attention}): d={c['hidden_size']}, {c['num_layers']} "
-        f"layers, {c['num_heads']} heads ({c['num_kv_heads']} KV), context {ctx}. FLOPs/token = 2*matrix params "
+        f"Model `{path.name}` (key cache {c.get('key_cache', 'f64')}, attention {attention}): "
+        f"d={c['hidden_size']}, {c['num_layers']} layers, {c['num_heads']} heads ({c['num_kv_heads']} KV), "
+        f"context {ctx}. FLOPs/token = 2*matrix params "
         f"+ layers*4*heads*head_dim*avg_context = {fpt / 1e6:.2f} M (avg_context {(n + 1) / 2:.0f}); "
         f"GEMM bound = int8 peak / FLOPs per token = {bound:,.0f} tok/s.",
         "",
