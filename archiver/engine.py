@@ -19,7 +19,7 @@ import numba
 import numpy as np
 import torch
 
-from archiver import attention
+from archiver import kernels
 from archiver.fixedpoint import (
     F,
     force_exact_float_math,
@@ -101,20 +101,42 @@ class Engine:
         self.q_bits = (((1 << 24) - 1) // (127 * self.head_dim)).bit_length() - 1
 
     # ---- exact building blocks -------------------------------------------------------------
+    def _quantize_rows(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """fixedpoint.quantize_rows of rows x [N, k], by the compiled kernel on the kernel path."""
+        if not self.kernel:
+            return quantize_rows(x)
+        n = x.shape[0]
+        q = torch.empty(x.shape, dtype=torch.int8)
+        m, e = torch.empty((n, 1), dtype=torch.int64), torch.empty((n, 1), dtype=torch.int64)
+        kernels.quantize_rows(x.contiguous().numpy(), q.numpy(), m.view(-1).numpy(), e.view(-1).numpy())
+        return q, m, e
+
+    def _product(self, q: torch.Tensor, m: _Prepared, row_mult: torch.Tensor, s: torch.Tensor | int) -> torch.Tensor:
+        """rescale_(gemm(q, m), m.mult, row_mult, s): on the kernel path the int32 products of
+        _int_mm go straight into the compiled rescale, without an int64 pass in between."""
+        if not self.kernel:
+            return rescale_(gemm(q, m.wt, self.backend), m.mult, row_mult, s)
+        acc = torch._int_mm(q, m.wt) if self.backend == "int" else gemm(q, m.wt, self.backend)
+        shifts = torch.full_like(row_mult, s) if isinstance(s, int) else s
+        out = torch.empty(acc.shape, dtype=torch.int64)
+        kernels.rescale(acc.numpy(), m.mult.numpy(), row_mult.reshape(-1).numpy(), shifts.reshape(-1).numpy(),
+                        out.numpy())
+        return out
+
     def _linear(self, x: torch.Tensor, m: _Prepared) -> torch.Tensor:
-        q, rm, re = quantize_rows(x)
-        return rescale_(gemm(q, m.wt, self.backend), m.mult, rm, (m.shift + 7) - re)
+        q, rm, re = self._quantize_rows(x)
+        return self._product(q, m, rm, (m.shift + 7) - re)
 
     def _normed_linear(self, x: torch.Tensor, m: _Prepared) -> torch.Tensor:
         """RMSNorm then linear; the norm's gain is folded into m, the norm itself is exact here.
 
         The sum of squares is taken in float64: every partial sum is an integer below 127**2 * 2**14
         < 2**53, so it is exact in any order."""
-        q, _, _ = quantize_rows(x)
+        q, _, _ = self._quantize_rows(x)
         qf = q.to(torch.float64)
         ss = torch.linalg.vecdot(qf, qf).to(torch.int64).clamp_(min=1).unsqueeze(-1)
         inv = isqrt(torch.div(x.new_full((), x.shape[-1] << (2 * NORM_FRAC)), ss, rounding_mode="floor"))
-        return rescale_(gemm(q, m.wt, self.backend), m.mult, inv, m.shift + NORM_FRAC - F)
+        return self._product(q, m, inv, m.shift + NORM_FRAC - F)
 
     def _rope_q10(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """Rotary embedding of x [N, heads, hd] (Q16) by its rows' cos, sin [N, 1, hd/2] (Q14), rounded
@@ -238,7 +260,7 @@ class Engine:
         else:
             eq = torch.zeros(shape, dtype=torch.int64)
         out = torch.empty((*shape, hd), dtype=torch.int64)
-        attention.attend(q.contiguous().view(*shape, hd).numpy(), eq.numpy(), cache.k[li].numpy(),
+        kernels.attend(q.contiguous().view(*shape, hd).numpy(), eq.numpy(), cache.k[li].numpy(),
                          cache.ks[li].numpy(), cache.v[li].numpy(), p0, self.att_exp.numpy(), out.numpy())
         return out.view(B, T, H * hd)
 
@@ -250,10 +272,16 @@ class Engine:
             self._tris[key] = t[None, :] > t.repeat_interleave(g)[:, None]
         return self._tris[key]
 
-    def _silu_mul(self, g: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        """rshift_round(silu(g) * u, F) with silu(g) = rshift_round(g * sigmoid[idx], 15), in place
-        in the looked-up table values (index_select: the fast path of a 1-D table lookup)."""
+    def _silu_mul(self, gu: torch.Tensor) -> torch.Tensor:
+        """rshift_round(silu(g) * u, F) with silu(g) = rshift_round(g * sigmoid[idx], 15), for the
+        halves g, u of gu [N, 2 * inter]; on the torch path in place in the looked-up table values
+        (index_select: the fast path of a 1-D table lookup)."""
         sig = self.t["sigmoid"]
+        if self.kernel:
+            out = torch.empty((gu.shape[0], self.inter), dtype=torch.int64)
+            kernels.silu_mul(gu.contiguous().numpy(), self.inter, sig.numpy(), F - 8, F, out.numpy())
+            return out
+        g, u = gu[..., : self.inter], gu[..., self.inter :]
         idx = (g >> (F - 8)).add_(sig.numel() // 2).clamp_(0, sig.numel() - 1)
         h = torch.index_select(sig, 0, idx.view(-1)).view(g.shape)
         h.mul_(g).add_(1 << 14).bitwise_right_shift_(15)
@@ -290,7 +318,7 @@ class Engine:
 
     def _mlp(self, x: torch.Tensor, gu_m: _Prepared, down_m: _Prepared) -> torch.Tensor:
         gu = self._normed_linear(x, gu_m)
-        return self._linear(self._silu_mul(gu[..., : self.inter], gu[..., self.inter :]), down_m)
+        return self._linear(self._silu_mul(gu), down_m)
 
     def _rowwise(self, fn, x: torch.Tensor, out: torch.Tensor | None = None, add: bool = False) -> torch.Tensor:
         """fn(tile, rows) applied to the rows of x [N, k] in tiles of ROW_TILE rows (rows is the

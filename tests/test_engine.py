@@ -109,6 +109,15 @@ def test_attention_kernel_equals_torch_path(model):
     assert _digest(_decode_all(kernel, seqs)) == _digest(_decode_all(torch_path, seqs))
 
 
+def test_silu_kernel_equals_torch_path(model):
+    """Across the whole sigmoid table and past both of its ends."""
+    kernel, torch_path = Engine(model, attention="kernel"), Engine(model, attention="torch")
+    n = model.config["intermediate_size"]
+    g = torch.linspace(-(20 << 16), 20 << 16, 8 * n, dtype=torch.float64).to(torch.int64).view(8, n)
+    gu = torch.cat([g, torch.randint(-(1 << 20), 1 << 20, (8, n), generator=torch.Generator().manual_seed(0))], 1)
+    assert torch.equal(kernel._silu_mul(gu), torch_path._silu_mul(gu.clone()))
+
+
 def test_kernel_cache_is_smaller(model):
     """What the kernel is for: 5 bytes a cached key and value element instead of 12 (int8 keys), 8
     instead of 16 (float64 keys)."""

@@ -6,7 +6,8 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from archiver.fixedpoint import F32_EXACT_K, gemm, isqrt, quantize_rows, rshift_round, split_scale
+from archiver import kernels
+from archiver.fixedpoint import F32_EXACT_K, gemm, isqrt, quantize_rows, rescale_, rshift_round, split_scale
 
 
 @given(st.lists(st.integers(0, (1 << 52) - 1), min_size=1, max_size=50))
@@ -51,3 +52,33 @@ def test_gemm_backends_agree_at_the_exactness_limit():
     exact = q @ w
     for backend, wt in (("int", w.to(torch.int8)), ("f32", w.float()), ("f64", w.double())):
         assert torch.equal(gemm(q, wt, backend), exact), backend
+
+
+# The compiled CPU kernels (archiver.kernels) against the torch definitions, on extreme values.
+_ROW = st.lists(st.integers(-(1 << 54) + 1, (1 << 54) - 1), min_size=1, max_size=40)
+
+
+@given(st.lists(_ROW, min_size=1, max_size=4), st.integers(0, 54))
+def test_quantize_rows_kernel_equals_torch(rows, bits):
+    width = len(rows[0])
+    x = torch.tensor([(r * width)[:width] for r in rows], dtype=torch.int64) >> (54 - bits)
+    q, m, e = quantize_rows(x)
+    kq = torch.empty(x.shape, dtype=torch.int8)
+    km, ke = torch.empty(len(x), dtype=torch.int64), torch.empty(len(x), dtype=torch.int64)
+    kernels.quantize_rows(x.numpy(), kq.numpy(), km.numpy(), ke.numpy())
+    assert torch.equal(q, kq) and torch.equal(m.view(-1), km) and torch.equal(e.view(-1), ke)
+
+
+@given(st.lists(st.integers(-(1 << 31), (1 << 31) - 1), min_size=6, max_size=6),
+       st.lists(st.integers(1, (1 << 15) - 1), min_size=3, max_size=3),
+       st.lists(st.integers(1, (1 << 15) - 1), min_size=2, max_size=2),
+       st.lists(st.integers(-2, 40), min_size=2, max_size=2))
+def test_rescale_kernel_equals_torch(acc, mult, row_mult, shifts):
+    a = torch.tensor(acc, dtype=torch.int32).view(2, 3)
+    mu, rm, s = (torch.tensor(v, dtype=torch.int64) for v in (mult, row_mult, shifts))
+    out = torch.empty((2, 3), dtype=torch.int64)
+    kernels.rescale(a.numpy(), mu.numpy(), rm.numpy(), s.numpy(), out.numpy())
+    assert torch.equal(out, rescale_(a.to(torch.int64), mu, rm[:, None], s[:, None]))
+    same = torch.full((2,), shifts[0], dtype=torch.int64)  # the integer-shift form
+    kernels.rescale(a.numpy(), mu.numpy(), rm.numpy(), same.numpy(), out.numpy())
+    assert torch.equal(out, rescale_(a.to(torch.int64), mu, rm[:, None], shifts[0]))

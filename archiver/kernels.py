@@ -1,6 +1,12 @@
-"""Exact causal attention on the CPU: one compiled integer kernel (numba) for both engine paths.
+"""Compiled CPU kernels (numba) of the engine's integer program: attention and the row-wise steps.
 
-The engine's integer program fixes every number of attention (see `Engine._attend`, which runs the
+Each kernel computes exactly the integers of a torch implementation that every device can run
+(`Engine._attend`, and `quantize_rows`, `rescale_` and `silu_mul` in `archiver.fixedpoint`); on a
+CPU torch spends most of its time in memory passes, one per element-wise op, and these do the whole
+chain in one pass. Integer (and exactly rounded float64) arithmetic has one result whatever the
+thread count or vector unit, so kernel and torch path give the same bits; tests check each pair.
+
+Attention. The engine's integer program fixes every number of attention (see `Engine._attend`, which runs the
 same program with torch operations on any device). On a CPU that program is bound by memory
 traffic, and torch needs float64 tensors to hold its exact products: 12 bytes per cached key and
 value element, read at every step. Here the cache holds what the program defines, no more: keys as
@@ -23,6 +29,8 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+
+SCALE_LOW, SCALE_HIGH = 15, 62  # split_scale's thresholds 2**15 .. 2**61
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
@@ -66,3 +74,51 @@ def attend(q: np.ndarray, eq: np.ndarray, k: np.ndarray, ek: np.ndarray, v: np.n
         for r in range(g):
             for d in range(hd):
                 out[b, t, h, r, d] = (2 * acc[r, d] + den[r]) // (2 * den[r])
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def quantize_rows(x: np.ndarray, q: np.ndarray, m: np.ndarray, e: np.ndarray) -> None:  # pragma: no cover
+    """fixedpoint.quantize_rows of the rows of x [N, k] (int64) into q [N, k] (int8), m, e [N]."""
+    N, k = x.shape
+    for i in numba.prange(N):
+        amax = np.int64(1)
+        for j in range(k):
+            amax = max(amax, abs(x[i, j]))
+        ei = 0
+        while SCALE_LOW + ei < SCALE_HIGH and amax >= (np.int64(1) << (SCALE_LOW + ei)):
+            ei += 1
+        mi = ((amax - 1) >> ei) + 1
+        m[i], e[i] = mi, ei
+        half = mi << ei
+        fm = np.float64(mi)
+        for j in range(k):
+            n = ((x[i, j] << 8) + half) >> (ei + 1)
+            q[i, j] = min(127.0, max(-127.0, np.floor(np.float64(n) / fm)))
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def rescale(acc: np.ndarray, mult: np.ndarray, row_mult: np.ndarray, s: np.ndarray,
+            out: np.ndarray) -> None:  # pragma: no cover
+    """fixedpoint.rescale_ of acc [N, n] (int32 or int64) into out [N, n] (int64); row_mult, s [N]."""
+    N, n = acc.shape
+    for i in numba.prange(N):
+        si = s[i]
+        rm = row_mult[i] << max(-si, 0)
+        pos = max(si, 0)
+        half = (np.int64(1) << pos) >> 1
+        for j in range(n):
+            out[i, j] = (np.int64(acc[i, j]) * mult[j] * rm + half) >> pos
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def silu_mul(gu: np.ndarray, inter: int, sig: np.ndarray, step_shift: int, frac: int,
+             out: np.ndarray) -> None:  # pragma: no cover
+    """fixedpoint.silu_mul of the halves g = gu[:, :inter], u = gu[:, inter:] into out [N, inter]."""
+    N = gu.shape[0]
+    mid = sig.size // 2
+    top = sig.size - 1
+    for i in numba.prange(N):
+        for j in range(inter):
+            g = gu[i, j]
+            h = (sig[min(max((g >> step_shift) + mid, 0), top)] * g + (1 << 14)) >> 15
+            out[i, j] = (h * gu[i, inter + j] + (np.int64(1) << (frac - 1))) >> frac
