@@ -260,8 +260,9 @@ class Engine:
         else:
             eq = torch.zeros(shape, dtype=torch.int64)
         out = torch.empty((*shape, hd), dtype=torch.int64)
-        kernels.attend(q.contiguous().view(*shape, hd).numpy(), eq.numpy(), cache.k[li].numpy(),
-                         cache.ks[li].numpy(), cache.v[li].numpy(), p0, self.att_exp.numpy(), out.numpy())
+        dots = np.empty(0, np.int32 if self.int8_keys else np.int64)
+        kernels.attend(q.contiguous().view(*shape, hd).numpy(), eq.numpy(), cache.k[li].numpy(), cache.ks[li].numpy(),
+                       cache.v[li].numpy(), p0, self.att_exp.numpy(), dots, out.numpy())
         return out.view(B, T, H * hd)
 
     def _tri(self, n: int, g: int) -> torch.Tensor:
@@ -396,9 +397,9 @@ class _Cache:
     "int8", each position's key row (per KV head) rounded to a 7-bit magnitude times a power of two:
     the magnitudes as float32 (exact) [B, KV, room, hd], the powers as float64 in ks [B, KV, 1,
     room]. Each layout is the one whose product with the queries measured fastest in its dtype.
-    For the attention kernel: the same integers, in [B, KV, room, hd] rows of int8 (int8 keys) or
-    int32 (float64-program keys, below 2**23) and int32 values (below 2**28), with the key exponents
-    as int8 [B, KV, room] (zero for the float64 program).
+    For the attention kernel: the same integers, keys transposed [B, KV, hd, room] as int8 (int8
+    keys) or int32 (float64-program keys, below 2**23), values [B, KV, room, hd] as int32 (below
+    2**28), with the key exponents as int8 [B, KV, room] (zero for the float64 program).
     The room grows geometrically up to the capacity, which keeps the rows read by a step close
     together at every history length."""
 
@@ -421,7 +422,7 @@ class _Cache:
         B, KV, hd, f64 = batch, engine.kv_heads, engine.head_dim, torch.float64
         if engine.kernel:
             kdt = torch.int8 if engine.int8_keys else torch.int32
-            return [("v", (B, KV, room, hd), torch.int32, 2), ("k", (B, KV, room, hd), kdt, 2),
+            return [("v", (B, KV, room, hd), torch.int32, 2), ("k", (B, KV, hd, room), kdt, 3),
                     ("ks", (B, KV, room), torch.int8, 2)]
         if engine.int8_keys:
             keys = [("k", (B, KV, room, hd), torch.float32, 2), ("ks", (B, KV, 1, room), f64, 3)]
@@ -455,7 +456,7 @@ class _Cache:
                 self.ks[li][:, :, a:b] = e.squeeze(-1).transpose(1, 2)
             else:
                 self.ks[li][:, :, a:b] = 0
-            self.k[li][:, :, a:b] = k.transpose(1, 2)
+            self.k[li][..., a:b] = k.permute(0, 2, 3, 1)
             self.v[li][:, :, a:b] = v.transpose(1, 2)
             return
         if self.int8_keys:
