@@ -6,9 +6,10 @@ One forward function serves both paths the archiver needs, so they cannot drift 
   chunks in lockstep.
 Every row of every tensor is computed from its own chunk only, with exact integer arithmetic, so a
 chunk's frequencies do not depend on its batch, the thread count, the CPU's vector unit or the device.
-Attention runs either as torch operations on exact float64 tensors (any device) or, on a CPU, as
-the compiled integer kernel of `archiver.attention` over a compact integer cache: same program,
-same bits, a fraction of the memory traffic.
+The program runs either as torch operations (any device; exact float64 tensors in attention) or,
+on a CPU, through the compiled integer kernels of `archiver.kernels` (attention over a compact
+integer cache, and the row-wise steps around the GEMMs): same program, same bits, a fraction of
+the memory passes.
 """
 
 from __future__ import annotations
@@ -48,9 +49,9 @@ def default_backend(device: torch.device) -> str:
     return "int" if device.type == "cpu" else "f32"
 
 
-def default_attention(device: torch.device) -> str:
-    """The compiled integer kernel on CPU; torch's float64 products elsewhere."""
-    return "kernel" if device.type == "cpu" else "torch"
+def default_path(device: torch.device) -> str:
+    """The compiled kernels on CPU ("kernels"); torch operations elsewhere ("torch")."""
+    return "kernels" if device.type == "cpu" else "torch"
 
 
 class _Prepared:
@@ -65,7 +66,7 @@ class _Prepared:
 
 class Engine:
     def __init__(self, model: IntModel, device: str = "cpu", backend: str | None = None, threads: int | None = None,
-                 attention: str | None = None):
+                 path: str | None = None):
         force_exact_float_math()
         if threads:
             torch.set_num_threads(threads)
@@ -73,9 +74,12 @@ class Engine:
         self.model = model
         self.device = torch.device(device)
         self.backend = backend or default_backend(self.device)
-        self.kernel = (attention or default_attention(self.device)) == "kernel"
+        self.path = path or default_path(self.device)
+        if self.path not in ("kernels", "torch"):
+            raise ValueError(f"unknown engine path {self.path!r}")
+        self.kernel = self.path == "kernels"
         if self.kernel and self.device.type != "cpu":
-            raise ValueError("the attention kernel runs on the CPU only")
+            raise ValueError("the compiled kernels run on the CPU only")
         c = model.config
         self.d = c["hidden_size"]
         self.heads = c["num_heads"]

@@ -13,10 +13,10 @@ where avg_context = (n + 1) / 2 for a chunk of n predicted tokens (causal attent
 e.v, 2 flops each per key per head dimension). The embedding lookup costs no FLOPs.
 The GEMM bound is peak_ops_per_s / flops_per_token (int8 peak: the engine's matrices are int8).
 
-One table per model and attention path (`--attention kernel,torch`: the CPU's compiled integer
-kernel, the default, and the torch float64 path every device can run).
+One table per model and engine path (`--paths kernels,torch`: the CPU's compiled integer kernels,
+the default, and the torch operations every device can run).
 
-    python benchmarks/engine_speed.py [--models PATH,PATH] [--attention A,B] [--threads N] [--quick] [--out FILE]
+    python benchmarks/engine_speed.py [--models PATH,PATH] [--paths A,B] [--threads N] [--quick] [--out FILE]
 """
 
 from __future__ import annotations
@@ -68,10 +68,10 @@ def flops_per_token(model: intmodel.IntModel, n: int) -> float:
     return 2 * params + attn
 
 
-def measure(path: Path, attention: str, threads: int, quick: bool, peak8: float) -> list[str]:
+def measure(path: Path, engine_path: str, threads: int, quick: bool, peak8: float) -> list[str]:
     """The markdown lines of one model's table."""
     model = intmodel.load(path)
-    eng = Engine(model, threads=threads, attention=attention)
+    eng = Engine(model, threads=threads, path=engine_path)
     ctx = model.context
     n = ctx - 1  # predicted tokens per full chunk (BOS + n tokens)
     rng = np.random.default_rng(0)
@@ -105,7 +105,7 @@ def measure(path: Path, attention: str, threads: int, quick: bool, peak8: float)
 
     c = model.config
     lines = [
-        f"Model `{path.name}` (key cache {c.get('key_cache', 'f64')}, attention {attention}): "
+        f"Model `{path.name}` (key cache {c.get('key_cache', 'f64')}, engine path {engine_path}): "
         f"d={c['hidden_size']}, {c['num_layers']} layers, {c['num_heads']} heads ({c['num_kv_heads']} KV), "
         f"context {ctx}. FLOPs/token = 2*matrix params "
         f"+ layers*4*heads*head_dim*avg_context = {fpt / 1e6:.2f} M (avg_context {(n + 1) / 2:.0f}); "
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", default=str(ROOT / "archiver" / "models" / "default.safetensors"),
                     help="comma-separated model files")
-    ap.add_argument("--attention", default="kernel", help="comma-separated attention paths: kernel, torch")
+    ap.add_argument("--paths", default="kernels", help="comma-separated engine paths: kernels, torch")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="fewer chunks and decode steps, smaller GEMMs")
     ap.add_argument("--out", help="also write the tables into this markdown file's `engine` section")
@@ -136,8 +136,8 @@ def main(argv: list[str] | None = None) -> int:
         "",
     ]
     for m in args.models.split(","):
-        for attention in args.attention.split(","):
-            lines += measure(Path(m), attention, args.threads, args.quick, peak8)
+        for engine_path in args.paths.split(","):
+            lines += measure(Path(m), engine_path, args.threads, args.quick, peak8)
     table = "\n".join(lines)
     sys.stdout.write(table)
     if args.out:

@@ -99,11 +99,11 @@ def _decode_all(eng: Engine, seqs: list[list[int]]) -> list[np.ndarray]:
     return [sess.feed([s[i] if i < len(s) else 0 for s in seqs]) for i in range(max(map(len, seqs)) - 1)]
 
 
-def test_attention_kernel_equals_torch_path(model):
-    """The CPU's compiled integer kernel and the torch float64 path (the one GPUs run) are two
+def test_kernels_equal_torch_path(model):
+    """The CPU's compiled integer kernels and the torch operations (the path GPUs run) are two
     implementations of one integer program: same tables on both engine paths, at every length."""
     seqs = _seqs(9, 6, model.context)
-    kernel, torch_path = Engine(model, attention="kernel"), Engine(model, attention="torch")
+    kernel, torch_path = Engine(model, path="kernels"), Engine(model, path="torch")
     assert kernel.kernel and not torch_path.kernel
     assert _digest(kernel.score(seqs, ALPHA)) == _digest(torch_path.score(seqs, ALPHA))
     assert _digest(_decode_all(kernel, seqs)) == _digest(_decode_all(torch_path, seqs))
@@ -111,7 +111,7 @@ def test_attention_kernel_equals_torch_path(model):
 
 def test_silu_kernel_equals_torch_path(model):
     """Across the whole sigmoid table and past both of its ends."""
-    kernel, torch_path = Engine(model, attention="kernel"), Engine(model, attention="torch")
+    kernel, torch_path = Engine(model, path="kernels"), Engine(model, path="torch")
     n = model.config["intermediate_size"]
     g = torch.linspace(-(20 << 16), 20 << 16, 8 * n, dtype=torch.float64).to(torch.int64).view(8, n)
     gu = torch.cat([g, torch.randint(-(1 << 20), 1 << 20, (8, n), generator=torch.Generator().manual_seed(0))], 1)
@@ -121,7 +121,7 @@ def test_silu_kernel_equals_torch_path(model):
 def test_kernel_cache_is_smaller(model):
     """What the kernel is for: 5 bytes a cached key and value element instead of 12 (int8 keys), 8
     instead of 16 (float64 keys)."""
-    kernel, torch_path = Engine(model, attention="kernel"), Engine(model, attention="torch")
+    kernel, torch_path = Engine(model, path="kernels"), Engine(model, path="torch")
     assert kernel.cache_bytes() < 0.51 * torch_path.cache_bytes()
 
 
