@@ -109,6 +109,13 @@ def test_kernels_equal_torch_path(model):
     assert _digest(_decode_all(kernel, seqs)) == _digest(_decode_all(torch_path, seqs))
 
 
+def test_single_chunk_decode_equals_score(model):
+    """One chunk alone: every row-wise step runs on single rows."""
+    eng = Engine(model)
+    seq = _seqs(1, 7, model.context)[0]
+    assert _digest(_decode_all(eng, [seq])) == _digest(list(eng.score([seq], ALPHA)[0]))
+
+
 def test_silu_kernel_equals_torch_path(model):
     """Across the whole sigmoid table and past both of its ends."""
     kernel, torch_path = Engine(model, path="kernels"), Engine(model, path="torch")

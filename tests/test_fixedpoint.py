@@ -82,3 +82,4 @@ def test_rescale_kernel_equals_torch(acc, mult, row_mult, shifts):
     same = torch.full((2,), shifts[0], dtype=torch.int64)  # the integer-shift form
     kernels.rescale(a.numpy(), mu.numpy(), rm.numpy(), same.numpy(), out.numpy())
     assert torch.equal(out, rescale_(a.to(torch.int64), mu, rm[:, None], shifts[0]))
+
