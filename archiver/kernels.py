@@ -1,19 +1,16 @@
 """Compiled CPU kernels (numba) of the engine's integer program: attention and the row-wise steps.
 
-Each kernel computes exactly the integers of a torch implementation that every device can run
-(`Engine._attend`, and `quantize_rows`, `rescale_` and `silu_mul` in `archiver.fixedpoint`); on a
-CPU torch spends most of its time in memory passes, one per element-wise op, and these do the whole
-chain in one pass. Integer (and exactly rounded float64) arithmetic has one result whatever the
-thread count or vector unit, so kernel and torch path give the same bits; tests check each pair.
+Each kernel computes exactly the integers of a torch implementation that every device can run:
+`attend` those of `Engine._attend`, `quantize_rows` and `rescale` those of `quantize_rows` and
+`rescale_` in `archiver.fixedpoint`, `silu_mul` those of `Engine._silu_mul`. On a CPU torch spends
+most of its time in memory passes, one per element-wise op; these do a whole chain in one pass.
+Integer (and exactly rounded float64) arithmetic has one result whatever the thread count or vector
+unit, so kernel and torch path give the same bits; the tests check each pair on extreme values.
 
-Attention. The engine's integer program fixes every number of attention (see `Engine._attend`, which runs the
-same program with torch operations on any device). On a CPU that program is bound by memory
-traffic, and torch needs float64 tensors to hold its exact products: 12 bytes per cached key and
-value element, read at every step. Here the cache holds what the program defines, no more: keys as
-int8 magnitudes and a power-of-two exponent per position (or int32 for the float64-key program),
-values as int32, 5 bytes an element; every product and sum is an int64 computed in one pass that
-never leaves the cache lines it reads. Integer arithmetic has one result whatever the thread
-count or vector unit, so this kernel and the torch path give the same bits (tests check both).
+Attention on a CPU is bound by reading the key/value cache at every step, and torch needs float64
+tensors to hold the program's exact products: 12 bytes per cached key and value element. The
+kernel's cache holds what the program defines, no more: int8 key magnitudes and a power-of-two
+exponent per position (int32 keys for the float64-key program), int32 values: 5 bytes an element.
 
 For a query row with exponent eq and the stored key rows k_j with exponents ek_j:
   X_j = (q . k_j) << (eq + ek_j)             the score in units of 2**-12 (an exact integer)
@@ -119,7 +116,7 @@ def rescale(acc: np.ndarray, mult: np.ndarray, row_mult: np.ndarray, s: np.ndarr
 @numba.njit(parallel=True, cache=True, nogil=True)
 def silu_mul(gu: np.ndarray, inter: int, sig: np.ndarray, step_shift: int, frac: int,
              out: np.ndarray) -> None:  # pragma: no cover
-    """fixedpoint.silu_mul of the halves g = gu[:, :inter], u = gu[:, inter:] into out [N, inter]."""
+    """Engine._silu_mul of the halves g = gu[:, :inter], u = gu[:, inter:] into out [N, inter]."""
     N = gu.shape[0]
     mid = sig.size // 2
     top = sig.size - 1
