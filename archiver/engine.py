@@ -74,10 +74,10 @@ class Engine:
         self.model = model
         self.device = torch.device(device)
         self.backend = backend or default_backend(self.device)
-        self.path = path or default_path(self.device)
-        if self.path not in ("kernels", "torch"):
-            raise ValueError(f"unknown engine path {self.path!r}")
-        self.kernel = self.path == "kernels"
+        path = path or default_path(self.device)
+        if path not in ("kernels", "torch"):
+            raise ValueError(f"unknown engine path {path!r}")
+        self.kernel = path == "kernels"
         if self.kernel and self.device.type != "cpu":
             raise ValueError("the compiled kernels run on the CPU only")
         c = model.config
@@ -454,21 +454,19 @@ class _Cache:
             raise ValueError("sequence longer than the model context")
         if b > self.room:
             self._grow(b)
+        e = None
+        if self.int8_keys:
+            k, e = pow2_quantize(k, KEY8_BITS)
         if self.engine.kernel:
-            if self.int8_keys:
-                k, e = pow2_quantize(k, KEY8_BITS)
-                self.ks[li][:, :, a:b] = e.squeeze(-1).transpose(1, 2)
-            else:
-                self.ks[li][:, :, a:b] = 0
+            self.ks[li][:, :, a:b] = 0 if e is None else e.squeeze(-1).transpose(1, 2)
             self.k[li][..., a:b] = k.permute(0, 2, 3, 1)
             self.v[li][:, :, a:b] = v.transpose(1, 2)
             return
-        if self.int8_keys:
-            k, e = pow2_quantize(k, KEY8_BITS)
+        if e is None:
+            self.k[li][..., a:b] = k.permute(0, 2, 3, 1)
+        else:
             self.ks[li][..., a:b] = (torch.ones_like(e) << e).permute(0, 2, 3, 1)
             self.k[li][:, :, a:b] = k.transpose(1, 2)
-        else:
-            self.k[li][..., a:b] = k.permute(0, 2, 3, 1)
         self.vt[li][..., a:b] = v.permute(0, 2, 3, 1)
 
     def keys(self, li: int, b0: int, b1: int, S: int) -> torch.Tensor:

@@ -16,6 +16,7 @@ import torch
 
 F = 16  # fractional bits of activations (Q16)
 MANTISSA_BITS = 15  # per-row scales are m * 2**e with m < 2**15
+SCALE_TOP = 62  # split_scale's exponent thresholds are 2**MANTISSA_BITS .. 2**(SCALE_TOP - 1)
 F32_EXACT_K = 1024  # 127*127*1024 < 2**24: a float32 dot product of int8 values this long is exact
 
 _THRESHOLDS: dict[torch.device, torch.Tensor] = {}
@@ -23,7 +24,8 @@ _THRESHOLDS: dict[torch.device, torch.Tensor] = {}
 
 def _thresholds(device: torch.device) -> torch.Tensor:
     if device not in _THRESHOLDS:
-        _THRESHOLDS[device] = torch.tensor([1 << j for j in range(MANTISSA_BITS, 62)], dtype=torch.int64, device=device)
+        powers = [1 << j for j in range(MANTISSA_BITS, SCALE_TOP)]
+        _THRESHOLDS[device] = torch.tensor(powers, dtype=torch.int64, device=device)
     return _THRESHOLDS[device]
 
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-SCALE_LOW, SCALE_HIGH = 15, 62  # split_scale's thresholds 2**15 .. 2**61
+from archiver.fixedpoint import MANTISSA_BITS, SCALE_TOP
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
@@ -88,7 +88,7 @@ def quantize_rows(x: np.ndarray, q: np.ndarray, m: np.ndarray, e: np.ndarray) ->
         for j in range(k):
             amax = max(amax, abs(x[i, j]))
         ei = 0
-        while SCALE_LOW + ei < SCALE_HIGH and amax >= (np.int64(1) << (SCALE_LOW + ei)):
+        while MANTISSA_BITS + ei < SCALE_TOP and amax >= (np.int64(1) << (MANTISSA_BITS + ei)):
             ei += 1
         mi = ((amax - 1) >> ei) + 1
         m[i], e[i] = mi, ei
