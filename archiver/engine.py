@@ -347,6 +347,12 @@ class Engine:
 
     def frequencies(self, logits: torch.Tensor, alphabet: torch.Tensor | None) -> torch.Tensor:
         """Q16 logits [..., V] -> int64 frequencies over the alphabet, each >= 1, summing to 2**24."""
+        if self.kernel:
+            z = logits.contiguous().view(-1, logits.shape[-1])
+            a = torch.empty(0, dtype=torch.int64) if alphabet is None else alphabet
+            out = torch.empty((z.shape[0], a.numel() or z.shape[1]), dtype=torch.int64)
+            kernels.frequencies(z.numpy(), a.numpy(), self.t["freq_exp"].numpy(), F - ATT_FRAC, TOTAL, out.numpy())
+            return out.view(*logits.shape[:-1], out.shape[1])
         z = logits if alphabet is None else torch.index_select(logits, -1, alphabet)
         fexp = self.t["freq_exp"]
         idx = ((z.amax(-1, keepdim=True) - z) >> (F - ATT_FRAC)).clamp_(0, fexp.numel() - 1)

@@ -2,7 +2,8 @@
 
 Each kernel computes exactly the integers of a torch implementation that every device can run:
 `attend` those of `Engine._attend`, `quantize_rows` and `rescale` those of `quantize_rows` and
-`rescale_` in `archiver.fixedpoint`, `silu_mul` those of `Engine._silu_mul`. On a CPU torch spends
+`rescale_` in `archiver.fixedpoint`, `silu_mul` those of `Engine._silu_mul`, `frequencies` those of
+`Engine.frequencies`. On a CPU torch spends
 most of its time in memory passes, one per element-wise op; these do a whole chain in one pass.
 Integer (and exactly rounded float64) arithmetic has one result whatever the thread count or vector
 unit, so kernel and torch path give the same bits; the tests check each pair on extreme values.
@@ -125,3 +126,43 @@ def silu_mul(gu: np.ndarray, inter: int, sig: np.ndarray, step_shift: int, frac:
             g = gu[i, j]
             h = (sig[min(max((g >> step_shift) + mid, 0), top)] * g + (1 << 14)) >> 15
             out[i, j] = (h * gu[i, inter + j] + (np.int64(1) << (frac - 1))) >> frac
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def frequencies(z: np.ndarray, alphabet: np.ndarray, fexp: np.ndarray, shift: int, total: int,
+                out: np.ndarray) -> None:  # pragma: no cover  (compiled)
+    """Engine.frequencies of the logit rows z [N, V] (int64) into out [N, A] (int64): over the
+    columns alphabet (int64 [A]), or over all V columns when alphabet is empty (A = V).
+
+    freq_j = floor(e_j (total - A) / S) + 1 with S = sum e: the product reaches 2**56, beyond
+    float64's exact integers, and int64 division does not vectorize. So the quotient is estimated
+    in float64 (off by at most one: S < 2**53 is exact and the numerator's rounding is relative
+    2**-53 of a quotient below 2**25) and corrected by its exact int64 remainder."""
+    N = z.shape[0]
+    A = out.shape[1]
+    whole = alphabet.size == 0
+    last = fexp.size - 1
+    scale = np.int64(total - A)
+    for i in numba.prange(N):
+        row = out[i]
+        top = np.iinfo(np.int64).min
+        for j in range(A):
+            top = max(top, z[i, j] if whole else z[i, alphabet[j]])
+        s = np.int64(0)
+        first = A
+        for j in range(A):
+            k = min((top - (z[i, j] if whole else z[i, alphabet[j]])) >> shift, last)
+            if k == 0 and first == A:
+                first = j
+            row[j] = fexp[k]
+            s += row[j]
+        fs = np.float64(s)
+        used = np.int64(0)
+        for j in range(A):
+            num = row[j] * scale
+            f = np.int64(np.float64(num) / fs)
+            r = num - f * s
+            f += (r >= s) - (r < 0)
+            row[j] = f + 1
+            used += f + 1
+        row[first] += total - used

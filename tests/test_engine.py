@@ -125,6 +125,20 @@ def test_silu_kernel_equals_torch_path(model):
     assert torch.equal(kernel._silu_mul(gu), torch_path._silu_mul(gu.clone()))
 
 
+def test_frequency_kernel_equals_torch_path(model):
+    """Logits spread across the exp table and past its end, ties at the top (the first top symbol
+    takes the remainder), a whole vocabulary and a sub-alphabet, a 49152-wide row like SmolLM2's."""
+    kernel, torch_path = Engine(model, path="kernels"), Engine(model, path="torch")
+    gen = torch.Generator().manual_seed(1)
+    for width, alphabet in ((260, ALPHA), (260, None), (49152, None)):
+        z = torch.randint(-(40 << 16), 8 << 16, (6, width), generator=gen)
+        z[1] = 5  # all tied
+        z[2, ::7] = z[2].max()  # several tied at the top
+        z[3] = torch.linspace(-(30 << 16), 0, width).to(torch.int64)  # every table index, and past it
+        k, t = kernel.frequencies(z, alphabet), torch_path.frequencies(z, alphabet)
+        assert torch.equal(k, t) and (k >= 1).all() and (k.sum(1) == TOTAL).all()
+
+
 def test_kernel_cache_is_smaller(model):
     """What the kernel is for: 5 bytes a cached key and value element instead of 12 (int8 keys), 8
     instead of 16 (float64 keys)."""
