@@ -38,6 +38,7 @@ TOTAL = 1 << TOTAL_BITS
 NORM_FRAC = 15  # 1/rms in Q15
 KEY_FRAC = 10  # queries and keys enter the score product in Q10
 QUERY_BLOCK = 64  # query positions per attention block in the parallel path
+GEMM_QUERIES = 16  # from this many queries per chunk on, the kernel path's attention runs as float GEMMs
 ATTN_TILE = 1 << 18  # float64 scores per attention tile (2 MiB): the softmax chain stays in cache
 KEY8_BITS = 7  # int8 key cache: keys as 7-bit magnitudes times a power of two per position
 ROW_TILE = 256  # rows per tile of the row-wise layers (projections, MLP, head)
@@ -263,11 +264,42 @@ class Engine:
             eq = eq.view(shape)
         else:
             eq = torch.zeros(shape, dtype=torch.int64)
+        if T >= GEMM_QUERIES:
+            return self._attend_gemm(q.view(*shape, hd), eq, cache, li, p0).view(B, T, H * hd)
         out = torch.empty((*shape, hd), dtype=torch.int64)
         dots = np.empty(0, np.int32 if self.int8_keys else np.int64)
         kernels.attend(q.contiguous().view(*shape, hd).numpy(), eq.numpy(), cache.k[li].numpy(), cache.ks[li].numpy(),
                        cache.v[li].numpy(), p0, self.att_exp.numpy(), dots, out.numpy())
         return out.view(B, T, H * hd)
+
+    def _attend_gemm(self, q: torch.Tensor, eq: torch.Tensor, cache: _Cache, li: int, p0: int) -> torch.Tensor:
+        """`kernels.attend`'s program for many queries q [B, T, KV, g, hd] (exponents eq [B, T, KV,
+        g]): the two products run as float GEMMs, which are exact here and several times faster
+        than the kernel's integer loops on a long chunk. Scores q . k in float32 for int8 keys (every
+        partial sum below 2**24, as for the torch path) or float64 (below 2**53); the table step in
+        `kernels.softmax_table`; then sum_j e_j v_j in float64, exact because it stays below 2**53
+        (the bound the model asserts), and the kernel's rounded quotient. Returns [B, T, KV, g, hd]."""
+        B, T, KV, g, hd = q.shape
+        n = p0 + T
+        fdt = torch.float32 if self.int8_keys else torch.float64
+        keys = cache.k[li][..., :n].to(fdt)  # [B, KV, hd, n]
+        values = cache.v[li][:, :, :n].to(torch.float64)  # [B, KV, n, hd]
+        ek = cache.ks[li].numpy()
+        table = self.att_exp.numpy()
+        out = torch.empty(q.shape, dtype=torch.int64)
+        for a in range(0, T, QUERY_BLOCK):
+            b = min(T, a + QUERY_BLOCK)
+            S, R = p0 + b, (b - a) * g
+            qt = q[:, a:b].transpose(1, 2).reshape(B, KV, R, hd).to(fdt)  # rows (t, head in group)
+            s = torch.matmul(qt, keys[..., :S])
+            e = torch.empty((B, KV, R, S), dtype=torch.float64)
+            den = torch.empty((B, KV, R, 1), dtype=torch.int64)
+            kernels.softmax_table(s.numpy(), eq[:, a:b].transpose(1, 2).reshape(B, KV, R).numpy(), ek, p0 + a, g,
+                                  table, e.numpy(), den.view(B, KV, R).numpy())
+            acc = torch.matmul(e, values[:, :, :S]).to(torch.int64)
+            o = torch.div(2 * acc + den, 2 * den, rounding_mode="floor")
+            out[:, a:b] = o.view(B, KV, b - a, g, hd).transpose(1, 2)
+        return out
 
     def _tri(self, n: int, g: int) -> torch.Tensor:
         """Causal mask of a diagonal block: rows (t, head) t < n, columns u < n, True where u > t."""

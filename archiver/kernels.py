@@ -3,7 +3,8 @@
 Each kernel computes exactly the integers of a torch implementation that every device can run:
 `attend` those of `Engine._attend`, `quantize_rows` and `rescale` those of `quantize_rows` and
 `rescale_` in `archiver.fixedpoint`, `silu_mul` those of `Engine._silu_mul`, `frequencies` those of
-`Engine.frequencies`. On a CPU torch spends
+`Engine.frequencies`. `softmax_table` is `attend`'s table step alone, for the engine's GEMM form of
+attention on long chunks (`Engine._attend_gemm`), where float GEMMs compute the exact products. On a CPU torch spends
 most of its time in memory passes, one per element-wise op; these do a whole chain in one pass.
 Integer (and exactly rounded float64) arithmetic has one result whatever the thread count or vector
 unit, so kernel and torch path give the same bits; the tests check each pair on extreme values.
@@ -166,3 +167,33 @@ def frequencies(z: np.ndarray, alphabet: np.ndarray, fexp: np.ndarray, shift: in
             row[j] = f + 1
             used += f + 1
         row[first] += total - used
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def softmax_table(s: np.ndarray, eq: np.ndarray, ek: np.ndarray, first: int, g: int, table: np.ndarray,
+                  e: np.ndarray, den: np.ndarray) -> None:  # pragma: no cover  (compiled)
+    """`attend`'s table step for a block of queries whose products with the keys were computed
+    elsewhere (exactly, by a float GEMM): s [B, KV, R, S] holds q . k_j as exact integers for the
+    rows r = (t, head in group) of queries at positions first + r // g, which see keys j <= that
+    position. With the exponents eq [B, KV, R] and ek [B, KV, >= S], writes the table values e_j
+    into e (float64, exact; 0 beyond the causal limit) and their sums into den [B, KV, R]."""
+    B, KV, R, S = s.shape
+    last = table.size - 1
+    for job in numba.prange(B * KV * R):
+        b = job // (KV * R)
+        h = (job // R) % KV
+        r = job % R
+        n = first + r // g + 1
+        sh = np.int64(eq[b, h, r])
+        top = np.iinfo(np.int64).min
+        for j in range(n):
+            top = max(top, np.int64(s[b, h, r, j]) << (sh + np.int64(ek[b, h, j])))
+        base = (((top + 2048) >> 12) << 12) + 2047
+        d = np.int64(0)
+        for j in range(n):
+            v = table[min((base - (np.int64(s[b, h, r, j]) << (sh + np.int64(ek[b, h, j])))) >> 12, last)]
+            e[b, h, r, j] = v
+            d += v
+        for j in range(n, S):
+            e[b, h, r, j] = 0.0
+        den[b, h, r] = d

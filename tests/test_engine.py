@@ -109,6 +109,22 @@ def test_kernels_equal_torch_path(model):
     assert _digest(_decode_all(kernel, seqs)) == _digest(_decode_all(torch_path, seqs))
 
 
+def test_both_kernel_attentions_agree_after_a_history(model):
+    """The kernel path's two attention forms (integer loops for a few queries, float GEMMs from
+    GEMM_QUERIES on) on blocks that start after a cached history: logits of one whole forward
+    equal those of a prefix followed by the rest, in blocks below and above the threshold."""
+    from archiver.engine import GEMM_QUERIES, _Cache
+
+    eng = Engine(model)
+    toks = torch.tensor([_seqs(1, 8, model.context)[0][:120]] * 2)
+    whole = eng._forward(toks, _Cache(eng, 2, 120))
+    for cut in (GEMM_QUERIES - 1, GEMM_QUERIES, 70):
+        cache = _Cache(eng, 2, 120)
+        parts = [eng._forward(toks[:, :cut], cache), eng._forward(toks[:, cut : cut + 3], cache),
+                 eng._forward(toks[:, cut + 3 :], cache)]
+        assert torch.equal(torch.cat(parts, 1), whole), cut
+
+
 def test_single_chunk_decode_equals_score(model):
     """One chunk alone: every row-wise step runs on single rows."""
     eng = Engine(model)
