@@ -110,7 +110,8 @@ def _info(args) -> int:
             m = registry.load(str(path))
             c = m.config
             print(f"  {name:<12} id {m.model_id[:16]}  {c['num_layers']} layers x {c['hidden_size']}, "
-                  f"context {c['context']}, vocab {c['vocab_size']}, keys {c.get('key_cache', 'f64')}  ({path})")
+                  f"context {c['context']}, vocab {c['vocab_size']}, keys {c.get('key_cache', 'f64')}, "
+                  f"values {c.get('value_cache', 'f64')}  ({path})")
         except ModelError as e:
             print(f"  {name:<12} unusable: {e}")
     dev = torch.device(args.device)

@@ -102,6 +102,7 @@ class Engine:
         self.qk_limit = (1 << ((53 - (self.head_dim - 1).bit_length()) // 2)) - 1
         self.v_limit = (1 << (53 - 15 - (self.context - 1).bit_length())) - 1
         self.int8_keys = c.get("key_cache", "f64") == "int8"
+        self.int8_values = c.get("value_cache", "f64") == "int8"
         # with int8 keys, queries get the bits that keep a key product below 2**24: exact in float32
         self.q_bits = (((1 << 24) - 1) // (127 * self.head_dim)).bit_length() - 1
 
@@ -269,7 +270,7 @@ class Engine:
         out = torch.empty((*shape, hd), dtype=torch.int64)
         dots = np.empty(0, np.int32 if self.int8_keys else np.int64)
         kernels.attend(q.contiguous().view(*shape, hd).numpy(), eq.numpy(), cache.k[li].numpy(), cache.ks[li].numpy(),
-                       cache.v[li].numpy(), p0, self.att_exp.numpy(), dots, out.numpy())
+                       cache.v[li].numpy(), cache.vs[li].numpy(), p0, self.att_exp.numpy(), dots, out.numpy())
         return out.view(B, T, H * hd)
 
     def _attend_gemm(self, q: torch.Tensor, eq: torch.Tensor, cache: _Cache, li: int, p0: int) -> torch.Tensor:
@@ -284,6 +285,8 @@ class Engine:
         fdt = torch.float32 if self.int8_keys else torch.float64
         keys = cache.k[li][..., :n].to(fdt)  # [B, KV, hd, n]
         values = cache.v[li][:, :, :n].to(torch.float64)  # [B, KV, n, hd]
+        if self.int8_values:
+            values.mul_((torch.ones(1, dtype=torch.int64) << cache.vs[li][:, :, :n, None]).to(torch.float64))
         ek = cache.ks[li].numpy()
         table = self.att_exp.numpy()
         out = torch.empty(q.shape, dtype=torch.int64)
@@ -442,6 +445,10 @@ class _Cache:
     For the attention kernel: the same integers, keys transposed [B, KV, hd, room] as int8 (int8
     keys) or int32 (float64-program keys, below 2**23), values [B, KV, room, hd] as int32 (below
     2**28), with the key exponents as int8 [B, KV, room] (zero for the float64 program).
+    A model whose config says "value_cache": "int8" rounds each position's value row (per KV
+    head) like its keys; the torch path holds the rounded values in float64 (exact), the kernel
+    path their int8 magnitudes [B, KV, room, hd] and exponents vs int8 [B, KV, room] (zero for
+    values kept whole).
     The room grows geometrically up to the capacity, which keeps the rows read by a step close
     together at every history length."""
 
@@ -453,6 +460,7 @@ class _Cache:
         self.k: list[torch.Tensor] = [torch.zeros(0)] * n
         self.ks: list[torch.Tensor] = [torch.zeros(0)] * n
         self.v: list[torch.Tensor] = [torch.zeros(0)] * n
+        self.vs: list[torch.Tensor] = [torch.zeros(0)] * n
         self.vt: list[torch.Tensor] = [torch.zeros(0)] * n
         self.length = 0
         self.room = 0
@@ -464,8 +472,9 @@ class _Cache:
         B, KV, hd, f64 = batch, engine.kv_heads, engine.head_dim, torch.float64
         if engine.kernel:
             kdt = torch.int8 if engine.int8_keys else torch.int32
-            return [("v", (B, KV, room, hd), torch.int32, 2), ("k", (B, KV, hd, room), kdt, 3),
-                    ("ks", (B, KV, room), torch.int8, 2)]
+            vdt = torch.int8 if engine.int8_values else torch.int32
+            return [("v", (B, KV, room, hd), vdt, 2), ("vs", (B, KV, room), torch.int8, 2),
+                    ("k", (B, KV, hd, room), kdt, 3), ("ks", (B, KV, room), torch.int8, 2)]
         if engine.int8_keys:
             keys = [("k", (B, KV, room, hd), torch.float32, 2), ("ks", (B, KV, 1, room), f64, 3)]
         else:
@@ -492,14 +501,19 @@ class _Cache:
             raise ValueError("sequence longer than the model context")
         if b > self.room:
             self._grow(b)
-        e = None
+        e = ev = None
         if self.int8_keys:
             k, e = pow2_quantize(k, KEY8_BITS)
+        if self.engine.int8_values:
+            v, ev = pow2_quantize(v, KEY8_BITS)
         if self.engine.kernel:
             self.ks[li][:, :, a:b] = 0 if e is None else e.squeeze(-1).transpose(1, 2)
             self.k[li][..., a:b] = k.permute(0, 2, 3, 1)
+            self.vs[li][:, :, a:b] = 0 if ev is None else ev.squeeze(-1).transpose(1, 2)
             self.v[li][:, :, a:b] = v.transpose(1, 2)
             return
+        if ev is not None:
+            v = v << ev
         if e is None:
             self.k[li][..., a:b] = k.permute(0, 2, 3, 1)
         else:

@@ -12,13 +12,17 @@ unit, so kernel and torch path give the same bits; the tests check each pair on 
 Attention on a CPU is bound by reading the key/value cache at every step, and torch needs float64
 tensors to hold the program's exact products: 12 bytes per cached key and value element. The
 kernel's cache holds what the program defines, no more: int8 key magnitudes and a power-of-two
-exponent per position (int32 keys for the float64-key program), int32 values: 5 bytes an element.
+exponent per position (int32 keys for the float64-key program), and int32 values, or int8 values
+with an exponent per position for a model whose values are rounded like its keys: 5 bytes an
+element, or 2.
 
 For a query row with exponent eq and the stored key rows k_j with exponents ek_j:
   X_j = (q . k_j) << (eq + ek_j)             the score in units of 2**-12 (an exact integer)
   i_j = min((F(M) + 2047 - X_j) >> 12, last)  F(M) = ((M + 2048) >> 12) << 12, M = max_j X_j
   e_j = table[i_j]                            Q15 exp table
-  out = floor((2 * sum_j e_j v_j + den) / (2 den)),  den = sum_j e_j   (rounded half up)
+  out = floor((2 * sum_j (e_j << ev_j) v_j + den) / (2 den)),  den = sum_j e_j   (rounded half up)
+where v_j, ev_j are the stored value row and its exponent (int8 magnitudes times 2**ev_j for a model
+with int8 values, int32 values and ev_j = 0 otherwise),
 which is, in integers, the torch path's floor(min(m - x, last)) with m = floor(max x + 1/2) + 1/2
 - 2**-12, and its exactly rounded quotient. The bounds (|X| < 2**53, |sum e v| <= 2**53) are the
 ones the model asserts when it loads.
@@ -33,11 +37,12 @@ from archiver.fixedpoint import MANTISSA_BITS, SCALE_TOP
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def attend(q: np.ndarray, eq: np.ndarray, kt: np.ndarray, ek: np.ndarray, v: np.ndarray, p0: int,
-           table: np.ndarray, dots: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover  (compiled)
+def attend(q: np.ndarray, eq: np.ndarray, kt: np.ndarray, ek: np.ndarray, v: np.ndarray, ev: np.ndarray,
+           p0: int, table: np.ndarray, dots: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover  (compiled)
     """Queries q [B, T, KV, g, hd] at positions p0.. (exponents eq [B, T, KV, g]) over the cached
     keys kt [B, KV, hd, room] (transposed; exponents ek [B, KV, room]) and values v [B, KV, room,
-    hd]: query t sees positions 0..p0+t. Writes the rounded outputs into out [B, T, KV, g, hd].
+    hd] (exponents ev [B, KV, room]): query t sees positions 0..p0+t. Writes the rounded outputs
+    into out [B, T, KV, g, hd].
 
     The products q . k_j are summed in dots.dtype: int32 for int8 keys, where every partial sum
     stays below 2**24 (the bound the engine asserts), int64 for the float64 program's keys. Keys
@@ -72,8 +77,9 @@ def attend(q: np.ndarray, eq: np.ndarray, kt: np.ndarray, ek: np.ndarray, v: np.
         acc = np.zeros((g, hd), np.int64)
         for j in range(n):
             vj = v[b, h, j]
+            sj = np.int64(ev[b, h, j])
             for r in range(g):
-                e = x[r, j]
+                e = x[r, j] << sj
                 for d in range(hd):
                     acc[r, d] += e * np.int64(vj[d])
         for r in range(g):

@@ -47,9 +47,10 @@ def _load_path(path: str) -> IntModel:
     return intmodel.load(Path(path))
 
 
-def _provided(name: str) -> Path:
-    """The model file of a provided model, converting it first when needed."""
-    return importlib.import_module(PROVIDED[name]).ensure()
+def _provided(name: str, model_id: str | None = None) -> Path:
+    """The model file of a provided model (the one with model_id, where its module knows how to
+    make it), converting it first when needed."""
+    return importlib.import_module(PROVIDED[name]).ensure(model_id)
 
 
 def install_hint(name: str | None) -> str:
@@ -87,7 +88,7 @@ def by_id(model_id: str, hint: str | None = None) -> IntModel:
             f = Path(hint)
     if f is None and hint in PROVIDED:
         try:
-            made = _provided(hint)  # first use here: convert it now
+            made = _provided(hint, model_id)  # first use here: convert it now
         except ModelError:
             made = None
         if made is not None:

