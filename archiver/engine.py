@@ -42,6 +42,7 @@ GEMM_QUERIES = 16  # from this many queries per chunk on, the kernel path's atte
 ATTN_TILE = 1 << 18  # float64 scores per attention tile (2 MiB): the softmax chain stays in cache
 KEY8_BITS = 7  # int8 key cache: keys as 7-bit magnitudes times a power of two per position
 ROW_TILE = 256  # rows per tile of the row-wise layers (projections, MLP, head)
+_ROPE_BIAS = (1 << (ROPE_FRAC - 1)) + (1 << (ROPE_FRAC + F - KEY_FRAC - 1))  # see Engine._rope_q10
 SCORE_ROWS = 2048  # tokens per parallel forward: bounds the activations, batching gains no more
 
 
@@ -158,8 +159,18 @@ class Engine:
         torch.mul(x1, cos, out=y1).sub_(x2 * sin)
         torch.mul(x2, cos, out=y2).add_(x1 * sin)
         s = ROPE_FRAC + F - KEY_FRAC
-        y.add_((1 << (ROPE_FRAC - 1)) + (1 << (s - 1))).bitwise_right_shift_(s)
+        y.add_(_ROPE_BIAS).bitwise_right_shift_(s)
         return y.clamp_(-self.qk_limit, self.qk_limit)
+
+    def _pow2_quantize(self, x: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """fixedpoint.pow2_quantize over the last axis, by the compiled kernel on the kernel path."""
+        if not self.kernel:
+            return pow2_quantize(x, bits)
+        rows = x.contiguous().view(-1, x.shape[-1])
+        q = torch.empty(x.shape, dtype=torch.int64)
+        e = torch.empty((*x.shape[:-1], 1), dtype=torch.int64)
+        kernels.pow2_quantize(rows.numpy(), bits, q.view(rows.shape).numpy(), e.view(-1).numpy())
+        return q, e
 
     def _qkv(self, x: torch.Tensor, m: _Prepared, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """Rows x [N, d] -> [N, (H + 2 KV) hd]: Q10 rotated queries and keys, then values clamped to
@@ -167,6 +178,11 @@ class Engine:
         H, KV, hd = self.heads, self.kv_heads, self.head_dim
         y = self._normed_linear(x, m)
         n = x.shape[0]
+        if self.kernel:  # queries and keys are adjacent heads: one pass
+            kernels.rope_q10(y.numpy(), H + KV, hd, cos.reshape(n, -1).numpy(), sin.reshape(n, -1).numpy(),
+                             ROPE_FRAC + F - KEY_FRAC, _ROPE_BIAS, self.qk_limit)
+            y[:, (H + KV) * hd :].clamp_(-self.v_limit, self.v_limit)
+            return y
         k = slice(H * hd, (H + KV) * hd)
         y[:, : H * hd] = self._rope_q10(y[:, : H * hd].view(n, H, hd), cos, sin).view(n, H * hd)
         y[:, k] = self._rope_q10(y[:, k].view(n, KV, hd), cos, sin).view(n, KV * hd)
@@ -261,7 +277,7 @@ class Engine:
         B, T, H, hd = q.shape
         shape = (B, T, self.kv_heads, H // self.kv_heads)
         if self.int8_keys:
-            q, eq = pow2_quantize(q, self.q_bits)
+            q, eq = self._pow2_quantize(q, self.q_bits)
             eq = eq.view(shape)
         else:
             eq = torch.zeros(shape, dtype=torch.int64)
@@ -503,9 +519,9 @@ class _Cache:
             self._grow(b)
         e = ev = None
         if self.int8_keys:
-            k, e = pow2_quantize(k, KEY8_BITS)
+            k, e = self.engine._pow2_quantize(k, KEY8_BITS)
         if self.engine.int8_values:
-            v, ev = pow2_quantize(v, KEY8_BITS)
+            v, ev = self.engine._pow2_quantize(v, KEY8_BITS)
         if self.engine.kernel:
             self.ks[li][:, :, a:b] = 0 if e is None else e.squeeze(-1).transpose(1, 2)
             self.k[li][..., a:b] = k.permute(0, 2, 3, 1)

@@ -3,7 +3,8 @@
 Each kernel computes exactly the integers of a torch implementation that every device can run:
 `attend` those of `Engine._attend`, `quantize_rows` and `rescale` those of `quantize_rows` and
 `rescale_` in `archiver.fixedpoint`, `silu_mul` those of `Engine._silu_mul`, `frequencies` those of
-`Engine.frequencies`. `softmax_table` is `attend`'s table step alone, for the engine's GEMM form of
+`Engine.frequencies`, `pow2_quantize` those of `pow2_quantize` in `archiver.fixedpoint`, `rope_q10`
+those of `Engine._rope_q10`. `softmax_table` is `attend`'s table step alone, for the engine's GEMM form of
 attention on long chunks (`Engine._attend_gemm`), where float GEMMs compute the exact products. On a CPU torch spends
 most of its time in memory passes, one per element-wise op; these do a whole chain in one pass.
 Integer (and exactly rounded float64) arithmetic has one result whatever the thread count or vector
@@ -203,3 +204,40 @@ def softmax_table(s: np.ndarray, eq: np.ndarray, ek: np.ndarray, first: int, g: 
         for j in range(n, S):
             e[b, h, r, j] = 0.0
         den[b, h, r] = d
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def pow2_quantize(x: np.ndarray, bits: int, q: np.ndarray, e: np.ndarray) -> None:  # pragma: no cover
+    """fixedpoint.pow2_quantize of the rows of x [N, k] (int64, |x| < 2**53) into q [N, k] and e [N]:
+    the bit length is counted in integers, which is frexp's exponent for these magnitudes."""
+    N, k = x.shape
+    lim = (np.int64(1) << bits) - 1
+    for i in numba.prange(N):
+        amax = np.int64(0)
+        for j in range(k):
+            amax = max(amax, abs(x[i, j]))
+        length = 0
+        while amax >> length:
+            length += 1
+        ei = np.int64(max(length - bits, 0))
+        e[i] = ei
+        half = (np.int64(1) << ei) >> 1
+        for j in range(k):
+            q[i, j] = min(lim, max(-lim, (x[i, j] + half) >> ei))
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def rope_q10(y: np.ndarray, heads: int, hd: int, cos: np.ndarray, sin: np.ndarray, shift: int, bias: int,
+             limit: int) -> None:  # pragma: no cover  (compiled)
+    """Engine._rope_q10 in place on the first heads * hd columns of y [N, width] (int64), by the
+    rows' cos, sin [N, hd / 2]: (x1 cos - x2 sin + bias) >> shift and (x2 cos + x1 sin + bias) >>
+    shift, clamped to +-limit."""
+    N = y.shape[0]
+    half = hd // 2
+    for i in numba.prange(N):
+        for h in range(heads):
+            a = h * hd
+            for j in range(half):
+                x1, x2 = y[i, a + j], y[i, a + half + j]
+                y[i, a + j] = min(limit, max(-limit, (x1 * cos[i, j] - x2 * sin[i, j] + bias) >> shift))
+                y[i, a + half + j] = min(limit, max(-limit, (x2 * cos[i, j] + x1 * sin[i, j] + bias) >> shift))

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from archiver import intmodel
+from archiver import intmodel, kernels
 from archiver.coder import ideal_bits
-from archiver.engine import TOTAL, Engine
+from archiver.engine import _ROPE_BIAS, KEY_FRAC, ROPE_FRAC, TOTAL, Engine, F
 from archiver.modelfile import ModelError
 from tests.conftest import ROOT, TINY
 
@@ -143,6 +143,24 @@ def test_silu_kernel_equals_torch_path(model):
     g = torch.linspace(-(20 << 16), 20 << 16, 8 * n, dtype=torch.float64).to(torch.int64).view(8, n)
     gu = torch.cat([g, torch.randint(-(1 << 20), 1 << 20, (8, n), generator=torch.Generator().manual_seed(0))], 1)
     assert torch.equal(kernel._silu_mul(gu), torch_path._silu_mul(gu.clone()))
+
+
+def test_rope_kernel_equals_torch_path(model):
+    """Rotary positions on query and key heads at every table row, inputs up to 2**44, and the
+    clamp to +-qk_limit on both sides."""
+    kernel, torch_path = Engine(model, path="kernels"), Engine(model, path="torch")
+    H, KV, hd = kernel.heads, kernel.kv_heads, kernel.head_dim
+    n = model.context
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randint(-(1 << 44), 1 << 44, (n, H + KV, hd), generator=gen)
+    x[: n // 2] >>= torch.randint(0, 40, (n // 2, 1, 1), generator=gen)  # small values as well
+    cos, sin = (kernel.t[k][:, None, :] for k in ("rope_cos", "rope_sin"))
+    want = torch.cat([torch_path._rope_q10(x[:, :H].clone(), cos, sin),
+                      torch_path._rope_q10(x[:, H:].clone(), cos, sin)], 1)
+    y = x.view(n, -1).clone()
+    kernels.rope_q10(y.numpy(), H + KV, hd, cos.reshape(n, -1).numpy(), sin.reshape(n, -1).numpy(),
+                     ROPE_FRAC + F - KEY_FRAC, _ROPE_BIAS, kernel.qk_limit)
+    assert torch.equal(y.view_as(want), want) and (want.abs() == kernel.qk_limit).any()
 
 
 def test_frequency_kernel_equals_torch_path(model):

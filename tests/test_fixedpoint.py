@@ -3,11 +3,20 @@
 import math
 
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from archiver import kernels
-from archiver.fixedpoint import F32_EXACT_K, gemm, isqrt, quantize_rows, rescale_, rshift_round, split_scale
+from archiver.fixedpoint import (
+    F32_EXACT_K,
+    gemm,
+    isqrt,
+    pow2_quantize,
+    quantize_rows,
+    rescale_,
+    rshift_round,
+    split_scale,
+)
 
 
 @given(st.lists(st.integers(0, (1 << 52) - 1), min_size=1, max_size=50))
@@ -54,10 +63,12 @@ def test_gemm_backends_agree_at_the_exactness_limit():
         assert torch.equal(gemm(q, wt, backend), exact), backend
 
 
-# The compiled CPU kernels (archiver.kernels) against the torch definitions, on extreme values.
+# The compiled CPU kernels (archiver.kernels) against the torch definitions, on extreme values. No
+# deadline: the first example may compile the kernel (a few seconds in a fresh clone).
 _ROW = st.lists(st.integers(-(1 << 54) + 1, (1 << 54) - 1), min_size=1, max_size=40)
 
 
+@settings(deadline=None)
 @given(st.lists(_ROW, min_size=1, max_size=4), st.integers(0, 54))
 def test_quantize_rows_kernel_equals_torch(rows, bits):
     width = len(rows[0])
@@ -69,6 +80,19 @@ def test_quantize_rows_kernel_equals_torch(rows, bits):
     assert torch.equal(q, kq) and torch.equal(m.view(-1), km) and torch.equal(e.view(-1), ke)
 
 
+@settings(deadline=None)
+@given(st.lists(st.lists(st.integers(-(1 << 53) + 1, (1 << 53) - 1), min_size=1, max_size=40), min_size=1,
+                max_size=4), st.integers(0, 53), st.integers(1, 20))
+def test_pow2_quantize_kernel_equals_torch(rows, shift, bits):
+    width = len(rows[0])
+    x = torch.tensor([(r * width)[:width] for r in rows], dtype=torch.int64) >> shift
+    q, e = pow2_quantize(x, bits)
+    kq, ke = torch.empty(x.shape, dtype=torch.int64), torch.empty(len(x), dtype=torch.int64)
+    kernels.pow2_quantize(x.numpy(), bits, kq.numpy(), ke.numpy())
+    assert torch.equal(q, kq) and torch.equal(e.view(-1), ke)
+
+
+@settings(deadline=None)
 @given(st.lists(st.integers(-(1 << 31), (1 << 31) - 1), min_size=6, max_size=6),
        st.lists(st.integers(1, (1 << 15) - 1), min_size=3, max_size=3),
        st.lists(st.integers(1, (1 << 15) - 1), min_size=2, max_size=2),
