@@ -42,7 +42,8 @@ GEMM_QUERIES = 16  # from this many queries per chunk on, the kernel path's atte
 ATTN_TILE = 1 << 18  # float64 scores per attention tile (2 MiB): the softmax chain stays in cache
 KEY8_BITS = 7  # int8 key cache: keys as 7-bit magnitudes times a power of two per position
 ROW_TILE = 256  # rows per tile of the row-wise layers (projections, MLP, head)
-_ROPE_BIAS = (1 << (ROPE_FRAC - 1)) + (1 << (ROPE_FRAC + F - KEY_FRAC - 1))  # see Engine._rope_q10
+_ROPE_SHIFT = ROPE_FRAC + F - KEY_FRAC  # rotary products (Q14 x Q16) to Q10, see Engine._rope_q10
+_ROPE_BIAS = (1 << (ROPE_FRAC - 1)) + (1 << (_ROPE_SHIFT - 1))
 SCORE_ROWS = 2048  # tokens per parallel forward: bounds the activations, batching gains no more
 
 
@@ -158,8 +159,7 @@ class Engine:
         y1, y2 = y[..., :half], y[..., half:]
         torch.mul(x1, cos, out=y1).sub_(x2 * sin)
         torch.mul(x2, cos, out=y2).add_(x1 * sin)
-        s = ROPE_FRAC + F - KEY_FRAC
-        y.add_(_ROPE_BIAS).bitwise_right_shift_(s)
+        y.add_(_ROPE_BIAS).bitwise_right_shift_(_ROPE_SHIFT)
         return y.clamp_(-self.qk_limit, self.qk_limit)
 
     def _pow2_quantize(self, x: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -180,7 +180,7 @@ class Engine:
         n = x.shape[0]
         if self.kernel:  # queries and keys are adjacent heads: one pass
             kernels.rope_q10(y.numpy(), H + KV, hd, cos.reshape(n, -1).numpy(), sin.reshape(n, -1).numpy(),
-                             ROPE_FRAC + F - KEY_FRAC, _ROPE_BIAS, self.qk_limit)
+                             _ROPE_SHIFT, _ROPE_BIAS, self.qk_limit)
             y[:, (H + KV) * hd :].clamp_(-self.v_limit, self.v_limit)
             return y
         k = slice(H * hd, (H + KV) * hd)

@@ -37,6 +37,25 @@ import numpy as np
 from archiver.fixedpoint import MANTISSA_BITS, SCALE_TOP
 
 
+@numba.njit(inline="always")
+def _table_row(x: np.ndarray, n: int, table: np.ndarray, out: np.ndarray) -> np.int64:  # pragma: no cover
+    """The softmax table step of one query row: from its exact scores x[:n] (int64, the X_j of the
+    module docstring) writes e_j = table[i_j] into out[:n] (which may be x itself) and returns
+    den = sum e_j. Shared by `attend` and `softmax_table`, so both forms of attention index the
+    table by one formula."""
+    last = table.size - 1
+    top = np.iinfo(np.int64).min
+    for j in range(n):
+        top = max(top, x[j])
+    base = (((top + 2048) >> 12) << 12) + 2047
+    den = np.int64(0)
+    for j in range(n):
+        e = table[min((base - x[j]) >> 12, last)]
+        out[j] = e
+        den += e
+    return den
+
+
 @numba.njit(parallel=True, cache=True, nogil=True)
 def attend(q: np.ndarray, eq: np.ndarray, kt: np.ndarray, ek: np.ndarray, v: np.ndarray, ev: np.ndarray,
            p0: int, table: np.ndarray, dots: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover  (compiled)
@@ -50,7 +69,6 @@ def attend(q: np.ndarray, eq: np.ndarray, kt: np.ndarray, ek: np.ndarray, v: np.
     transposed make the score loop an axpy over positions (no horizontal sums), and 32-bit lanes
     hold twice the sums of 64-bit ones: about twice the speed of dot products over int64."""
     B, T, KV, g, hd = q.shape
-    last = table.size - 1
     for job in numba.prange(B * T * KV):
         b = job // (T * KV)
         t = (job // KV) % T
@@ -66,15 +84,9 @@ def attend(q: np.ndarray, eq: np.ndarray, kt: np.ndarray, ek: np.ndarray, v: np.
         x = np.empty((g, n), np.int64)
         den = np.zeros(g, np.int64)
         for r in range(g):
-            top = np.iinfo(np.int64).min
             for j in range(n):
                 x[r, j] = np.int64(p[r, j]) << (np.int64(eq[b, t, h, r]) + np.int64(ek[b, h, j]))
-                top = max(top, x[r, j])
-            base = (((top + 2048) >> 12) << 12) + 2047
-            for j in range(n):
-                e = table[min((base - x[r, j]) >> 12, last)]
-                x[r, j] = e
-                den[r] += e
+            den[r] = _table_row(x[r], n, table, x[r])
         acc = np.zeros((g, hd), np.int64)
         for j in range(n):
             vj = v[b, h, j]
@@ -185,25 +197,18 @@ def softmax_table(s: np.ndarray, eq: np.ndarray, ek: np.ndarray, first: int, g: 
     position. With the exponents eq [B, KV, R] and ek [B, KV, >= S], writes the table values e_j
     into e (float64, exact; 0 beyond the causal limit) and their sums into den [B, KV, R]."""
     B, KV, R, S = s.shape
-    last = table.size - 1
     for job in numba.prange(B * KV * R):
         b = job // (KV * R)
         h = (job // R) % KV
         r = job % R
         n = first + r // g + 1
         sh = np.int64(eq[b, h, r])
-        top = np.iinfo(np.int64).min
+        x = np.empty(n, np.int64)
         for j in range(n):
-            top = max(top, np.int64(s[b, h, r, j]) << (sh + np.int64(ek[b, h, j])))
-        base = (((top + 2048) >> 12) << 12) + 2047
-        d = np.int64(0)
-        for j in range(n):
-            v = table[min((base - (np.int64(s[b, h, r, j]) << (sh + np.int64(ek[b, h, j])))) >> 12, last)]
-            e[b, h, r, j] = v
-            d += v
+            x[j] = np.int64(s[b, h, r, j]) << (sh + np.int64(ek[b, h, j]))
+        den[b, h, r] = _table_row(x, n, table, e[b, h, r])
         for j in range(n, S):
             e[b, h, r, j] = 0.0
-        den[b, h, r] = d
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)

@@ -13,7 +13,7 @@ import torch
 
 from archiver import intmodel, kernels
 from archiver.coder import ideal_bits
-from archiver.engine import _ROPE_BIAS, KEY_FRAC, ROPE_FRAC, TOTAL, Engine, F
+from archiver.engine import _ROPE_BIAS, _ROPE_SHIFT, TOTAL, Engine
 from archiver.modelfile import ModelError
 from tests.conftest import ROOT, TINY
 
@@ -159,7 +159,7 @@ def test_rope_kernel_equals_torch_path(model):
                       torch_path._rope_q10(x[:, H:].clone(), cos, sin)], 1)
     y = x.view(n, -1).clone()
     kernels.rope_q10(y.numpy(), H + KV, hd, cos.reshape(n, -1).numpy(), sin.reshape(n, -1).numpy(),
-                     ROPE_FRAC + F - KEY_FRAC, _ROPE_BIAS, kernel.qk_limit)
+                     _ROPE_SHIFT, _ROPE_BIAS, kernel.qk_limit)
     assert torch.equal(y.view_as(want), want) and (want.abs() == kernel.qk_limit).any()
 
 
