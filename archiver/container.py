@@ -57,8 +57,8 @@ INDEX_DICT = (
 INDEX_DICT_ID = zlib.adler32(INDEX_DICT)
 
 
-INDEX_VERSIONS = (1, 2)
-CODEC_SINCE = {"brotli": 2}  # the index version that introduced a chunk codec (others: 1)
+INDEX_VERSIONS = (1, 2, 3)
+CODEC_SINCE = {"brotli": 2, "cm": 3}  # the index version that introduced a chunk codec (others: 1)
 
 
 @dataclass

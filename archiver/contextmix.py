@@ -1,12 +1,16 @@
 """The `cm` codec: bitwise context mixing (in the manner of lpaq), in integers only.
 
-Why it exists: on text the default model (~3.9 bits/byte on dev text) loses to xz, and so does any
-model small enough to code byte streams at 10 KB/s. Text is full of long-range repeats (logs, code,
-reference text) that an adaptive model learns within the file itself. This codec predicts each bit
-of a byte stream from order-0 to order-6 contexts, the current and previous word, and the longest
-earlier match, mixes those predictions with two learned logistic mixers and refines them with two
-adaptive probability maps; it measured 0.79 x xz -9e on the dev text (docs/benchmarks.md) at about
-1 MB/s both ways. It competes with the other fallback codecs per block, like xz or brotli.
+Why it exists: on text the default model (~3.9 bits/byte on dev text) loses to xz; it is sized
+to code image and audio bytes at 10 KB/s, and has little room for language. Text is full of repeats
+(logs, code, reference text) that an adaptive model learns within the file itself. This codec
+predicts each bit of a byte stream from order-0 to order-6 and order-8 contexts, the current word
+with the two words before it, the byte above in the previous line, and the longest earlier match;
+three learned logistic mixers combine those predictions and two adaptive probability maps refine
+them. On the 12 dev text files it measured 0.74 x xz -9e at about 0.5 MB/s both ways
+(docs/benchmarks.md). It competes with the other fallback codecs per block, as xz and brotli do.
+
+The LM is not one of its inputs: a stream-long model mixed with the LM would make decoding one
+sequence, byte by byte, where LM chunks now decode hundreds at a time in lockstep.
 
 Every step is integer arithmetic (lookup tables, shifts, int64 products that cannot overflow), so
 the bits are the same on every machine, as the archive format requires. The model and its constants
@@ -16,7 +20,8 @@ pins with a golden digest.
 Why not constriction: each bit's probability depends on the bits decoded before it, so decoding is
 one long sequential loop that has to run compiled; constriction cannot be called from numba, and a
 Python call per bit would be ~100x slower. The binary arithmetic coder is lpaq's carry-less 32-bit
-coder (12-bit probabilities), about twenty lines inside the loop below.
+coder (12-bit probabilities), about twenty lines inside the loop below; it ends with
+its 4-byte state, which the decoder checks.
 """
 
 from __future__ import annotations
@@ -56,7 +61,7 @@ def _stretch() -> np.ndarray:
 STRETCH = _stretch()  # index p (12 bits)
 RATE = np.array([(2 << 16) // (2 * n + 3) for n in range(1024)], dtype=np.int64)  # 1/(n + 1.5) in Q16
 LIMIT = 60  # a counter's adaptation rate stops falling after this many observations
-NH = 7  # hashed contexts: orders 2, 3, 4, 5, 6, word (+ last byte), word bigram
+NH = 10  # hashed contexts: orders 2-6 and 8, word (+ last byte), word bigram, word skip-gram, column
 NI = 2 + 2 * NH + 2  # mixer inputs: orders 0 and 1, two per hashed context, the match, a bias
 MINLEN = 6  # a match is looked up after this many bytes agree
 MIX_LR = 4  # mixer learning rate
@@ -105,8 +110,9 @@ def _code(data: np.ndarray, n: int, buf: np.ndarray, encode: bool) -> int:  # pr
     mt = np.zeros(1 << mbits, dtype=np.int64)
     w1 = np.full((4 * 256, NI), (1 << 16) // 4, dtype=np.int64)
     w2 = np.full((5 * 8, NI), (1 << 16) // 4, dtype=np.int64)
+    w3 = np.full((256, NI), (1 << 16) // 4, dtype=np.int64)
     abits = min(16, tbits)
-    a1 = np.empty(256 * 33, dtype=np.int64)
+    a1 = np.empty(256 * 64 * 33, dtype=np.int64)
     a2 = np.empty((1 << abits) * 33, dtype=np.int64)
     for j in range(33):
         v = SQUASH[min(max((j - 16) * 128, -2047), 2047) + 2048] * 16
@@ -117,7 +123,8 @@ def _code(data: np.ndarray, n: int, buf: np.ndarray, encode: bool) -> int:  # pr
     idx = np.zeros(NH, dtype=np.int64)
     x = np.zeros(NI, dtype=np.int64)
     x[NI - 1] = 256
-    c4 = c8 = word = pword = np.int64(0)
+    c4 = c8 = word = pword = ppword = np.int64(0)
+    line = pline = 0
     mlen = ptr = 0
     x1, x2, xc = np.int64(0), np.int64(0xFFFFFFFF), np.int64(0)
     pos = 0
@@ -134,6 +141,11 @@ def _code(data: np.ndarray, n: int, buf: np.ndarray, encode: bool) -> int:  # pr
         hh[4] = _hash(c4 ^ ((c8 & 0xFFFF) * 0x3C6EF372), 6)
         hh[5] = _hash(word ^ (c1 * 0x5BD1E995), 7)
         hh[6] = _hash(word ^ (pword * 0x2127599B), 8)
+        hh[7] = _hash(word ^ (ppword * 0x2127599B), 10)
+        hh[8] = _hash(c4 ^ (c8 * 0x3C6EF372), 9)
+        col = i - line
+        above = np.int64(data[pline + col]) if pline + col < line else 0
+        hh[9] = _hash(above | (c1 << 8) | (min(col, 255) << 16), 11)
         # the match model: extend the current match, or look up where the last MINLEN bytes were seen
         if i > 0:
             if mlen > 0 and data[ptr] == data[i - 1]:
@@ -186,7 +198,7 @@ def _code(data: np.ndarray, n: int, buf: np.ndarray, encode: bool) -> int:  # pr
                     x[3 + 2 * k] = 0
                 else:
                     x[2 + 2 * k] = STRETCH[e >> 20]
-                    x[3 + 2 * k] = ((e >> 20) - 2048) >> 2
+                    x[3 + 2 * k] = (STRETCH[e >> 20] * min(e & 1023, 15)) >> 4
                     if 1 <= k <= 4:
                         known += 1
             mctx = 0
@@ -195,26 +207,29 @@ def _code(data: np.ndarray, n: int, buf: np.ndarray, encode: bool) -> int:  # pr
                 x[NI - 2] = STRETCH[np.int64(tm[mctx]) >> 20]
             else:
                 x[NI - 2] = 0
-            # two mixers (one chosen by the partial byte and match length, one by how many of orders
-            # 3-6 have been seen and the bit position), averaged in the stretched domain
+            # three mixers (chosen by the partial byte and match length, by how many of orders 3-6
+            # have been seen and the bit position, by the last byte), averaged in the stretched domain
             s1 = c0 + 256 * (0 if mctx == 0 else (1 if mbucket < 8 else (2 if mbucket < 16 else 3)))
             s2 = known * 8 + bit
             d1 = np.int64(0)
             d2 = np.int64(0)
+            d3 = np.int64(0)
             for k in range(NI):
                 d1 += w1[s1, k] * x[k]
                 d2 += w2[s2, k] * x[k]
+                d3 += w3[c1, k] * x[k]
             d1 = min(max(d1 >> 16, -2047), 2047)
             d2 = min(max(d2 >> 16, -2047), 2047)
-            pm = SQUASH[((d1 + d2) >> 1) + 2048]
-            # adaptive probability maps on the partial byte, alone and with the last two bytes
+            d3 = min(max(d3 >> 16, -2047), 2047)
+            pm = SQUASH[((d1 + d2 + d3) * 21846 >> 16) + 2048]
+            # adaptive probability maps on the partial byte with the match state, and with the last two bytes
             s = STRETCH[pm] + 2048
             lo, wt = s >> 7, s & 127
-            i1 = c0 * 33 + lo
+            i1 = (c0 + 256 * min(mctx, 63)) * 33 + lo
             i2 = ((((c4 & 0xFFFF) * 0x9E3779B1 >> 16) + c0 * 0x2F0F) & ((1 << abits) - 1)) * 33 + lo
             p1 = (a1[i1] * (128 - wt) + a1[i1 + 1] * wt) >> 11
             p2 = (a2[i2] * (128 - wt) + a2[i2 + 1] * wt) >> 11
-            p = min(max((2 * pm + p1 + p2 + 2) >> 2, 1), 4095)  # P(bit = 1), 12 bits
+            p = min(max((pm + p1 + 2 * p2 + 2) >> 2, 1), 4095)  # P(bit = 1), 12 bits
             # binary arithmetic coding
             xmid = x1 + ((x2 - x1) >> 12) * p
             if encode:
@@ -236,9 +251,11 @@ def _code(data: np.ndarray, n: int, buf: np.ndarray, encode: bool) -> int:  # pr
             # learn
             e1 = ((y << 12) - SQUASH[d1 + 2048]) * MIX_LR
             e2 = ((y << 12) - SQUASH[d2 + 2048]) * MIX_LR
+            e3 = ((y << 12) - SQUASH[d3 + 2048]) * MIX_LR
             for k in range(NI):
                 w1[s1, k] += (x[k] * e1) >> 13
                 w2[s2, k] += (x[k] * e2) >> 13
+                w3[c1, k] += (x[k] * e3) >> 13
             _update(t0, c0, y, LIMIT)
             _update(t1, (c1 << 8) | c0, y, LIMIT)
             for k in range(NH):
@@ -254,17 +271,25 @@ def _code(data: np.ndarray, n: int, buf: np.ndarray, encode: bool) -> int:  # pr
         byte = c0 & 255
         if not encode:
             data[i] = byte
+        if byte == 10:
+            pline = line
+            line = i + 1
         c8 = ((c8 << 8) | (c4 >> 24)) & 0xFFFFFFFF
         c4 = ((c4 << 8) | byte) & 0xFFFFFFFF
         if (65 <= byte <= 90) or (97 <= byte <= 122):
             word = ((word + (byte | 32)) * 0x3D4D51CB) & 0xFFFFFFFF
         else:
             if word != 0:
+                ppword = pword
                 pword = word
             word = 0
-    if encode:
-        buf[pos] = x1 >> 24  # any value from here up to x2 decodes; the decoder pads with 0xFF
-        pos += 1
+    if encode:  # all of x1: the decoder ends with exactly these bytes in hand, a check of the payload
+        for _ in range(4):
+            buf[pos] = x1 >> 24
+            x1 = (x1 << 8) & 0xFFFFFFFF
+            pos += 1
+    elif xc != x1:
+        return -1
     return pos
 
 
@@ -278,10 +303,12 @@ def compress(data: bytes) -> bytes:
 
 
 def decompress(payload: bytes, size: int) -> bytes:
-    """Always `size` bytes; a damaged payload gives wrong bytes, which the chunk's CRC and the
-    entry's SHA-256 catch."""
+    """Exactly `size` bytes, or ValueError when the decoder does not end on the encoder's final
+    state with every payload byte read (a damaged payload, or a size other than the one coded; the
+    chunk's CRC and the entry's SHA-256 are the guards that cannot miss)."""
     if not 0 <= size <= MAX_SIZE:
         raise ValueError(f"cm chunk claims {size} bytes")
     out = np.zeros(size, dtype=np.uint8)
-    _code(out, size, np.frombuffer(payload, dtype=np.uint8).copy(), False)
+    if _code(out, size, np.frombuffer(payload, dtype=np.uint8).copy(), False) != len(payload):
+        raise ValueError("cm chunk is damaged, truncated or of another size")
     return out.tobytes()

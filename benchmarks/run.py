@@ -3,6 +3,7 @@
     python benchmarks/run.py --quick            # a small dev sample, under 10 minutes
     python benchmarks/run.py                    # the whole dev split (hours at today's speed)
     python benchmarks/run.py --unseen           # files from Debian packages outside the corpus
+    python benchmarks/run.py --kinds text       # rerun one modality, keep the others' last results
 
 `--unseen` checks the thresholds on files no one on the team has seen and the model never trained
 on: it downloads the Debian packages listed in UNSEEN with apt-get, unpacks them, and draws a fixed
@@ -209,9 +210,14 @@ def main() -> None:
     ap.add_argument("--models", default="default", help="comma-separated lmarc models")
     ap.add_argument("--unseen", action="store_true", help="files from Debian packages instead of the corpus")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    ap.add_argument("--kinds", default="text,image,audio",
+                    help="modalities to measure; the report keeps the others from the last run's JSON")
     a = ap.parse_args()
     ensure_tools()
-    results: dict[str, dict[str, dict]] = {}
+    kinds = a.kinds.split(",")
+    saved = a.out.parent / f"{'benchmarks-unseen' if a.unseen else 'benchmarks'}.json"
+    partial = saved.exists() and set(kinds) != {"text", "image", "audio"}
+    results: dict[str, dict] = json.loads(saved.read_text()) if partial else {}
     with tempfile.TemporaryDirectory() as td:
         tmp = Path(td)
         if a.unseen:
@@ -222,6 +228,8 @@ def main() -> None:
                 sys.exit(f"corpus not found: {a.corpus}")
             files = pick(split_files(a.corpus)[1], a.quick, a.budget)
         for m, lst in files.items():
+            if m not in kinds:
+                continue
             classic = [n for n, (ms, _, _) in CODECS.items() if m in ms]
             agg = {}  # lmarc rows first, then the classic codecs, in the report's order
             for model in a.models.split(","):
@@ -242,7 +250,7 @@ def main() -> None:
                     g["dtime"] = None if r["dtime"] is None or g["dtime"] is None else g["dtime"] + r["dtime"]
                     g["mem"] = max(g["mem"], r["mem"])
                     g["n"] += 1 if g["n"] >= 0 else 0
-            results[m] = {"files": len(lst), "bytes": orig, "tools": agg,
+            results[m] = {"files": len(lst), "bytes": orig, "tools": agg, "date": str(datetime.date.today()),
                           "pixels": sum(raw_pixels(p) for p in lst) if m == "image" else None,
                           "shipped": orig}
             write_report(a, results)  # after every modality, so a run cut short keeps what it measured
@@ -259,7 +267,7 @@ def write_report(a, results: dict) -> None:
     lines = [
         "## lmarc on files no one has seen" if a.unseen else "## lmarc against the classic codecs",
         "",
-        f"Produced by `python benchmarks/run.py{flag}` on {datetime.date.today()} ({platform.machine()}, "
+        f"Produced by `python benchmarks/run.py{flag}` ({platform.machine()}, "
         f"{os.cpu_count()} cores, Python {platform.python_version()}), {data}. The classic"
         " codecs compress each file on its own; lmarc puts each modality's files in one archive (whole"
         " archive size, header and index included; every file extracted and compared).",
@@ -269,7 +277,7 @@ def write_report(a, results: dict) -> None:
         "",
     ]
     for m, r in results.items():
-        lines += [f"### {m}: {r['files']} files, {r['bytes']:,} bytes", ""]
+        lines += [f"### {m}: {r['files']} files, {r['bytes']:,} bytes (measured {r['date']})", ""]
         if r["pixels"]:
             lines += [f"Raw pixels: {r['pixels']:,} bytes (ratios to pixels in the last column).", ""]
         lines += ["| tool | bytes | ratio | bpb | adjusted | compress KB/s | decompress KB/s | peak RAM MB |"

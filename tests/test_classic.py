@@ -47,15 +47,17 @@ def _index(codec: str, version: int = 1) -> Index:
 
 
 def test_index_version_rises_only_with_a_new_codec():
-    """An archive that uses no brotli chunk keeps index version 1 (older lmarc reads it); one that
-    does says 2, and a version-1 index naming brotli, or an unknown version, is refused."""
+    """An archive that uses no brotli or cm chunk keeps index version 1 (older lmarc reads it); one
+    with brotli says 2, one with cm 3, and an index naming a codec newer than its version, or an
+    unknown version, is refused."""
     assert Index.from_bytes(_index("xz").to_bytes()).version == 1
-    v2 = Index.from_bytes(_index("brotli").to_bytes())
-    assert v2.version == 2
-    validate_index(v2, 100)
-    with pytest.raises(ArchiveError, match="chunk codec"):
-        validate_index(_index("brotli", version=1), 100)
-    newer = {"format": "lmarc", "version": 3, "entries": [], "objects": {}, "models": {}}
+    for codec, version in (("brotli", 2), ("cm", 3)):
+        index = Index.from_bytes(_index(codec).to_bytes())
+        assert index.version == version
+        validate_index(index, 100)
+        with pytest.raises(ArchiveError, match="chunk codec"):
+            validate_index(_index(codec, version=version - 1), 100)
+    newer = {"format": "lmarc", "version": 4, "entries": [], "objects": {}, "models": {}}
     with pytest.raises(ArchiveError, match="newer lmarc"):
         Index.from_bytes(zlib.compress(json.dumps(newer).encode()))
 
@@ -67,5 +69,5 @@ def test_brotli_is_not_tried_on_large_blocks(monkeypatch):
     monkeypatch.setattr(classic, "compress", lambda c, d: tried.append((c, len(d))) or real(c, d))
     classic.best(bytes(classic.BROTLI_MAX + 1))
     classic.best(bytes(1000))
-    assert [c for c, n in tried if n > classic.BROTLI_MAX] == ["zstd", "xz"]
-    assert [c for c, n in tried if n == 1000] == ["zstd", "xz", "brotli"]
+    assert [c for c, n in tried if n > classic.BROTLI_MAX] == ["zstd", "xz", "cm"]
+    assert [c for c, n in tried if n == 1000] == ["zstd", "xz", "brotli", "cm"]

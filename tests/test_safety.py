@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import os
+import random
 import resource
 import signal
 import subprocess
@@ -153,8 +154,8 @@ def _big_input(tmp_path: Path, files: int = 12, reps: int = 20) -> Path:
     src = tmp_path / "big"
     src.mkdir()
     text = (SAMPLES / "notes.txt").read_bytes()
-    for i in range(files):
-        (src / f"f{i}.txt").write_bytes(text * (reps + i) + bytes([i]))
+    for i in range(files):  # 2 KB of noise each: no codec makes these smaller than a few KB
+        (src / f"f{i}.txt").write_bytes(text * (reps + i) + random.Random(i).randbytes(2000))
     return src
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from archiver import intmodel, streamcoder
+from archiver import classic, intmodel, streamcoder
 from tests.conftest import SAMPLES, TINY
 
 
@@ -42,7 +42,8 @@ def test_a_losing_lm_is_not_run_over_a_whole_long_stream(monkeypatch):
 
 def test_probing_does_not_change_what_is_coded(monkeypatch):
     pred = streamcoder.Predictor(intmodel.load(TINY))
-    data = (SAMPLES / "weather.json").read_bytes()  # the tiny model wins here: chunks are kept
+    data = (SAMPLES / "weather.json").read_bytes()  # the tiny model beats xz here: chunks are kept
+    monkeypatch.setattr(classic, "CODECS", tuple(c for c in classic.CODECS if c != "cm"))  # cm would beat it
     monkeypatch.setattr(streamcoder, "PROBE_MARGIN", 1e9)
     monkeypatch.setattr(streamcoder, "PROBE_BYTES", 4096)
     probed = streamcoder.encode_stream("text", data, pred)
