@@ -22,6 +22,7 @@ from archiver.formats import RAW, Stream, join_streams, split_file
 from archiver.modelfile import ModelError
 from archiver.plugins import format_by_name
 from archiver.progress import Reporter
+from archiver.solid import SolidPacker
 from archiver.streamcoder import Predictor
 
 EXTRACT_GROUP_BYTES = 64 << 20  # decode files in groups this large so LM chunks share batches
@@ -36,6 +37,7 @@ class Settings:
     model: str = registry.DEFAULT
     device: str = "cpu"
     threads: int | None = None
+    solid: bool = True  # pack small files' fallback-coded streams into shared blocks (archiver.solid)
     _predictors: dict[str, Predictor] = field(default_factory=dict)
 
     def predictor(self, model_id: str | None = None, hint: str | None = None) -> Predictor:
@@ -117,12 +119,13 @@ def add(archive: Path, paths: list[str], settings: Settings, ui: Reporter) -> Re
     items = [(p, n) for p, n in items if p.resolve() != archive_abs]
     total = sum(p.lstat().st_size for p, _ in items if p.is_file() and not p.is_symlink())
     writer = ArchiveWriter(archive)
+    packer = SolidPacker(writer, lambda n: ui.file_done(0, n)) if settings.solid else None
     committed = False
     try:
         ui.start("adding", total)
         by_name = {e["path"]: i for i, e in enumerate(writer.index.entries)}
         for p, name in items:
-            entry = _add_one(p, name, writer, settings, ui, res)
+            entry = _add_one(p, name, writer, packer, settings, ui, res)
             if entry is None:
                 continue
             if name in by_name:
@@ -131,6 +134,8 @@ def add(archive: Path, paths: list[str], settings: Settings, ui: Reporter) -> Re
                 by_name[name] = len(writer.index.entries)
                 writer.index.entries.append(entry)
             res.ok += 1
+        if packer:
+            packer.flush()
         writer.commit()
         committed = True
     except KeyboardInterrupt:
@@ -147,7 +152,8 @@ def add(archive: Path, paths: list[str], settings: Settings, ui: Reporter) -> Re
     return res
 
 
-def _add_one(p: Path, name: str, writer: ArchiveWriter, settings: Settings, ui: Reporter, res: Result) -> dict | None:
+def _add_one(p: Path, name: str, writer: ArchiveWriter, packer: SolidPacker | None, settings: Settings, ui: Reporter,
+             res: Result) -> dict | None:
     st = p.lstat()
     entry = {"path": name, "mode": stat.S_IMODE(st.st_mode), "mtime": st.st_mtime_ns}
     if stat.S_ISLNK(st.st_mode):
@@ -166,14 +172,17 @@ def _add_one(p: Path, name: str, writer: ArchiveWriter, settings: Settings, ui: 
     entry |= {"type": "file", "size": len(data), "sha256": digest}
     ui.file(name, len(data))
     if digest not in writer.index.objects:
-        writer.index.objects[digest] = _store_object(data, name, writer, settings, ui)
+        writer.index.objects[digest] = _store_object(data, name, writer, packer, settings, ui)
     else:
         ui.advance(len(data))
-    ui.file_done(len(data), sum(c["length"] for s in writer.index.objects[digest]["streams"] for c in s["chunks"]))
+    # (streams waiting in a solid block have no chunks yet: the packer reports their bytes when written)
+    ui.file_done(len(data), sum(c["length"] for s in writer.index.objects[digest]["streams"]
+                                for c in s.get("chunks", ())))
     return entry
 
 
-def _store_object(data: bytes, name: str, writer: ArchiveWriter, settings: Settings, ui: Reporter) -> dict:
+def _store_object(data: bytes, name: str, writer: ArchiveWriter, packer: SolidPacker | None, settings: Settings,
+                  ui: Reporter) -> dict:
     """Code a file's streams; if the classic codecs on the file's own bytes do better (a PNG whose
     pixels the model cannot beat its deflate on), keep those instead."""
     chosen = split_file(data, name)
@@ -192,8 +201,12 @@ def _store_object(data: bytes, name: str, writer: ArchiveWriter, settings: Setti
             coded = [(Stream("binary", data), whole)]
     for mid in {c.record["model"] for _, cs in coded for c in cs if c.record["codec"] == "lm"}:
         writer.index.models[mid] = settings.predictor(mid).name  # id -> name: the hint when it is missing
-    streams = [{"kind": s.kind, "size": len(s.data), "chunks": [c.record | writer.write_chunk(c.payload) for c in cs]}
-               for s, cs in coded]
+    streams = []
+    for s, cs in coded:
+        rec = {"kind": s.kind, "size": len(s.data)}
+        if not (packer and packer.offer(rec, s.data, cs)):
+            rec["chunks"] = [c.record | writer.write_chunk(c.payload) for c in cs]
+        streams.append(rec)
     return {"format": fmt.name, "format_version": fmt.version, "recipe": recipe, "streams": streams}
 
 
@@ -243,11 +256,11 @@ def _decode_in_groups(reader: ArchiveReader, files: list[dict], settings: Settin
             group.append(e)
             size += int(e.get("size", 0))
         if group and (e is None or size >= EXTRACT_GROUP_BYTES):
-            yield from _decode_group(reader, group, settings, ui)
+            yield from _decode_group(reader, group, settings, ui, {})
             group, size = [], 0
 
 
-def _decode_group(reader, group, settings, ui):
+def _decode_group(reader, group, settings, ui, blocks):
     jobs, owners = [], []
     plans = {}
     for gi, e in enumerate(group):
@@ -269,13 +282,13 @@ def _decode_group(reader, group, settings, ui):
     try:
         decoded = dict(zip(keep, streamcoder.decode_chunks(
             [jobs[i] for i in keep], lambda mid: settings.predictor(mid, reader.index.models.get(mid)),
-            ui.advance), strict=True))
+            ui.advance, blocks), strict=True))
     except (ValueError, KeyError, TypeError, ArchiveError) as err:
         if len(group) == 1:
             yield group[0], None, f"damaged ({err})"
             return
         for e in group:  # find the damaged file(s) one by one
-            yield from _decode_group(reader, [e], settings, ui)
+            yield from _decode_group(reader, [e], settings, ui, blocks)
         return
     for gi, e in enumerate(group):
         p = plans[gi]
@@ -414,6 +427,13 @@ def _write_symlink(dest: Path, e: dict, overwrite: bool) -> None:
     os.symlink(link, target)
 
 
+def _stored_share(chunk: dict) -> float:
+    """A chunk's stored bytes; a solid part's share of its block, in proportion to its size."""
+    if "part" in chunk:
+        return chunk["length"] * chunk["size"] / max(1, chunk["part"][1])
+    return chunk.get("length", 0)
+
+
 def listing(archive: Path) -> list[dict]:
     with ArchiveReader(archive) as reader:
         idx = reader.index
@@ -421,8 +441,8 @@ def listing(archive: Path) -> list[dict]:
         for e in idx.entries:
             obj = idx.objects.get(e.get("sha256", ""), {}) if e.get("type") == "file" else {}
             chunks = [c for s in obj.get("streams", []) for c in s.get("chunks", [])]
-            stored = sum(c.get("length", 0) for c in chunks)
-            codecs = sorted({c.get("codec", "?") for c in chunks})
+            stored = round(sum(_stored_share(c) for c in chunks))
+            codecs = sorted({("solid " if "part" in c else "") + c.get("codec", "?") for c in chunks})
             size = e.get("size", 0)
             rows.append({
                 "path": e.get("path"), "type": e.get("type"), "size": size, "stored": stored,

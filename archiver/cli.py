@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -40,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-a", "--archive", default=DEFAULT_ARCHIVE, help=f"archive to write (default: ./{DEFAULT_ARCHIVE})")
     p.add_argument("--model", default="default",
                    help="model name or .safetensors file (default: default; none: classic codecs only, fast)")
+    p.add_argument("--no-solid", dest="solid", action="store_false",
+                   help="code each file on its own: smaller files share no block (extracting one decodes less)")
     p.add_argument("paths", nargs="+", metavar="PATH")
 
     p = cmd("extract", "restore files from an archive, byte for byte")
@@ -122,7 +125,8 @@ def _info(args) -> int:
 
 
 def run(args) -> int:
-    settings = ops.Settings(model=getattr(args, "model", "default"), device=args.device, threads=args.threads)
+    settings = ops.Settings(model=getattr(args, "model", "default"), device=args.device, threads=args.threads,
+                            solid=getattr(args, "solid", True))
     ui = make_reporter(args.quiet, args.no_progress)
     if args.command == "add":
         return _report(ops.add(Path(args.archive), args.paths, settings, ui), "added", args.quiet)
@@ -158,6 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("lmarc: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `lmarc list a.lma | head`: the reader has gone, as with any Unix tool
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 141  # 128 + SIGPIPE
     except (ops.LmarcError, ArchiveError, ModelError, OSError, LookupError) as e:
         if args.debug:
             raise

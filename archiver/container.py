@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import lzma
 import mmap
 import os
 import struct
@@ -22,6 +23,7 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from archiver import contextmix
 from archiver.classic import CODECS
 from archiver.formats import KINDS
 
@@ -57,8 +59,33 @@ INDEX_DICT = (
 INDEX_DICT_ID = zlib.adler32(INDEX_DICT)
 
 
-INDEX_VERSIONS = (1, 2, 3)
+CM_INDEX, XZ_INDEX = b"\xffCM", b"\xffXZ"  # an index coded with cm or xz starts with one of these
+# (0xFF is never a zlib stream's first byte), then the JSON's length (u32 little-endian)
+INDEX_CM_MAX = 1 << 20  # cm codes indexes up to this size (about 2 s); larger ones try xz
+
+
+def _index_json(raw: bytes) -> bytes:
+    if raw[:3] in (CM_INDEX, XZ_INDEX) and len(raw) >= 7:
+        size = int.from_bytes(raw[3:7], "little")
+        if raw[:3] == CM_INDEX:
+            if size > INDEX_CM_MAX:
+                raise ValueError(f"a cm index of {size} bytes is not one we wrote")
+            return contextmix.decompress(raw[7:], size)
+        d = lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
+        out = d.decompress(raw[7:], max_length=min(size, MAX_INDEX) + 1)
+        if len(out) != size or not d.eof:
+            raise ValueError("xz index does not decode to its size")
+        return out
+    preset = len(raw) >= 6 and raw[1] & 0x20
+    if preset and int.from_bytes(raw[2:6], "big") != INDEX_DICT_ID:
+        raise ArchiveError("archive index needs a compression dictionary this lmarc does not have")
+    d = zlib.decompressobj(zdict=INDEX_DICT) if preset else zlib.decompressobj()
+    return d.decompress(raw, MAX_INDEX)
+
+
+INDEX_VERSIONS = (1, 2, 3, 4)
 CODEC_SINCE = {"brotli": 2, "cm": 3}  # the index version that introduced a chunk codec (others: 1)
+PART_SINCE = 4  # the index version that introduced solid blocks (chunks with a "part")
 
 
 @dataclass
@@ -69,27 +96,34 @@ class Index:
     version: int = 1
 
     def needed_version(self) -> int:
-        """The oldest index version that has every codec used: an archive that uses no new codec
-        stays readable by older lmarc releases."""
-        codecs = {c["codec"] for o in self.objects.values() for st in o["streams"] for c in st["chunks"]}
-        return max([1, *(CODEC_SINCE.get(c, 1) for c in codecs)])
+        """The oldest index version that has every codec and feature used: an archive that uses
+        none that is new stays readable by older lmarc releases."""
+        chunks = [c for o in self.objects.values() for st in o["streams"] for c in st["chunks"]]
+        solid = [PART_SINCE] if any("part" in c for c in chunks) else []
+        return max([1, *solid, *(CODEC_SINCE.get(c["codec"], 1) for c in chunks)])
 
     def to_bytes(self) -> bytes:
+        """zlib with the preset dictionary (best for a few entries), or the JSON's length and its cm
+        coding (up to INDEX_CM_MAX) or xz coding (beyond), whichever is smallest: an index of many
+        small files is mostly paths, sizes and digests, which cm codes in about half of zlib's bytes."""
         doc = {"format": "lmarc", "version": self.needed_version(), "entries": self.entries,
                "objects": self.objects, "models": self.models}
+        raw = json.dumps(doc, separators=(",", ":")).encode()
         c = zlib.compressobj(9, zlib.DEFLATED, 15, 9, zlib.Z_DEFAULT_STRATEGY, INDEX_DICT)
-        return c.compress(json.dumps(doc, separators=(",", ":")).encode()) + c.flush()
+        size = struct.pack("<I", len(raw))
+        if len(raw) <= INDEX_CM_MAX:
+            other = CM_INDEX + size + contextmix.compress(raw)
+        else:
+            other = XZ_INDEX + size + lzma.compress(raw, format=lzma.FORMAT_XZ, preset=6)
+        return min(c.compress(raw) + c.flush(), other, key=len)
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> Index:
-        """Parse an index, with or without the preset dictionary (indexes before it had none)."""
+        """Parse an index: zlib with or without the preset dictionary (indexes before it had none),
+        cm or xz."""
         try:
-            preset = len(raw) >= 6 and raw[1] & 0x20
-            if preset and int.from_bytes(raw[2:6], "big") != INDEX_DICT_ID:
-                raise ArchiveError("archive index needs a compression dictionary this lmarc does not have")
-            d = zlib.decompressobj(zdict=INDEX_DICT) if preset else zlib.decompressobj()
-            doc = json.loads(d.decompress(raw, MAX_INDEX))
-        except (zlib.error, ValueError, RecursionError) as e:
+            doc = json.loads(_index_json(raw))
+        except (zlib.error, lzma.LZMAError, ValueError, RecursionError) as e:
             raise ArchiveError(f"archive index is unreadable: {e}") from e
         if not isinstance(doc, dict) or doc.get("format") != "lmarc":
             raise ArchiveError("archive index is not an lmarc index")
@@ -119,7 +153,7 @@ def validate_index(index: Index, data_end: int) -> None:
     def bad(why: str):
         raise ArchiveError(f"archive index is malformed: {why}")
 
-    regions = []
+    regions = {}  # offset -> (length, crc32, codec, block size or None): solid parts share one payload
     for key, obj in index.objects.items():
         if not (isinstance(key, str) and len(key) == 64 and set(key) <= _HEX) or not isinstance(obj, dict):
             bad("object key")
@@ -146,14 +180,24 @@ def validate_index(index: Index, data_end: int) -> None:
                 if c["codec"] == "lm" and (not isinstance(c.get("model"), str) or c["tokens"] > c["size"]
                                            or c["size"] > 64 * max(c["tokens"], 1)):
                     bad("LM chunk")
-                if c["codec"] == "store" and c["size"] != c["length"]:
+                part = c.get("part")
+                if part is not None and not (
+                        index.version >= PART_SINCE and c["codec"] != "lm" and isinstance(part, list)
+                        and len(part) == 2 and _is_int(part[1], 0, MAX_CHUNK) and _is_int(part[0], 0, part[1])
+                        and part[0] + c["size"] <= part[1]):
+                    bad("solid part")
+                decoded = c["size"] if part is None else part[1]
+                if c["codec"] == "store" and decoded != c["length"]:
                     bad("stored chunk size")
                 total += c["size"]
-                regions.append((c["offset"], c["length"]))
+                region = (c["length"], c["crc32"], c["codec"], None if part is None else part[1])
+                if c["offset"] in regions and (regions[c["offset"]] != region or (part is None and c["length"])):
+                    bad("chunks overlap")  # only solid parts share a payload, and then all of its record
+                regions[c["offset"]] = region
             if total != st["size"]:
                 bad("stream size does not match its chunks")
-    regions.sort()
-    for (a, n), (b, _) in zip(regions, regions[1:], strict=False):
+    spans = sorted((a, n) for a, (n, *_rest) in regions.items())
+    for (a, n), (b, _) in zip(spans, spans[1:], strict=False):
         if a + n > b:
             bad("chunks overlap")
     for e in index.entries:
@@ -197,6 +241,7 @@ class ArchiveReader:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self._last: tuple[tuple[int, int] | None, bytes | ArchiveError] = (None, b"")  # the last payload read
         try:
             self._f = open(self.path, "rb")
         except OSError as e:
@@ -226,11 +271,14 @@ class ArchiveReader:
 
     def read_chunk(self, chunk: dict) -> bytes:
         off, length = chunk["offset"], chunk["length"]
-        self._f.seek(off)
-        data = self._f.read(length)
-        if len(data) != length or zlib.crc32(data) != chunk["crc32"]:
-            raise ArchiveError("chunk CRC mismatch")
-        return data
+        if self._last[0] != (off, length):  # the solid parts of one block follow each other: read once
+            self._f.seek(off)
+            data = self._f.read(length)
+            ok = len(data) == length and zlib.crc32(data) == chunk["crc32"]
+            self._last = ((off, length), data if ok else ArchiveError("chunk CRC mismatch"))
+        if isinstance(self._last[1], ArchiveError):
+            raise self._last[1]
+        return self._last[1]
 
     def close(self) -> None:
         self._f.close()

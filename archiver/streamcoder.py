@@ -157,13 +157,29 @@ def _code_pieces(kind: str, pieces: list[np.ndarray], ids: list[int], predictor:
 
 
 def decode_chunks(kind_chunks: list[tuple[str, dict, bytes]], predictor_for: Callable[[str], Predictor],
-                  on_progress: Callable[[int], None] | None = None) -> list[bytes]:
-    """Decode chunks (kind, record, payload) in any mix; LM chunks run in lockstep batches."""
+                  on_progress: Callable[[int], None] | None = None,
+                  blocks: dict[int, bytes | ValueError] | None = None) -> list[bytes]:
+    """Decode chunks (kind, record, payload) in any mix; LM chunks run in lockstep batches, the parts
+    of a solid block (records with "part": [start, block size]) share one decoding, kept in `blocks`
+    (by payload offset, with the error if it failed) so that a caller retrying file by file after a
+    damaged block does not decode it again."""
     out: list[bytes | None] = [None] * len(kind_chunks)
     lm: dict[str, list[int]] = {}
+    blocks = {} if blocks is None else blocks
     for i, (_kind, rec, payload) in enumerate(kind_chunks):
         if rec["codec"] == "lm":
             lm.setdefault(rec["model"], []).append(i)
+        elif "part" in rec:
+            start, size = rec["part"]
+            if rec["offset"] not in blocks:
+                try:
+                    blocks[rec["offset"]] = classic.decompress(rec["codec"], payload, size)
+                except ValueError as err:
+                    blocks[rec["offset"]] = err
+            block = blocks[rec["offset"]]
+            if isinstance(block, ValueError):
+                raise block
+            out[i] = block[start : start + rec["size"]]
         else:
             out[i] = classic.decompress(rec["codec"], payload, rec["size"])
             if on_progress:

@@ -57,7 +57,7 @@ def test_index_version_rises_only_with_a_new_codec():
         validate_index(index, 100)
         with pytest.raises(ArchiveError, match="chunk codec"):
             validate_index(_index(codec, version=version - 1), 100)
-    newer = {"format": "lmarc", "version": 4, "entries": [], "objects": {}, "models": {}}
+    newer = {"format": "lmarc", "version": 5, "entries": [], "objects": {}, "models": {}}
     with pytest.raises(ArchiveError, match="newer lmarc"):
         Index.from_bytes(zlib.compress(json.dumps(newer).encode()))
 

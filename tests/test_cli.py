@@ -227,3 +227,13 @@ def test_model_none_is_classic_only_and_never_loads_torch(tmp_path):
     for f in SAMPLES.iterdir():
         if f.is_file():
             assert (out / f.name).read_bytes() == f.read_bytes()
+
+
+def test_a_closed_pipe_ends_quietly(tmp_path):
+    """`lmarc list a.lma | head -1`: the reader going away is no error to report."""
+    from tests.conftest import FIXTURES
+
+    p = subprocess.Popen([sys.executable, "-m", "archiver.cli", "list", str(FIXTURES / "golden.lma")],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.close()  # before the first line is written (the interpreter takes a while to start)
+    assert p.wait(timeout=120) == 141 and p.stderr.read() == b""

@@ -254,3 +254,34 @@ def test_index_preset_dictionary_is_used_and_old_indexes_still_read():
     foreign = zlib.compressobj(9, zlib.DEFLATED, 15, 9, zlib.Z_DEFAULT_STRATEGY, b"another dictionary")
     with pytest.raises(ArchiveError, match="dictionary"):
         Index.from_bytes(foreign.compress(b"{}") + foreign.flush())
+
+
+def test_index_of_many_entries_is_coded_with_cm_or_xz(monkeypatch):
+    """A many-file index is mostly paths, sizes and digests: cm (xz beyond INDEX_CM_MAX) codes it
+    smaller than zlib; damaged or oversized ones are refused."""
+    import struct
+    import zlib
+
+    from archiver import container
+    from archiver.container import CM_INDEX, XZ_INDEX, ArchiveError, Index
+
+    entries = [{"path": f"src/pkg{i % 7}/module_{i}.py", "mode": 420, "mtime": 1_700_000_000_000_000_000 + i * 7919,
+                "type": "file", "size": 1000 + i, "sha256": hashlib.sha256(str(i).encode()).hexdigest()}
+               for i in range(300)]
+    index = Index(entries, {}, {})
+    raw = index.to_bytes()
+    zlib_only = zlib.compress(json.dumps({"format": "lmarc", "version": 1, "entries": entries, "objects": {},
+                                          "models": {}}, separators=(",", ":")).encode(), 9)
+    assert raw[:3] == CM_INDEX and len(raw) < 0.8 * len(zlib_only)
+    assert Index.from_bytes(raw) == index
+    damaged = bytearray(raw)
+    damaged[len(raw) // 2] ^= 0x40
+    oversized = CM_INDEX + struct.pack("<I", container.INDEX_CM_MAX + 1) + raw[7:]
+    for bad in (bytes(damaged), raw[:-5], oversized):
+        with pytest.raises(ArchiveError, match="unreadable"):
+            Index.from_bytes(bad)
+    monkeypatch.setattr(container, "INDEX_CM_MAX", 0)
+    raw = index.to_bytes()
+    assert raw[:3] == XZ_INDEX and Index.from_bytes(raw) == index
+    with pytest.raises(ArchiveError, match="unreadable"):
+        Index.from_bytes(raw[:-5])

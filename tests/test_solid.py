@@ -1,0 +1,149 @@
+"""Solid blocks: many small files coded as one block, decoded once, damage confined to the block."""
+
+from __future__ import annotations
+
+import json
+import random
+import zlib
+from pathlib import Path
+
+import pytest
+
+from archiver import classic, solid
+from archiver.container import ArchiveError, ArchiveReader, Index, validate_index
+from archiver.streamcoder import Coded
+from tests.conftest import SAMPLES
+
+
+@pytest.fixture
+def small_files(tmp_path: Path) -> Path:
+    """Forty small text files that share most of their words, as a source tree's files do."""
+    lines = (SAMPLES / "notes.txt").read_text().splitlines()
+    src = tmp_path / "small"
+    src.mkdir()
+    rng = random.Random(7)
+    for i in range(40):
+        (src / f"f{i:02d}.txt").write_text("\n".join(rng.sample(lines, len(lines) // 2)) + f"\nfile {i}\n")
+    return src
+
+
+def _rows(cli, arc: Path) -> dict[str, dict]:
+    out, _ = cli("list", arc, "--json")
+    return {r["path"]: r for r in json.loads(out)}
+
+
+def test_small_files_share_a_block_and_round_trip(cli, small_files, tmp_path, monkeypatch):
+    monkeypatch.chdir(small_files.parent)
+    cli("add", "-a", tmp_path / "s.lma", "--model", "none", "small")
+    cli("add", "-a", tmp_path / "n.lma", "--model", "none", "--no-solid", "small")
+    assert (tmp_path / "s.lma").stat().st_size < 0.7 * (tmp_path / "n.lma").stat().st_size
+    rows = _rows(cli, tmp_path / "s.lma")
+    assert {rows[f"small/f{i:02d}.txt"]["codec"] for i in range(40)} == {"solid cm"}
+    assert "solid" not in str({r["codec"] for r in _rows(cli, tmp_path / "n.lma").values()})
+    with ArchiveReader(tmp_path / "s.lma") as r:
+        assert r.index.version == 4
+    decoded = []
+    real = classic.decompress
+    monkeypatch.setattr(classic, "decompress", lambda c, d, n: decoded.append(n) or real(c, d, n))
+    cli("extract", tmp_path / "s.lma", "-C", tmp_path / "out")
+    assert len(decoded) == 1  # one block, decoded once for its forty members
+    for f in small_files.iterdir():
+        assert (tmp_path / "out" / "small" / f.name).read_bytes() == f.read_bytes()
+    cli("extract", tmp_path / "s.lma", "small/f07.txt", "-C", tmp_path / "one")
+    assert [p.name for p in (tmp_path / "one" / "small").iterdir()] == ["f07.txt"]
+
+
+def test_appending_adds_a_new_block_and_keeps_the_old(cli, small_files, tmp_path, monkeypatch):
+    monkeypatch.chdir(small_files.parent)
+    arc = tmp_path / "a.lma"
+    cli("add", "-a", arc, "--model", "none", *[f"small/f{i:02d}.txt" for i in range(20)])
+    cli("add", "-a", arc, "--model", "none", *[f"small/f{i:02d}.txt" for i in range(20, 40)])
+    with ArchiveReader(arc) as r:
+        blocks = {c["offset"] for o in r.index.objects.values() for s in o["streams"] for c in s["chunks"]}
+    assert len(blocks) == 2
+    cli("extract", arc, "-C", tmp_path / "out")
+    for f in small_files.iterdir():
+        assert (tmp_path / "out" / "small" / f.name).read_bytes() == f.read_bytes()
+
+
+def test_a_damaged_block_loses_its_members_only_and_is_decoded_once(cli, small_files, tmp_path, monkeypatch):
+    monkeypatch.chdir(small_files.parent)
+    (small_files / "big.bin").write_bytes(random.Random(1).randbytes(solid.SOLID_MEMBER + 1))  # never packed
+    arc = tmp_path / "a.lma"
+    cli("add", "-a", arc, "--model", "none", "small")
+    with ArchiveReader(arc) as r:
+        entry = next(e for e in r.index.entries if e["path"] == "small/f00.txt")
+        chunk = r.index.objects[entry["sha256"]]["streams"][0]["chunks"][0]
+    assert "part" in chunk
+    data = bytearray(arc.read_bytes())
+    data[chunk["offset"] + chunk["length"] // 2] ^= 0x01
+    arc.write_bytes(bytes(data))
+    checked = []
+    real = zlib.crc32
+    monkeypatch.setattr(zlib, "crc32", lambda d, *a: checked.append(len(d)) or real(d, *a))
+    _, err = cli("test", arc, code=1)
+    assert err.count("damaged") == 40 and "big.bin" not in err
+    assert checked.count(chunk["length"]) == 1  # the block is read and checked once for its 40 members
+
+
+def _member(kind: str, data: bytes, codec: str, payload: bytes) -> tuple[dict, bytes, list[Coded]]:
+    rec = {"codec": codec, "size": len(data), "tokens": 0}
+    return {"kind": kind, "size": len(data)}, data, [Coded(rec, payload)]
+
+
+class _Writer:
+    def __init__(self):
+        self.payloads: list[bytes] = []
+
+    def write_chunk(self, payload: bytes) -> dict:
+        self.payloads.append(payload)
+        return {"offset": 16 + sum(len(p) for p in self.payloads[:-1]), "length": len(payload), "crc32": 0}
+
+
+def test_a_block_is_written_only_where_it_pays():
+    """Random members: no block. An LM member much smaller than any block would make it: the block
+    is retried without it, and it keeps its own coding."""
+    w = _Writer()
+    packer = solid.SolidPacker(w)
+    noise = [_member("binary", random.Random(i).randbytes(3000), "store", b"") for i in range(3)]
+    for stream, data, coded in noise:
+        coded[0].payload = data
+        assert packer.offer(stream, data, coded)
+    text = (SAMPLES / "notes.txt").read_bytes()
+    texts = [_member("text", text + bytes([i]), "xz", classic.compress("xz", text)) for i in range(5)]
+    lm = _member("text", random.Random(9).randbytes(3000), "lm", b"x" * 10)  # no codec but this LM shrinks it
+    for stream, data, coded in [*texts, lm]:
+        assert packer.offer(stream, data, coded)
+    assert not packer.offer({"kind": "text", "size": 0}, b"", [])
+    packer.flush()
+    assert all("part" not in c for s, _, _ in noise for c in s["chunks"])
+    assert all("part" in s["chunks"][0] for s, _, _ in texts)
+    assert [(c["codec"], "part" in c) for c in lm[0]["chunks"]] == [("lm", False)]
+
+
+def _index(chunks: list[dict], version: int = 4) -> Index:
+    size = sum(c["size"] for c in chunks)
+    obj = {"format": "raw", "recipe": {}, "streams": [{"kind": "binary", "size": size, "chunks": chunks}]}
+    return Index([], {"a" * 64: obj}, {}, version)
+
+
+def _part(start: int, size: int, block: int = 100, **kw) -> dict:
+    return {"codec": "cm", "size": size, "tokens": 0, "part": [start, block], "offset": 16, "length": 30,
+            "crc32": 5} | kw
+
+
+def test_index_rules_for_solid_parts():
+    validate_index(_index([_part(0, 60), _part(60, 40)]), 1000)
+    assert Index.from_bytes(_index([_part(0, 60), _part(60, 40)]).to_bytes()).version == 4
+    for chunks, version in (
+        ([_part(0, 60)], 3),  # parts are new in version 4
+        ([_part(50, 60)], 4),  # past the block's end
+        ([_part(0, 60), _part(60, 40, crc32=6)], 4),  # one payload, two different records
+        ([_part(0, 60), _part(60, 40, block=120)], 4),
+        ([_part(0, 60) | {"codec": "lm", "model": "m"}], 4),  # LM chunks are never parts
+        ([_part(0, 60), {"codec": "xz", "size": 40, "tokens": 0, "offset": 16, "length": 30, "crc32": 5}], 4),
+        ([_part(0, 60) | {"part": [0]}], 4),
+        ([_part(0, 60, block=solid.SOLID_BLOCK + 1)], 4),
+    ):
+        with pytest.raises(ArchiveError, match="malformed"):
+            validate_index(_index(chunks, version), 1000)
