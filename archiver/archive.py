@@ -37,7 +37,7 @@ class Settings:
     model: str = registry.DEFAULT
     device: str = "cpu"
     threads: int | None = None
-    solid: bool = True  # pack small files' fallback-coded streams into shared blocks (archiver.solid)
+    solid: bool = True  # code small files' streams together in blocks where that is smaller (archiver.solid)
     _predictors: dict[str, Predictor] = field(default_factory=dict)
 
     def predictor(self, model_id: str | None = None, hint: str | None = None) -> Predictor:

@@ -67,13 +67,15 @@ def decompress(codec: str, data: bytes, size: int) -> bytes:
     return out
 
 
-def best(data: bytes) -> tuple[str, bytes]:
-    """The smallest of the classic encodings (store wins ties: it is the fastest to decode)."""
+def best(data: bytes, cm: bool = True) -> tuple[str, bytes]:
+    """The smallest of the classic encodings (store wins ties: it is the fastest to decode).
+    `cm=False` leaves cm out: for one LM chunk's kilobyte it learns too little to matter and would
+    cost a few ms per chunk (a whole stream, where it does matter, is tried with it)."""
     choice = ("store", data)
     if len(data) < 16:
         return choice
     for codec in CODECS[1:]:
-        if codec == "brotli" and len(data) > BROTLI_MAX:
+        if (codec == "brotli" and len(data) > BROTLI_MAX) or (codec == "cm" and not cm):
             continue
         out = compress(codec, data)
         if len(out) < len(choice[1]):

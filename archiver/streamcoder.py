@@ -145,7 +145,7 @@ def _code_pieces(kind: str, pieces: list[np.ndarray], ids: list[int], predictor:
     for i, p, f in zip(ids, pieces, freqs, strict=True):
         raw = v.to_bytes(kind, p)
         lm = coder.encode(p, f)
-        codec, payload = classic.best(raw)
+        codec, payload = classic.best(raw, cm=False)
         rec = {"codec": codec, "size": len(raw), "tokens": 0}
         if len(lm) < len(payload):
             payload = lm
