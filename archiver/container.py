@@ -22,10 +22,14 @@ import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from archiver import contextmix
 from archiver.classic import CODECS
 from archiver.formats import KINDS
+
+if TYPE_CHECKING:
+    from archiver.streamcoder import Coded
 
 MAGIC = b"LMARC\r\n\x1a"
 VERSION = 1
@@ -347,6 +351,10 @@ class ArchiveWriter:
         rec = {"offset": self.pos, "length": len(payload), "crc32": zlib.crc32(payload)}
         self.pos += len(payload)
         return rec
+
+    def write_coded(self, coded: list[Coded]) -> list[dict]:
+        """Append coded chunks; returns their chunk table: each record with its payload's location."""
+        return [c.record | self.write_chunk(c.payload) for c in coded]
 
     def commit(self) -> None:
         raw = self.index.to_bytes()

@@ -37,14 +37,17 @@ class SolidPacker:
         self.writer = writer
         self.on_written = on_written  # told the bytes written at each flush (progress: the running ratio)
         self.pending: dict[str, list[_Member]] = {}
+        self.pending_bytes: dict[str, int] = {}  # the data bytes of each kind's pending members
 
     def offer(self, stream: dict, data: bytes, coded: list[Coded]) -> bool:
         """Take a stream into its kind's block (its chunks are written at a flush), or refuse it."""
+        kind = stream["kind"]
         if not data or len(data) > SOLID_MEMBER:
             return False
-        if sum(len(m.data) for m in self.pending.get(stream["kind"], [])) + len(data) > SOLID_BLOCK:
-            self._flush(stream["kind"])
-        self.pending.setdefault(stream["kind"], []).append(_Member(stream, data, coded))
+        if self.pending_bytes.get(kind, 0) + len(data) > SOLID_BLOCK:
+            self._flush(kind)
+        self.pending.setdefault(kind, []).append(_Member(stream, data, coded))
+        self.pending_bytes[kind] = self.pending_bytes.get(kind, 0) + len(data)
         return True
 
     def flush(self) -> None:
@@ -54,14 +57,16 @@ class SolidPacker:
 
     def _flush(self, kind: str) -> None:
         members = self.pending.pop(kind, [])
-        fallback = [m for m in members if all(c.record["codec"] != "lm" for c in m.alone)]
+        self.pending_bytes.pop(kind, None)
+        lm_coded = [m for m in members if any(c.record["codec"] == "lm" for c in m.alone)]
+        fallback = [m for m in members if not any(c.record["codec"] == "lm" for c in m.alone)]
         written = 0
-        for group in (members, fallback) if len(fallback) < len(members) else (members,):
-            if len(group) > 1 and (payload := self._block(group)):
-                members, written = [m for m in members if all(m is not g for g in group)], len(payload)
-                break
+        if len(members) > 1 and (payload := self._block(members)):
+            members, written = [], len(payload)
+        elif lm_coded and len(fallback) > 1 and (payload := self._block(fallback)):
+            members, written = lm_coded, len(payload)
         for m in members:
-            m.stream["chunks"] = [c.record | self.writer.write_chunk(c.payload) for c in m.alone]
+            m.stream["chunks"] = self.writer.write_coded(m.alone)
             written += sum(len(c.payload) for c in m.alone)
         if self.on_written and written:
             self.on_written(written)

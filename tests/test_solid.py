@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from archiver import classic, solid
-from archiver.container import ArchiveError, ArchiveReader, Index, validate_index
+from archiver.container import ArchiveError, ArchiveReader, ArchiveWriter, Index, validate_index
 from archiver.streamcoder import Coded
 from tests.conftest import SAMPLES
 
@@ -92,6 +92,10 @@ def _member(kind: str, data: bytes, codec: str, payload: bytes) -> tuple[dict, b
 
 
 class _Writer:
+    """ArchiveWriter's chunk writing, in memory."""
+
+    write_coded = ArchiveWriter.write_coded
+
     def __init__(self):
         self.payloads: list[bytes] = []
 
