@@ -191,7 +191,7 @@ def _store_object(data: bytes, name: str, writer: ArchiveWriter, packer: SolidPa
     for s in chosen.split.streams:  # text to a text model, the rest (and text it cannot tokenize) to bytes
         pred = None if s.kind == "stored" or settings.model == registry.NONE else settings.predictor_for(s.kind)
         coded.append((s, streamcoder.encode_stream(s.kind, s.data, pred, lambda n: ui.advance(round(n * scale)),
-                                                   settings.byte_predictor)))
+                                                   settings.byte_predictor, s.geometry)))
     fmt, recipe = chosen.format, chosen.split.recipe
     # (a format whose one stream is the file itself was already weighed against these bytes' classic coding)
     if fmt.name != RAW and [s.data for s in chosen.split.streams] != [data]:

@@ -1,6 +1,7 @@
 """Fallback codecs for data the LM does not win on: store, zstd -19 (long window), xz -9e, brotli
--q 11 (whose built-in dictionary of common words and markup wins on small text files) and cm, our
-context-mixing codec (`archiver.contextmix`), which beats all of them on most text."""
+-q 11 (whose built-in dictionary of common words and markup wins on small text files), cm, our
+context-mixing codec (`archiver.contextmix`), which beats all of them on most text, and cm2d, its
+image variant (`archiver.imagemix`), tried on image streams whose row geometry is known."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ import lzma
 import brotli
 import zstandard
 
-from archiver import contextmix
+from archiver import contextmix, imagemix
 
-CODECS = ("store", "zstd", "xz", "brotli", "cm")
+CODECS = ("store", "zstd", "xz", "brotli", "cm", "cm2d")
 BROTLI_MAX = 256 << 10  # brotli's edge is its built-in dictionary, on small inputs; on a 4 MiB block
 # it measured 2% under xz at 2.5x xz's time (1 MB/s), so best() does not try it on larger ones
 XZ_DICT = 1 << 26  # xz -9's dictionary; the decoder's buffer, enough for every encoder setting below
@@ -21,7 +22,8 @@ def _xz_filters(dict_size: int) -> list[dict]:
     return [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME, "dict_size": dict_size}]
 
 
-def compress(codec: str, data: bytes) -> bytes:
+def compress(codec: str, data: bytes, geometry: tuple[int, int] | None = None) -> bytes:
+    """`geometry` (bytes per row, bytes per pixel) is cm2d's, which needs it."""
     if codec == "store":
         return data
     if codec == "zstd":
@@ -35,6 +37,10 @@ def compress(codec: str, data: bytes) -> bytes:
         return brotli.compress(data, quality=11, lgwin=min(24, max(10, len(data).bit_length())))
     if codec == "cm":
         return contextmix.compress(data)
+    if codec == "cm2d":
+        if geometry is None:
+            raise ValueError("cm2d needs the image's row geometry")
+        return imagemix.compress(data, *geometry)
     raise ValueError(f"unknown codec {codec!r}")
 
 
@@ -58,6 +64,8 @@ def decompress(codec: str, data: bytes, size: int) -> bytes:
                 raise ValueError("brotli chunk is truncated")
         elif codec == "cm":
             out = contextmix.decompress(data, size)
+        elif codec == "cm2d":
+            out = imagemix.decompress(data, size)
         else:
             raise ValueError(f"unknown codec {codec!r}")
     except (zstandard.ZstdError, lzma.LZMAError, brotli.error) as e:
@@ -67,17 +75,19 @@ def decompress(codec: str, data: bytes, size: int) -> bytes:
     return out
 
 
-def best(data: bytes, cm: bool = True) -> tuple[str, bytes]:
+def best(data: bytes, cm: bool = True, geometry: tuple[int, int] | None = None) -> tuple[str, bytes]:
     """The smallest of the classic encodings (store wins ties: it is the fastest to decode).
-    `cm=False` leaves cm out: for one LM chunk's kilobyte it learns too little to matter and would
-    cost a few ms per chunk (a whole stream, where it does matter, is tried with it)."""
+    `cm=False` leaves cm and cm2d out: for one LM chunk's kilobyte they learn too little to matter
+    and would cost a few ms per chunk (a whole stream, where they do matter, is tried with them).
+    cm2d is tried only with a `geometry` (an image stream's rows, which a chunk does not start on)."""
     choice = ("store", data)
     if len(data) < 16:
         return choice
     for codec in CODECS[1:]:
-        if (codec == "brotli" and len(data) > BROTLI_MAX) or (codec == "cm" and not cm):
+        if ((codec == "brotli" and len(data) > BROTLI_MAX) or (codec in ("cm", "cm2d") and not cm)
+                or (codec == "cm2d" and geometry is None)):
             continue
-        out = compress(codec, data)
+        out = compress(codec, data, geometry)
         if len(out) < len(choice[1]):
             choice = (codec, out)
     return choice

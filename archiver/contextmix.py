@@ -96,6 +96,150 @@ def _update(t: np.ndarray, i: int, y: int, limit: int) -> None:  # pragma: no co
     t[i] = np.uint32((p << 10) | min(n + 1, limit))
 
 
+@numba.njit(inline="always")
+def _bucket(t: np.ndarray, hv: int, mask: int) -> int:  # pragma: no cover
+    """The 16-slot bucket of a hashed context for one nibble: slot 0 holds a check of the context;
+    of two candidate buckets the less used one is replaced when neither matches."""
+    check = np.uint32((hv >> 16) + 1)
+    b0 = hv & mask & ~15
+    b1 = b0 ^ 16
+    if t[b0] == check:
+        return b0
+    if t[b1] == check:
+        return b1
+    if (np.int64(t[b0 + 1]) & 1023) > (np.int64(t[b1 + 1]) & 1023):
+        b0 = b1
+    t[b0] = check
+    t[b0 + 1 : b0 + 16] = INIT
+    return b0
+
+
+@numba.njit(inline="always")
+def _coder(buf: np.ndarray, encode: bool) -> np.ndarray:  # pragma: no cover
+    """lpaq's carry-less binary arithmetic coder: [low, high, code (decoder only), position, encoding]."""
+    ac = np.array([0, 0xFFFFFFFF, 0, 0, 1 if encode else 0], dtype=np.int64)
+    if not encode:
+        for _ in range(4):
+            ac[2] = (ac[2] << 8) | (np.int64(buf[ac[3]]) if ac[3] < buf.size else 255)
+            ac[3] += 1
+    return ac
+
+
+@numba.njit(inline="always")
+def _code_bit(ac: np.ndarray, buf: np.ndarray, p: int, y: int) -> int:  # pragma: no cover
+    """Code one bit with P(1) = p / 4096: the encoder passes y, the decoder -1; returns the bit."""
+    x1, x2 = ac[0], ac[1]
+    xmid = x1 + ((x2 - x1) >> 12) * p
+    if ac[4] == 0:
+        y = 1 if ac[2] <= xmid else 0
+    if y:
+        x2 = xmid
+    else:
+        x1 = xmid + 1
+    while ((x1 ^ x2) & 0xFF000000) == 0:
+        if ac[4]:
+            buf[ac[3]] = x2 >> 24
+        else:
+            ac[2] = ((ac[2] << 8) & 0xFFFFFFFF) | (np.int64(buf[ac[3]]) if ac[3] < buf.size else 255)
+        ac[3] += 1
+        x1 = (x1 << 8) & 0xFFFFFFFF
+        x2 = ((x2 << 8) & 0xFFFFFFFF) | 255
+    ac[0], ac[1] = x1, x2
+    return y
+
+
+@numba.njit(inline="always")
+def _finish(ac: np.ndarray, buf: np.ndarray, encode: bool) -> int:  # pragma: no cover
+    """The encoder flushes all of low: the decoder ends with exactly these bytes in hand, a check
+    of the payload. Returns the payload's length, or -1 when the decoder's check fails."""
+    if encode:
+        x1 = ac[0]
+        for _ in range(4):
+            buf[ac[3]] = x1 >> 24
+            x1 = (x1 << 8) & 0xFFFFFFFF
+            ac[3] += 1
+    elif ac[2] != ac[0]:
+        return -1
+    return ac[3]
+
+
+@numba.njit(inline="always")
+def _apm_table(n: int) -> np.ndarray:  # pragma: no cover
+    """n adaptive probability maps of 33 interpolation points each, starting as the identity.
+    (int32 halves their set-up; the arithmetic is int64.)"""
+    a = np.empty(n * 33, dtype=np.int32)
+    for j in range(33):
+        a[j::33] = SQUASH[min(max((j - 16) * 128, -2047), 2047) + 2048] * 16
+    return a
+
+
+@numba.njit(inline="always")
+def _apm(a: np.ndarray, i: int, wt: int) -> int:  # pragma: no cover
+    """The map's 12-bit probability between points i and i + 1, wt/128 of the way."""
+    return (a[i] * (128 - wt) + a[i + 1] * wt) >> 11
+
+
+@numba.njit(inline="always")
+def _apm_learn(a: np.ndarray, i: int, wt: int, y: int) -> None:  # pragma: no cover
+    u = i + (wt >> 6)
+    a[u] += ((y << 16) - a[u]) >> APM_RATE
+
+
+@numba.njit(inline="always")
+def _mix(w: np.ndarray, s: int, x: np.ndarray) -> int:  # pragma: no cover
+    """Mixer weight set s applied to the inputs: a stretched probability, clipped to +-2047."""
+    d = np.int64(0)
+    for k in range(x.size):
+        d += w[s, k] * x[k]
+    return min(max(d >> 16, -2047), 2047)
+
+
+@numba.njit(inline="always")
+def _mix_learn(w: np.ndarray, s: int, x: np.ndarray, d: int, y: int, lr: int) -> None:  # pragma: no cover
+    e = ((y << 12) - SQUASH[d + 2048]) * lr
+    for k in range(x.size):
+        w[s, k] += (x[k] * e) >> 13
+
+
+@numba.njit(inline="always")
+def _counter_inputs(th: np.ndarray, base: np.ndarray, idx: np.ndarray, nib: int,
+                    x: np.ndarray) -> None:  # pragma: no cover
+    """Two mixer inputs per hashed context, from x[2] on: its counter's stretched probability, and
+    that scaled by its confidence (count up to 15); a context never seen says nothing."""
+    for k in range(th.shape[0]):
+        idx[k] = base[k] + nib
+        e = np.int64(th[k, idx[k]])
+        if (e & 1023) == 0:
+            x[2 + 2 * k] = 0
+            x[3 + 2 * k] = 0
+        else:
+            x[2 + 2 * k] = STRETCH[e >> 20]
+            x[3 + 2 * k] = (STRETCH[e >> 20] * min(e & 1023, 15)) >> 4
+
+
+@numba.njit(inline="always")
+def _match(data: np.ndarray, i: int, mlen: int, ptr: int, mt: np.ndarray, hm: int,
+           minlen: int) -> tuple[int, int]:  # pragma: no cover
+    """The match model after byte i - 1: extend the current match (length, pointer to the byte it
+    predicts next), or look up where the context hashed to hm was last seen and verify the last
+    `minlen` bytes agree; then remember position i for hm."""
+    if mlen > 0 and data[ptr] == data[i - 1]:
+        mlen += 1
+        ptr += 1
+    else:
+        mlen = 0
+    if i >= minlen:
+        if mlen == 0 and mt[hm] > 0:
+            cand = mt[hm]
+            ln = 0
+            while ln < 32 and ln < cand and data[cand - 1 - ln] == data[i - 1 - ln]:
+                ln += 1
+            if ln >= minlen:
+                mlen, ptr = ln, cand
+        mt[hm] = i
+    return mlen, ptr
+
+
 @numba.njit(cache=True, nogil=True)
 def _code(data: np.ndarray, n: int, buf: np.ndarray, encode: bool) -> int:  # pragma: no cover
     """Encode data[:n] into buf and return the payload's length, or decode payload buf into data[:n].
@@ -112,12 +256,8 @@ def _code(data: np.ndarray, n: int, buf: np.ndarray, encode: bool) -> int:  # pr
     w2 = np.full((5 * 8, NI), (1 << 16) // 4, dtype=np.int64)
     w3 = np.full((256, NI), (1 << 16) // 4, dtype=np.int64)
     abits = min(16, tbits)
-    a1 = np.empty(256 * 64 * 33, dtype=np.int32)  # (int32 halves their set-up; the arithmetic is int64)
-    a2 = np.empty((1 << abits) * 33, dtype=np.int32)
-    for j in range(33):
-        v = SQUASH[min(max((j - 16) * 128, -2047), 2047) + 2048] * 16
-        a1[j::33] = v
-        a2[j::33] = v
+    a1 = _apm_table(256 * 64)
+    a2 = _apm_table(1 << abits)
     hh = np.zeros(NH, dtype=np.int64)
     base = np.zeros(NH, dtype=np.int64)
     idx = np.zeros(NH, dtype=np.int64)
@@ -126,12 +266,7 @@ def _code(data: np.ndarray, n: int, buf: np.ndarray, encode: bool) -> int:  # pr
     c4 = c8 = word = pword = ppword = np.int64(0)
     line = pline = 0
     mlen = ptr = 0
-    x1, x2, xc = np.int64(0), np.int64(0xFFFFFFFF), np.int64(0)
-    pos = 0
-    if not encode:
-        for _ in range(4):
-            xc = (xc << 8) | (np.int64(buf[pos]) if pos < buf.size else 255)
-            pos += 1
+    ac = _coder(buf, encode)
     for i in range(n):
         c1 = c4 & 255
         hh[0] = _hash(c4 & 0xFFFF, 2)
@@ -148,21 +283,7 @@ def _code(data: np.ndarray, n: int, buf: np.ndarray, encode: bool) -> int:  # pr
         hh[9] = _hash(above | (c1 << 8) | (min(col, 255) << 16), 11)
         # the match model: extend the current match, or look up where the last MINLEN bytes were seen
         if i > 0:
-            if mlen > 0 and data[ptr] == data[i - 1]:
-                mlen += 1
-                ptr += 1
-            else:
-                mlen = 0
-            if i >= MINLEN:
-                hm = _hash(c4, c8 & 0xFFFF) & ((1 << mbits) - 1)
-                if mlen == 0 and mt[hm] > 0:
-                    cand = mt[hm]
-                    ln = 0
-                    while ln < 32 and ln < cand and data[cand - 1 - ln] == data[i - 1 - ln]:
-                        ln += 1
-                    if ln >= MINLEN:
-                        mlen, ptr = ln, cand
-                mt[hm] = i
+            mlen, ptr = _match(data, i, mlen, ptr, mt, _hash(c4, c8 & 0xFFFF) & ((1 << mbits) - 1), MINLEN)
         mbucket = 0 if mlen == 0 else (mlen if mlen < 16 else min(16 + ((mlen - 16) >> 3), 31))
         expected = (np.int64(data[ptr]) | 256) if mlen > 0 else 0
         c0 = 1  # the bits of this byte so far, after a leading 1
@@ -172,35 +293,15 @@ def _code(data: np.ndarray, n: int, buf: np.ndarray, encode: bool) -> int:  # pr
                 # each context's 16-slot bucket for this nibble: slot 0 holds a check of the context,
                 # two candidate buckets, the less used one is replaced when neither matches
                 for k in range(NH):
-                    hv = _hash(hh[k], c0)
-                    check = np.uint32((hv >> 16) + 1)
-                    b0 = hv & mask & ~15
-                    b1 = b0 ^ 16
-                    if th[k, b0] == check:
-                        base[k] = b0
-                    elif th[k, b1] == check:
-                        base[k] = b1
-                    else:
-                        if (np.int64(th[k, b0 + 1]) & 1023) > (np.int64(th[k, b1 + 1]) & 1023):
-                            b0 = b1
-                        th[k, b0] = check
-                        th[k, b0 + 1 : b0 + 16] = INIT
-                        base[k] = b0
+                    base[k] = _bucket(th[k], _hash(hh[k], c0), mask)
                 nib = 1
             x[0] = STRETCH[np.int64(t0[c0]) >> 20]
             x[1] = STRETCH[np.int64(t1[(c1 << 8) | c0]) >> 20]
+            _counter_inputs(th, base, idx, nib, x)
             known = 0
-            for k in range(NH):
-                idx[k] = base[k] + nib
-                e = np.int64(th[k, idx[k]])
-                if (e & 1023) == 0:  # a context never seen says nothing
-                    x[2 + 2 * k] = 0
-                    x[3 + 2 * k] = 0
-                else:
-                    x[2 + 2 * k] = STRETCH[e >> 20]
-                    x[3 + 2 * k] = (STRETCH[e >> 20] * min(e & 1023, 15)) >> 4
-                    if 1 <= k <= 4:
-                        known += 1
+            for k in range(1, 5):
+                if (th[k, idx[k]] & 1023) != 0:
+                    known += 1
             mctx = 0
             if expected > 0 and (expected >> (8 - bit)) == c0:
                 mctx = mbucket * 2 + ((expected >> (7 - bit)) & 1)
@@ -211,61 +312,28 @@ def _code(data: np.ndarray, n: int, buf: np.ndarray, encode: bool) -> int:  # pr
             # have been seen and the bit position, by the last byte), averaged in the stretched domain
             s1 = c0 + 256 * (0 if mctx == 0 else (1 if mbucket < 8 else (2 if mbucket < 16 else 3)))
             s2 = known * 8 + bit
-            d1 = np.int64(0)
-            d2 = np.int64(0)
-            d3 = np.int64(0)
-            for k in range(NI):
-                d1 += w1[s1, k] * x[k]
-                d2 += w2[s2, k] * x[k]
-                d3 += w3[c1, k] * x[k]
-            d1 = min(max(d1 >> 16, -2047), 2047)
-            d2 = min(max(d2 >> 16, -2047), 2047)
-            d3 = min(max(d3 >> 16, -2047), 2047)
+            d1, d2, d3 = _mix(w1, s1, x), _mix(w2, s2, x), _mix(w3, c1, x)
             pm = SQUASH[((d1 + d2 + d3) * 21846 >> 16) + 2048]
             # adaptive probability maps on the partial byte with the match state, and with the last two bytes
             s = STRETCH[pm] + 2048
             lo, wt = s >> 7, s & 127
             i1 = (c0 + 256 * min(mctx, 63)) * 33 + lo
             i2 = ((((c4 & 0xFFFF) * 0x9E3779B1 >> 16) + c0 * 0x2F0F) & ((1 << abits) - 1)) * 33 + lo
-            p1 = (a1[i1] * (128 - wt) + a1[i1 + 1] * wt) >> 11
-            p2 = (a2[i2] * (128 - wt) + a2[i2 + 1] * wt) >> 11
+            p1, p2 = _apm(a1, i1, wt), _apm(a2, i2, wt)
             p = min(max((pm + p1 + 2 * p2 + 2) >> 2, 1), 4095)  # P(bit = 1), 12 bits
-            # binary arithmetic coding
-            xmid = x1 + ((x2 - x1) >> 12) * p
-            if encode:
-                y = (np.int64(data[i]) >> (7 - bit)) & 1
-            else:
-                y = 1 if xc <= xmid else 0
-            if y:
-                x2 = xmid
-            else:
-                x1 = xmid + 1
-            while ((x1 ^ x2) & 0xFF000000) == 0:
-                if encode:
-                    buf[pos] = x2 >> 24
-                else:
-                    xc = ((xc << 8) & 0xFFFFFFFF) | (np.int64(buf[pos]) if pos < buf.size else 255)
-                pos += 1
-                x1 = (x1 << 8) & 0xFFFFFFFF
-                x2 = ((x2 << 8) & 0xFFFFFFFF) | 255
+            y = _code_bit(ac, buf, p, (np.int64(data[i]) >> (7 - bit)) & 1 if encode else -1)
             # learn
-            e1 = ((y << 12) - SQUASH[d1 + 2048]) * MIX_LR
-            e2 = ((y << 12) - SQUASH[d2 + 2048]) * MIX_LR
-            e3 = ((y << 12) - SQUASH[d3 + 2048]) * MIX_LR
-            for k in range(NI):
-                w1[s1, k] += (x[k] * e1) >> 13
-                w2[s2, k] += (x[k] * e2) >> 13
-                w3[c1, k] += (x[k] * e3) >> 13
+            _mix_learn(w1, s1, x, d1, y, MIX_LR)
+            _mix_learn(w2, s2, x, d2, y, MIX_LR)
+            _mix_learn(w3, c1, x, d3, y, MIX_LR)
             _update(t0, c0, y, LIMIT)
             _update(t1, (c1 << 8) | c0, y, LIMIT)
             for k in range(NH):
                 _update(th[k], idx[k], y, LIMIT)
             if mctx:
                 _update(tm, mctx, y, 1023)
-            u1 = i1 + (wt >> 6)
-            a1[u1] += ((y << 16) - a1[u1]) >> APM_RATE
-            u2 = i2 + (wt >> 6)
-            a2[u2] += ((y << 16) - a2[u2]) >> APM_RATE
+            _apm_learn(a1, i1, wt, y)
+            _apm_learn(a2, i2, wt, y)
             c0 = (c0 << 1) | y
             nib = (nib << 1) | y
         byte = c0 & 255
@@ -283,14 +351,7 @@ def _code(data: np.ndarray, n: int, buf: np.ndarray, encode: bool) -> int:  # pr
                 ppword = pword
                 pword = word
             word = 0
-    if encode:  # all of x1: the decoder ends with exactly these bytes in hand, a check of the payload
-        for _ in range(4):
-            buf[pos] = x1 >> 24
-            x1 = (x1 << 8) & 0xFFFFFFFF
-            pos += 1
-    elif xc != x1:
-        return -1
-    return pos
+    return _finish(ac, buf, encode)
 
 
 def compress(data: bytes) -> bytes:

@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 class Stream:
     kind: str
     data: bytes
+    geometry: tuple[int, int] | None = None
+    """For an image stream in raster order: (bytes per row, bytes per pixel). It lets the `cm2d`
+    codec use the rows above; the archive does not record it (cm2d's payload carries its own)."""
 
 
 @dataclass

@@ -64,11 +64,14 @@ class Predictor:
         self.name = model.config.get("name", "")
 
 
-def classic_blocks(data: bytes) -> list[Coded]:
+def classic_blocks(data: bytes, geometry: tuple[int, int] | None = None) -> list[Coded]:
+    """The stream in blocks of CLASSIC_BLOCK bytes, each coded with the best classic codec; with an
+    image's geometry the blocks end on row boundaries, so cm2d sees whole rows."""
     out = []
-    for i in range(0, len(data), CLASSIC_BLOCK):
-        block = data[i : i + CLASSIC_BLOCK]
-        codec, payload = classic.best(block)
+    step = CLASSIC_BLOCK if geometry is None else max(1, CLASSIC_BLOCK // geometry[0]) * geometry[0]
+    for i in range(0, len(data), step):
+        block = data[i : i + step]
+        codec, payload = classic.best(block, geometry=geometry)
         out.append(Coded({"codec": codec, "size": len(block), "tokens": 0}, payload))
     return out
 
@@ -87,13 +90,15 @@ def looks_random(data: bytes, classic_coded: list[Coded]) -> bool:
 
 def encode_stream(kind: str, data: bytes, predictor: Predictor | None,
                   on_progress: Callable[[int], None] | None = None,
-                  fallback: Callable[[], Predictor] | None = None) -> list[Coded]:
+                  fallback: Callable[[], Predictor] | None = None,
+                  geometry: tuple[int, int] | None = None) -> list[Coded]:
     """Code one stream; `on_progress(n)` is called with bytes done as chunks finish.
 
     A stream the predictor's vocabulary cannot represent exactly (text a tokenizer drops bytes of)
     goes to `fallback()` (a byte-level predictor), or to the classic codecs when there is none.
+    `geometry` is an image stream's (see formats.Stream), for the classic cm2d codec.
     """
-    whole = classic_blocks(data)
+    whole = classic_blocks(data, geometry)
     if kind == "stored" or predictor is None or not data or looks_random(data, whole):
         if on_progress:
             on_progress(len(data))

@@ -43,7 +43,7 @@ class Bmp:
             px = px[:, :, [2, 1, 0] + list(range(3, c))]
         stream, layout = pixels.to_stream(np.ascontiguousarray(px))
         recipe = {"shape": [rows, w, c], "at": off, "stride": stride, "bottom_up": h > 0, "layout": layout}
-        return Split([Stream("binary", data[:off] + data[end:]), Stream("image", stream)], recipe)
+        return Split([Stream("binary", data[:off] + data[end:]), stream], recipe)
 
     def join(self, streams: list[bytes], recipe: dict) -> bytes:
         other, stream = streams

@@ -172,7 +172,7 @@ class Gif:
                 other.append(data[cut : pos + 1])
                 cut = end
                 stream, layout = pixels.to_stream(np.frombuffer(idx, dtype=np.uint8).reshape(h, w, 1))
-                images.append(Stream("image", stream))
+                images.append(stream)
                 blocks = [] if sizes == _usual(len(payload)) else sizes
                 frames.append({"shape": [h, w, 1], "mcs": mcs, "reset": habit, "layout": layout,
                                "blocks": blocks, "at": sum(map(len, other))})  # fmt: skip

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from archiver.formats import Stream
+
 PATCH = 0  # 0: raster rows, no patches
 PREDICTOR = "med"  # "none", "left", "up" or "med"
 
@@ -81,9 +83,11 @@ def unpredict(res: np.ndarray, mode: str) -> np.ndarray:
     return p[1:, 1:].astype(np.uint8)
 
 
-def to_stream(pix: np.ndarray) -> tuple[bytes, dict]:
-    """(H, W, C) uint8 pixels -> (image stream, layout for the recipe)."""
-    return patch_flatten(predict(pix, PREDICTOR)), {"patch": PATCH, "predictor": PREDICTOR}
+def to_stream(pix: np.ndarray) -> tuple[Stream, dict]:
+    """(H, W, C) uint8 pixels -> (image stream with its row geometry, layout for the recipe)."""
+    data = patch_flatten(predict(pix, PREDICTOR))
+    geometry = (pix.shape[1] * pix.shape[2], pix.shape[2]) if PATCH == 0 else None
+    return Stream("image", data, geometry), {"patch": PATCH, "predictor": PREDICTOR}
 
 
 def from_stream(data: bytes, shape: tuple[int, int, int] | list[int], layout: dict | None) -> np.ndarray:

@@ -201,7 +201,7 @@ class Png:
             "idat_sizes": [len(c[3]) for c in idat],
             "idat_at": a,
         }
-        return Split([Stream("binary", data[:a] + data[b:]), Stream("image", stream)], recipe)
+        return Split([Stream("binary", data[:a] + data[b:]), stream], recipe)
 
     @staticmethod
     def _pillow_pixels(data: bytes, ctype: int, shape: tuple[int, int, int]) -> np.ndarray:

@@ -43,7 +43,7 @@ class Pnm:
         pix = np.frombuffer(data[start:end], dtype=np.uint8).reshape(shape)
         stream, layout = pixels.to_stream(pix)
         return Split(
-            [Stream("binary", data[:start] + data[end:]), Stream("image", stream)],
+            [Stream("binary", data[:start] + data[end:]), stream],
             {"shape": shape, "at": start, "layout": layout},
         )
 

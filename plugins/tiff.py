@@ -59,7 +59,7 @@ class Tiff:
             pos = o + c
         other.append(data[pos:])
         recipe = {"shape": shape, "strips": [offsets, counts], "layout": layout}
-        return Split([Stream("binary", b"".join(other)), Stream("image", stream)], recipe)
+        return Split([Stream("binary", b"".join(other)), stream], recipe)
 
     def join(self, streams: list[bytes], recipe: dict) -> bytes:
         other, stream = streams

@@ -15,16 +15,26 @@ from tests.conftest import SAMPLES
 
 
 @settings(max_examples=40, deadline=None)
-@given(data=st.binary(max_size=3000) | st.text(max_size=1500).map(str.encode))
-def test_every_codec_round_trips(data):
+@given(data=st.binary(max_size=3000) | st.text(max_size=1500).map(str.encode),
+       geometry=st.tuples(st.integers(1, 200), st.integers(1, 4)))
+def test_every_codec_round_trips(data, geometry):
+    """Any geometry, even one that does not fit the data, only changes how well cm2d codes it."""
     for codec in classic.CODECS:
-        assert classic.decompress(codec, classic.compress(codec, data), len(data)) == data
+        assert classic.decompress(codec, classic.compress(codec, data, geometry), len(data)) == data
+
+
+def test_cm2d_needs_a_geometry_and_best_tries_it_only_with_one():
+    data = bytes(range(256)) * 8
+    with pytest.raises(ValueError, match="geometry"):
+        classic.compress("cm2d", data)
+    assert classic.best(data)[0] != "cm2d"
+    assert classic.best(data, cm=False, geometry=(64, 4))[0] != "cm2d"
 
 
 @pytest.mark.parametrize("codec", classic.CODECS[1:])
 def test_damaged_or_oversized_chunks_are_refused(codec):
     data = (SAMPLES / "notes.txt").read_bytes()
-    packed = classic.compress(codec, data)
+    packed = classic.compress(codec, data, (80, 1))
     with pytest.raises(ValueError):
         classic.decompress(codec, packed[: len(packed) // 2], len(data))
     with pytest.raises(ValueError):  # a chunk may not decode to more than its record says
@@ -48,16 +58,16 @@ def _index(codec: str, version: int = 1) -> Index:
 
 def test_index_version_rises_only_with_a_new_codec():
     """An archive that uses no brotli or cm chunk keeps index version 1 (older lmarc reads it); one
-    with brotli says 2, one with cm 3, and an index naming a codec newer than its version, or an
+    with brotli says 2, one with cm 3, one with cm2d 5, and an index naming a codec newer than its version, or an
     unknown version, is refused."""
     assert Index.from_bytes(_index("xz").to_bytes()).version == 1
-    for codec, version in (("brotli", 2), ("cm", 3)):
+    for codec, version in (("brotli", 2), ("cm", 3), ("cm2d", 5)):
         index = Index.from_bytes(_index(codec).to_bytes())
         assert index.version == version
         validate_index(index, 100)
         with pytest.raises(ArchiveError, match="chunk codec"):
             validate_index(_index(codec, version=version - 1), 100)
-    newer = {"format": "lmarc", "version": 5, "entries": [], "objects": {}, "models": {}}
+    newer = {"format": "lmarc", "version": 6, "entries": [], "objects": {}, "models": {}}
     with pytest.raises(ArchiveError, match="newer lmarc"):
         Index.from_bytes(zlib.compress(json.dumps(newer).encode()))
 
@@ -66,7 +76,7 @@ def test_brotli_is_not_tried_on_large_blocks(monkeypatch):
     """It would only add time there (2.5x xz's, for ~2%)."""
     tried = []
     real = classic.compress
-    monkeypatch.setattr(classic, "compress", lambda c, d: tried.append((c, len(d))) or real(c, d))
+    monkeypatch.setattr(classic, "compress", lambda c, d, g=None: tried.append((c, len(d))) or real(c, d, g))
     classic.best(bytes(classic.BROTLI_MAX + 1))
     classic.best(bytes(1000))
     assert [c for c, n in tried if n > classic.BROTLI_MAX] == ["zstd", "xz", "cm"]

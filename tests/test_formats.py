@@ -256,8 +256,9 @@ def test_new_layout_is_raster_and_old_recipes_keep_their_patches():
 
     pix = np.random.default_rng(3).integers(0, 256, (40, 37, 3)).astype(np.uint8)
     stream, layout = to_stream(pix)
-    assert layout == {"patch": 0, "predictor": "med"} and stream == predict(pix, "med").tobytes()
-    assert np.array_equal(from_stream(stream, pix.shape, layout), pix)
+    assert layout == {"patch": 0, "predictor": "med"} and stream.data == predict(pix, "med").tobytes()
+    assert stream.kind == "image" and stream.geometry == (37 * 3, 3)  # rows of 37 three-byte pixels
+    assert np.array_equal(from_stream(stream.data, pix.shape, layout), pix)
     assert np.array_equal(from_stream(patch_flatten(pix, 16), pix.shape, None), pix)
 
 
