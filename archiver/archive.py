@@ -39,6 +39,7 @@ class Settings:
     threads: int | None = None
     solid: bool = True  # code small files' streams together in blocks where that is smaller (archiver.solid)
     _predictors: dict[str, Predictor] = field(default_factory=dict)
+    tracks: dict[str, streamcoder.Track] = field(default_factory=dict)  # per kind, for this run (streamcoder.Track)
 
     def predictor(self, model_id: str | None = None, hint: str | None = None) -> Predictor:
         """The chosen model (`model_id` None) or the one an archive names by id."""
@@ -190,8 +191,9 @@ def _store_object(data: bytes, name: str, writer: ArchiveWriter, packer: SolidPa
     coded = []
     for s in chosen.split.streams:  # text to a text model, the rest (and text it cannot tokenize) to bytes
         pred = None if s.kind == "stored" or settings.model == registry.NONE else settings.predictor_for(s.kind)
+        track = settings.tracks.setdefault(s.kind, streamcoder.Track())
         coded.append((s, streamcoder.encode_stream(s.kind, s.data, pred, lambda n: ui.advance(round(n * scale)),
-                                                   settings.byte_predictor, s.geometry)))
+                                                   settings.byte_predictor, s.geometry, track)))
     fmt, recipe = chosen.format, chosen.split.recipe
     # (a format whose one stream is the file itself was already weighed against these bytes' classic coding)
     if fmt.name != RAW and [s.data for s in chosen.split.streams] != [data]:

@@ -41,8 +41,30 @@ SCORE_TOKENS = 8192  # tokens scored per engine call: progress moves, memory sta
 SCORE_CELLS = 1 << 27  # and at most this many table entries (1 GiB of int64): large vocabularies
 PROBE_BYTES = 64 << 10  # a stream this long is probed first: a few chunks spread over it are
 PROBE_CHUNKS = 4  # LM-coded, and when they come out larger than the whole-stream classic coding
+TRACK_BYTES = 64 << 10  # once the LM has been scored on this much of a kind's data in one run
+TRACK_MARGIN = 1.1  # and lost to the classic codecs by this factor, it is not tried on that kind again
 PROBE_MARGIN = 1.0  # (per byte, with this margin) the rest is not scored: the LM would lose anyway.
 # (1.1 until cm2d: photos, where cm2d beats the LM by ~4%, were scored in full and then discarded)
+
+
+@dataclass
+class Track:
+    """How the LM has done against the classic codecs on one kind's streams so far in a run.
+
+    Why: a stream under PROBE_BYTES is scored whole before the LM can lose, and a folder of small
+    files is all such streams. With the default model on text (~3.9 bits/byte against cm's ~1.2)
+    that is nearly all of `add`'s time, for nothing. The margin is wide so that a kind where the
+    LM wins on some files and loses on others keeps it."""
+
+    data: int = 0  # bytes the LM was scored on
+    lm: int = 0  # what the LM path (its chunks, each at most its classic coding) made of them
+    classic: int = 0  # what the classic codecs made of the same bytes (prorated for a probe)
+
+    def hopeless(self) -> bool:
+        return self.data >= TRACK_BYTES and self.lm > TRACK_MARGIN * self.classic
+
+    def add(self, data: int, lm: int, classic: int) -> None:
+        self.data, self.lm, self.classic = self.data + data, self.lm + lm, self.classic + classic
 
 
 @dataclass
@@ -92,15 +114,17 @@ def looks_random(data: bytes, classic_coded: list[Coded]) -> bool:
 def encode_stream(kind: str, data: bytes, predictor: Predictor | None,
                   on_progress: Callable[[int], None] | None = None,
                   fallback: Callable[[], Predictor] | None = None,
-                  geometry: tuple[int, int] | None = None) -> list[Coded]:
+                  geometry: tuple[int, int] | None = None, track: Track | None = None) -> list[Coded]:
     """Code one stream; `on_progress(n)` is called with bytes done as chunks finish.
 
     A stream the predictor's vocabulary cannot represent exactly (text a tokenizer drops bytes of)
     goes to `fallback()` (a byte-level predictor), or to the classic codecs when there is none.
-    `geometry` is an image stream's (see formats.Stream), for the classic cm2d codec.
+    `geometry` is an image stream's (see formats.Stream), for the classic cm2d codec. `track` is
+    this kind's record in the run: consulted first, updated whenever the LM is scored.
     """
     whole = classic_blocks(data, geometry)
-    if kind == "stored" or predictor is None or not data or looks_random(data, whole):
+    if (kind == "stored" or predictor is None or not data or looks_random(data, whole)
+            or (track is not None and track.hopeless())):
         if on_progress:
             on_progress(len(data))
         return whole
@@ -124,20 +148,23 @@ def encode_stream(kind: str, data: bytes, predictor: Predictor | None,
     rest = [i for i in range(len(pieces)) if i not in probe]
     batches = ([probe] if probing else []) + [rest[g : g + group] for g in range(0, len(rest), group)]
     coded: dict[int, Coded] = {}
+    classic_size = sum(len(c.payload) for c in whole)
+    track = Track() if track is None else track
     for batch in batches:
         coded |= _code_pieces(kind, [pieces[i] for i in batch], batch, predictor, on_progress)
         if probing:
             probing = False
             probed = sum(c.record["size"] for c in coded.values())
-            classic_size = sum(len(c.payload) for c in whole)
-            if sum(len(c.payload) for c in coded.values()) > PROBE_MARGIN * classic_size * probed / len(data):
+            lm_size = sum(len(c.payload) for c in coded.values())
+            if lm_size > PROBE_MARGIN * classic_size * probed / len(data):
+                track.add(probed, lm_size, round(classic_size * probed / len(data)))
                 if on_progress:
                     on_progress(len(data) - probed)
                 return whole
     chunks = [coded[i] for i in range(len(pieces))]
-    if sum(len(c.payload) for c in whole) <= sum(len(c.payload) for c in chunks):
-        return whole
-    return chunks
+    lm_size = sum(len(c.payload) for c in chunks)
+    track.add(len(data), lm_size, classic_size)
+    return whole if classic_size <= lm_size else chunks
 
 
 def _code_pieces(kind: str, pieces: list[np.ndarray], ids: list[int], predictor: Predictor,

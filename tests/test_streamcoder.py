@@ -51,3 +51,37 @@ def test_probing_does_not_change_what_is_coded(monkeypatch):
     plain = streamcoder.encode_stream("text", data, pred)
     assert [(c.record, c.payload) for c in probed] == [(c.record, c.payload) for c in plain]
     assert len(plain) > 8 and {c.record["codec"] for c in plain} == {"lm"}
+
+
+def test_a_kind_the_lm_keeps_losing_stops_being_scored(monkeypatch):
+    """Small streams are scored whole before the LM can lose; once it has lost on enough of a kind's
+    bytes in one run, the rest of that kind goes straight to the classic codecs (a folder of small
+    text files with the default model). The record is per kind: another kind is still scored."""
+    pred = streamcoder.Predictor(intmodel.load(TINY))
+    monkeypatch.setattr(streamcoder, "TRACK_BYTES", 6000)
+    scored = []
+    real = pred.engine.score
+    monkeypatch.setattr(pred.engine, "score", lambda seqs, alpha: scored.append(len(seqs)) or real(seqs, alpha))
+    rng = np.random.default_rng(1)
+    block = rng.integers(0, 256, 500, dtype=np.uint8).tobytes()
+    files = [block * 4 + bytes([i]) for i in range(8)]  # 2 KB each: xz finds the repeats, the LM cannot
+    track = streamcoder.Track()
+    for i, data in enumerate(files):
+        coded = streamcoder.encode_stream("binary", data, pred, track=track)
+        assert coded == streamcoder.classic_blocks(data)
+        assert bool(scored) and (len(scored) == i + 1 or track.hopeless())
+    assert track.hopeless() and len(scored) == 3 and track.data == 3 * len(files[0])
+    assert track.lm > streamcoder.TRACK_MARGIN * track.classic
+    streamcoder.encode_stream("binary", files[0], pred, track=streamcoder.Track())
+    assert len(scored) == 4
+
+
+def test_a_kind_the_lm_wins_keeps_being_scored(monkeypatch):
+    pred = streamcoder.Predictor(intmodel.load(TINY))
+    monkeypatch.setattr(classic, "CODECS", tuple(c for c in classic.CODECS if c != "cm"))  # cm would beat it
+    monkeypatch.setattr(streamcoder, "TRACK_BYTES", 1000)
+    data = (SAMPLES / "weather.json").read_bytes()
+    track = streamcoder.Track()
+    for _ in range(3):
+        assert {c.record["codec"] for c in streamcoder.encode_stream("text", data, pred, track=track)} == {"lm"}
+    assert track.data == 3 * len(data) and track.lm < track.classic and not track.hopeless()
