@@ -42,7 +42,7 @@ SCORE_CELLS = 1 << 27  # and at most this many table entries (1 GiB of int64): l
 PROBE_BYTES = 64 << 10  # a stream this long is probed first: a few chunks spread over it are
 PROBE_CHUNKS = 4  # LM-coded, and when they come out larger than the whole-stream classic coding
 TRACK_BYTES = 64 << 10  # once the LM has been scored on this much of a kind's data in one run
-TRACK_MARGIN = 1.1  # and lost to the classic codecs by this factor, it is not tried on that kind again
+TRACK_GAIN = 0.01  # and saved less than this share of the classic codings, it is not tried on that kind again
 PROBE_MARGIN = 1.0  # (per byte, with this margin) the rest is not scored: the LM would lose anyway.
 # (1.1 until cm2d: photos, where cm2d beats the LM by ~4%, were scored in full and then discarded)
 
@@ -53,18 +53,19 @@ class Track:
 
     Why: a stream under PROBE_BYTES is scored whole before the LM can lose, and a folder of small
     files is all such streams. With the default model on text (~3.9 bits/byte against cm's ~1.2)
-    that is nearly all of `add`'s time, for nothing. The margin is wide so that a kind where the
-    LM wins on some files and loses on others keeps it."""
+    that is nearly all of `add`'s time, for nothing. What counts is what the LM saved where it won,
+    not its total against the classic codecs: one stream of near-silence, where cm is 2x smaller,
+    must not switch the LM off for the recordings after it."""
 
     data: int = 0  # bytes the LM was scored on
-    lm: int = 0  # what the LM path (its chunks, each at most its classic coding) made of them
-    classic: int = 0  # what the classic codecs made of the same bytes (prorated for a probe)
+    classic: int = 0  # what the classic codecs made of them (prorated for a probe)
+    gain: int = 0  # bytes the LM path saved over the classic codings, summed over streams it won
 
     def hopeless(self) -> bool:
-        return self.data >= TRACK_BYTES and self.lm > TRACK_MARGIN * self.classic
+        return self.data >= TRACK_BYTES and self.gain < TRACK_GAIN * self.classic
 
     def add(self, data: int, lm: int, classic: int) -> None:
-        self.data, self.lm, self.classic = self.data + data, self.lm + lm, self.classic + classic
+        self.data, self.classic, self.gain = self.data + data, self.classic + classic, self.gain + max(0, classic - lm)
 
 
 @dataclass
