@@ -96,6 +96,12 @@ def _update(t: np.ndarray, i: int, y: int, limit: int) -> None:  # pragma: no co
     t[i] = np.uint32((p << 10) | min(n + 1, limit))
 
 
+# The helpers below are shared with `archiver.imagemix` (cm2d), which inlines them into its own
+# compiled loop. numba's on-disk cache keys a function on its own file only: a change here would
+# not recompile imagemix until imagemix.py changes too. (Any change here changes both codecs'
+# bits, so it is a new codec name and index version anyway; the golden digests catch it.)
+
+
 @numba.njit(inline="always")
 def _bucket(t: np.ndarray, hv: int, mask: int) -> int:  # pragma: no cover
     """The 16-slot bucket of a hashed context for one nibble: slot 0 holds a check of the context;

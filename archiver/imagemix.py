@@ -12,7 +12,7 @@ coders such as CALIC and paq8's image models. Four mixers (by channel, busyness,
 texture) and two probability maps combine them.
 
 Measured (`docs/benchmarks.md`): on the unseen sprites and icons its streams are 0.81 of cm's and
-lmarc went from 0.963 to 0.914 x optipng; on 200-row crops of three dev Kodak photos it is 3.9%
+lmarc went from 0.963 to 0.912 x optipng; on 200-row crops of three dev Kodak photos it is 4%
 smaller than the default LM (at about 200 KB/s against the LM's 10-15), and on the dev GIMP icons
 about 5% smaller in total (the LM still wins on most single 48x48 icons).
 
