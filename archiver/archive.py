@@ -206,7 +206,7 @@ def _store_object(data: bytes, name: str, writer: ArchiveWriter, packer: SolidPa
     streams = []
     for s, cs in coded:
         rec = {"kind": s.kind, "size": len(s.data)}
-        if not (packer and packer.offer(rec, s.data, cs)):
+        if not (packer and packer.offer(rec, s.data, cs, s.geometry)):
             rec["chunks"] = writer.write_coded(cs)
         streams.append(rec)
     return {"format": fmt.name, "format_version": fmt.version, "recipe": recipe, "streams": streams}

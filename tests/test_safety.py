@@ -180,7 +180,9 @@ def test_ctrl_c_during_add_says_so_and_changes_nothing(two_adds, tmp_path):
     arc0, _ = two_adds
     arc = tmp_path / "c.lma"
     arc.write_bytes(arc0.read_bytes())
-    p = subprocess.Popen([*LMARC, "add", "-a", str(arc), "--model", str(TINY), str(_big_input(tmp_path))],
+    # 3.5 MB: once the tiny model has lost on the first 64 KiB, the rest is cm's (about 10 s here)
+    src = _big_input(tmp_path, reps=250)
+    p = subprocess.Popen([*LMARC, "add", "-a", str(arc), "--model", str(TINY), str(src)],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(2.5)
     p.send_signal(signal.SIGINT)

@@ -7,6 +7,7 @@ import random
 import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from archiver import classic, solid
@@ -123,6 +124,32 @@ def test_a_block_is_written_only_where_it_pays():
     assert all("part" not in c for s, _, _ in noise for c in s["chunks"])
     assert all("part" in s["chunks"][0] for s, _, _ in texts)
     assert [(c["codec"], "part" in c) for c in lm[0]["chunks"]] == [("lm", False)]
+
+
+def test_images_of_one_geometry_share_a_cm2d_block():
+    """Four tiles of the sample image, coded as one tall image, cost less than each alone and than
+    a cm block; a tile of another width stays out of that block."""
+    from PIL import Image
+
+    from lmarc_plugins.pixels import to_stream
+
+    pix = np.asarray(Image.open(SAMPLES / "gradient.png"))
+    tiles = [to_stream(np.ascontiguousarray(pix[y : y + 16]))[0] for y in range(0, pix.shape[0], 16)]
+    odd, _ = to_stream(np.random.default_rng(0).integers(0, 4, (10, 30, 3), dtype=np.uint8))
+    w = _Writer()
+    packer = solid.SolidPacker(w)
+    members = []
+    for s in [*tiles, odd]:
+        codec, payload = classic.best(s.data, geometry=s.geometry)
+        members.append(_member("image", s.data, codec, payload))
+        assert packer.offer(*members[-1], geometry=s.geometry)
+    packer.flush()
+    chunks = [m[0]["chunks"][0] for m in members]
+    assert {c["codec"] for c in chunks[:4]} == {"cm2d"} and {c["offset"] for c in chunks[:4]} == {16}
+    assert all("part" in c for c in chunks[:4]) and chunks[4]["offset"] != 16
+    tall = b"".join(s.data for s in tiles)
+    assert classic.decompress("cm2d", w.payloads[0], len(tall)) == tall
+    assert len(w.payloads[0]) < min(sum(len(m[2][0].payload) for m in members[:4]), len(classic.best(tall)[1]))
 
 
 def _index(chunks: list[dict], version: int = 4) -> Index:
