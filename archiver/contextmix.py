@@ -246,6 +246,37 @@ def _match(data: np.ndarray, i: int, mlen: int, ptr: int, mt: np.ndarray, hm: in
     return mlen, ptr
 
 
+@numba.njit(inline="always")
+def _match_state(data: np.ndarray, mlen: int, ptr: int) -> tuple[int, int]:  # pragma: no cover
+    """(length bucket 0-31, the predicted byte with a leading 1, or 0 without a match)."""
+    if mlen == 0:
+        return 0, 0
+    return (mlen if mlen < 16 else min(16 + ((mlen - 16) >> 3), 31)), np.int64(data[ptr]) | 256
+
+
+@numba.njit(inline="always")
+def _match_input(tm: np.ndarray, expected: int, mbucket: int, bit: int, c0: int,
+                 x: np.ndarray) -> int:  # pragma: no cover
+    """The match model's mixer input (x[-2]) while the predicted byte agrees with the bits so far;
+    returns its counter's index (0: no prediction for this bit)."""
+    if expected > 0 and (expected >> (8 - bit)) == c0:
+        mctx = mbucket * 2 + ((expected >> (7 - bit)) & 1)
+        x[x.size - 2] = STRETCH[np.int64(tm[mctx]) >> 20]
+        return mctx
+    x[x.size - 2] = 0
+    return 0
+
+
+@numba.njit(inline="always")
+def _learn_counters(th: np.ndarray, idx: np.ndarray, tm: np.ndarray, mctx: int, y: int,
+                    limit: int) -> None:  # pragma: no cover
+    """Move every hashed context's counter, and the match model's, towards the coded bit."""
+    for k in range(th.shape[0]):
+        _update(th[k], idx[k], y, limit)
+    if mctx:
+        _update(tm, mctx, y, 1023)
+
+
 @numba.njit(cache=True, nogil=True)
 def _code(data: np.ndarray, n: int, buf: np.ndarray, encode: bool) -> int:  # pragma: no cover
     """Encode data[:n] into buf and return the payload's length, or decode payload buf into data[:n].
@@ -290,8 +321,7 @@ def _code(data: np.ndarray, n: int, buf: np.ndarray, encode: bool) -> int:  # pr
         # the match model: extend the current match, or look up where the last MINLEN bytes were seen
         if i > 0:
             mlen, ptr = _match(data, i, mlen, ptr, mt, _hash(c4, c8 & 0xFFFF) & ((1 << mbits) - 1), MINLEN)
-        mbucket = 0 if mlen == 0 else (mlen if mlen < 16 else min(16 + ((mlen - 16) >> 3), 31))
-        expected = (np.int64(data[ptr]) | 256) if mlen > 0 else 0
+        mbucket, expected = _match_state(data, mlen, ptr)
         c0 = 1  # the bits of this byte so far, after a leading 1
         nib = 1
         for bit in range(8):
@@ -308,12 +338,7 @@ def _code(data: np.ndarray, n: int, buf: np.ndarray, encode: bool) -> int:  # pr
             for k in range(1, 5):
                 if (th[k, idx[k]] & 1023) != 0:
                     known += 1
-            mctx = 0
-            if expected > 0 and (expected >> (8 - bit)) == c0:
-                mctx = mbucket * 2 + ((expected >> (7 - bit)) & 1)
-                x[NI - 2] = STRETCH[np.int64(tm[mctx]) >> 20]
-            else:
-                x[NI - 2] = 0
+            mctx = _match_input(tm, expected, mbucket, bit, c0, x)
             # three mixers (chosen by the partial byte and match length, by how many of orders 3-6
             # have been seen and the bit position, by the last byte), averaged in the stretched domain
             s1 = c0 + 256 * (0 if mctx == 0 else (1 if mbucket < 8 else (2 if mbucket < 16 else 3)))
@@ -334,10 +359,7 @@ def _code(data: np.ndarray, n: int, buf: np.ndarray, encode: bool) -> int:  # pr
             _mix_learn(w3, c1, x, d3, y, MIX_LR)
             _update(t0, c0, y, LIMIT)
             _update(t1, (c1 << 8) | c0, y, LIMIT)
-            for k in range(NH):
-                _update(th[k], idx[k], y, LIMIT)
-            if mctx:
-                _update(tm, mctx, y, 1023)
+            _learn_counters(th, idx, tm, mctx, y, LIMIT)
             _apm_learn(a1, i1, wt, y)
             _apm_learn(a2, i2, wt, y)
             c0 = (c0 << 1) | y

@@ -46,7 +46,10 @@ from archiver.contextmix import (
     _counter_inputs,
     _finish,
     _hash,
+    _learn_counters,
     _match,
+    _match_input,
+    _match_state,
     _mix,
     _mix_learn,
     _update,
@@ -169,8 +172,7 @@ def _code(data: np.ndarray, n: int, buf: np.ndarray, encode: bool, stride: int, 
         hh[14] = _hash(_offset(w + g - pred, 64) | ((r1 & 255) << 8), cc + 224)
         if i > 0:
             mlen, ptr = _match(data, i, mlen, ptr, mt, _hash(c4, c8) & ((1 << mbits) - 1), MINLEN)
-        mbucket = 0 if mlen == 0 else (mlen if mlen < 16 else min(16 + ((mlen - 16) >> 3), 31))
-        expected = (np.int64(data[ptr]) | 256) if mlen > 0 else 0
+        mbucket, expected = _match_state(data, mlen, ptr)
         chs = min(ch, 7)
         lr = MIX_LR + (16 << 14) // (i + 16384)
         c0 = 1
@@ -183,12 +185,7 @@ def _code(data: np.ndarray, n: int, buf: np.ndarray, encode: bool, stride: int, 
             x[0] = STRETCH[np.int64(t0[chs * 256 + c0]) >> 20]
             x[1] = STRETCH[np.int64(t1[(pred << 8) | c0]) >> 20]
             _counter_inputs(th, base, idx, nib, x)
-            mctx = 0
-            if expected > 0 and (expected >> (8 - bit)) == c0:
-                mctx = mbucket * 2 + ((expected >> (7 - bit)) & 1)
-                x[NI - 2] = STRETCH[np.int64(tm[mctx]) >> 20]
-            else:
-                x[NI - 2] = 0
+            mctx = _match_input(tm, expected, mbucket, bit, c0, x)
             # three mixers: by channel and partial byte; by busyness, channel and bit; by flatness and bit
             s1 = chs * 256 + c0
             s2 = (lvl * 8 + chs) * 8 + bit
@@ -209,10 +206,7 @@ def _code(data: np.ndarray, n: int, buf: np.ndarray, encode: bool, stride: int, 
             _mix_learn(w4, s4, x, d4, y, lr)
             _update(t0, chs * 256 + c0, y, LIMIT)
             _update(t1, (pred << 8) | c0, y, LIMIT)
-            for k in range(NH):
-                _update(th[k], idx[k], y, LIMIT)
-            if mctx:
-                _update(tm, mctx, y, 1023)
+            _learn_counters(th, idx, tm, mctx, y, LIMIT)
             _apm_learn(a1, i1, wt, y)
             _apm_learn(a2, i2, wt, y)
             c0 = (c0 << 1) | y
