@@ -182,8 +182,11 @@ def test_ctrl_c_during_add_says_so_and_changes_nothing(two_adds, tmp_path):
     arc.write_bytes(arc0.read_bytes())
     # 3.5 MB: once the tiny model has lost on the first 64 KiB, the rest is cm's (about 10 s here)
     src = _big_input(tmp_path, reps=250)
+    # (a job started in the background by a non-interactive shell inherits SIGINT ignored: restore it,
+    # as a terminal's Ctrl-C would find it)
     p = subprocess.Popen([*LMARC, "add", "-a", str(arc), "--model", str(TINY), str(src)],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     time.sleep(2.5)
     p.send_signal(signal.SIGINT)
     _, err = p.communicate(timeout=60)
