@@ -268,9 +268,12 @@ def _match_input(tm: np.ndarray, expected: int, mbucket: int, bit: int, c0: int,
 
 
 @numba.njit(inline="always")
-def _learn_counters(th: np.ndarray, idx: np.ndarray, tm: np.ndarray, mctx: int, y: int,
-                    limit: int) -> None:  # pragma: no cover
-    """Move every hashed context's counter, and the match model's, towards the coded bit."""
+def _learn_counters(t0: np.ndarray, i0: int, t1: np.ndarray, i1: int, th: np.ndarray, idx: np.ndarray,
+                    tm: np.ndarray, mctx: int, y: int, limit: int) -> None:  # pragma: no cover
+    """Move every counter that predicted this bit towards it: the two direct tables' (t0[i0],
+    t1[i1]), every hashed context's, and the match model's."""
+    _update(t0, i0, y, limit)
+    _update(t1, i1, y, limit)
     for k in range(th.shape[0]):
         _update(th[k], idx[k], y, limit)
     if mctx:
@@ -357,9 +360,7 @@ def _code(data: np.ndarray, n: int, buf: np.ndarray, encode: bool) -> int:  # pr
             _mix_learn(w1, s1, x, d1, y, MIX_LR)
             _mix_learn(w2, s2, x, d2, y, MIX_LR)
             _mix_learn(w3, c1, x, d3, y, MIX_LR)
-            _update(t0, c0, y, LIMIT)
-            _update(t1, (c1 << 8) | c0, y, LIMIT)
-            _learn_counters(th, idx, tm, mctx, y, LIMIT)
+            _learn_counters(t0, c0, t1, (c1 << 8) | c0, th, idx, tm, mctx, y, LIMIT)
             _apm_learn(a1, i1, wt, y)
             _apm_learn(a2, i2, wt, y)
             c0 = (c0 << 1) | y
@@ -382,12 +383,17 @@ def _code(data: np.ndarray, n: int, buf: np.ndarray, encode: bool) -> int:  # pr
     return _finish(ac, buf, encode)
 
 
+def payload_buffer(size: int) -> np.ndarray:
+    """Room for the coding of `size` bytes by this coder: a bit costs at most 12 bits (p >= 1/4096),
+    so 12 bytes per byte bound it, plus the 4-byte final state."""
+    return np.empty(12 * size + 8, dtype=np.uint8)
+
+
 def compress(data: bytes) -> bytes:
     if len(data) > MAX_SIZE:
         raise ValueError(f"cm codes at most {MAX_SIZE} bytes at a time")
     src = np.frombuffer(data, dtype=np.uint8).copy()
-    # a bit costs at most 12 bits (p >= 1/4096): 12 bytes per byte bounds the output
-    out = np.empty(12 * len(data) + 8, dtype=np.uint8)
+    out = payload_buffer(len(data))
     return out[: _code(src, len(data), out, True)].tobytes()
 
 

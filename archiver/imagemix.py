@@ -52,7 +52,7 @@ from archiver.contextmix import (
     _match_state,
     _mix,
     _mix_learn,
-    _update,
+    payload_buffer,
     table_bits,
 )
 
@@ -204,9 +204,7 @@ def _code(data: np.ndarray, n: int, buf: np.ndarray, encode: bool, stride: int, 
             _mix_learn(w2, s2, x, d2, y, lr)
             _mix_learn(w3, s3, x, d3, y, lr)
             _mix_learn(w4, s4, x, d4, y, lr)
-            _update(t0, chs * 256 + c0, y, LIMIT)
-            _update(t1, (pred << 8) | c0, y, LIMIT)
-            _learn_counters(th, idx, tm, mctx, y, LIMIT)
+            _learn_counters(t0, chs * 256 + c0, t1, (pred << 8) | c0, th, idx, tm, mctx, y, LIMIT)
             _apm_learn(a1, i1, wt, y)
             _apm_learn(a2, i2, wt, y)
             c0 = (c0 << 1) | y
@@ -226,7 +224,7 @@ def compress(data: bytes, stride: int, chans: int) -> bytes:
         raise ValueError(f"cm2d codes at most {MAX_SIZE} bytes at a time")
     stride, chans = _geometry(stride, chans)
     src = np.frombuffer(data, dtype=np.uint8).copy()
-    out = np.empty(12 * len(data) + 8, dtype=np.uint8)
+    out = payload_buffer(len(data))
     return HEADER.pack(stride, chans, len(data)) + out[: _code(src, len(data), out, True, stride, chans)].tobytes()
 
 

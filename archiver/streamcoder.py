@@ -157,8 +157,9 @@ def encode_stream(kind: str, data: bytes, predictor: Predictor | None,
             probing = False
             probed = sum(c.record["size"] for c in coded.values())
             lm_size = sum(len(c.payload) for c in coded.values())
-            if lm_size > PROBE_MARGIN * classic_size * probed / len(data):
-                track.add(probed, lm_size, round(classic_size * probed / len(data)))
+            classic_share = classic_size * probed / len(data)  # the classic coding of the probed bytes
+            if lm_size > PROBE_MARGIN * classic_share:
+                track.add(probed, lm_size, round(classic_share))
                 if on_progress:
                     on_progress(len(data) - probed)
                 return whole
