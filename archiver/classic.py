@@ -1,7 +1,8 @@
 """Fallback codecs for data the LM does not win on: store, zstd -19 (long window), xz -9e, brotli
 -q 11 (whose built-in dictionary of common words and markup wins on small text files), cm, our
-context-mixing codec (`archiver.contextmix`), which beats all of them on most text, and cm2d, its
-image variant (`archiver.imagemix`), tried on image streams whose row geometry is known."""
+context-mixing codec (`archiver.contextmix`), which beats all of them on most text, and its two
+variants for structured streams whose geometry (`formats.Stream.geometry`) is known: cm2d for
+images (`archiver.imagemix`) and cmpcm for audio (`archiver.audiomix`)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ import lzma
 import brotli
 import zstandard
 
-from archiver import contextmix, imagemix
+from archiver import audiomix, contextmix, imagemix
 
-CODECS = ("store", "zstd", "xz", "brotli", "cm", "cm2d")
+CODECS = ("store", "zstd", "xz", "brotli", "cm", "cm2d", "cmpcm")
+STRUCTURED = {"image": "cm2d", "audio": "cmpcm"}  # the codec that models a stream kind's geometry
 BROTLI_MAX = 256 << 10  # brotli's edge is its built-in dictionary, on small inputs; on a 4 MiB block
 # it measured 2% under xz at 2.5x xz's time (1 MB/s), so best() does not try it on larger ones
 XZ_DICT = 1 << 26  # xz -9's dictionary; the decoder's buffer, enough for every encoder setting below
@@ -23,7 +25,8 @@ def _xz_filters(dict_size: int) -> list[dict]:
 
 
 def compress(codec: str, data: bytes, geometry: tuple[int, int] | None = None) -> bytes:
-    """`geometry` (bytes per row, bytes per pixel) is cm2d's, which needs it."""
+    """`geometry` is the structured codecs', which need it: cm2d's (bytes per row, bytes per pixel),
+    cmpcm's (bytes per channel, bytes per sample); data that is not whole channels is one channel."""
     if codec == "store":
         return data
     if codec == "zstd":
@@ -41,6 +44,11 @@ def compress(codec: str, data: bytes, geometry: tuple[int, int] | None = None) -
         if geometry is None:
             raise ValueError("cm2d needs the image's row geometry")
         return imagemix.compress(data, *geometry)
+    if codec == "cmpcm":
+        if geometry is None:
+            raise ValueError("cmpcm needs the audio's channel geometry")
+        per = geometry[0]
+        return audiomix.compress(data, len(data) // per if per > 0 and len(data) % per == 0 else 1)
     raise ValueError(f"unknown codec {codec!r}")
 
 
@@ -66,6 +74,8 @@ def decompress(codec: str, data: bytes, size: int) -> bytes:
             out = contextmix.decompress(data, size)
         elif codec == "cm2d":
             out = imagemix.decompress(data, size)
+        elif codec == "cmpcm":
+            out = audiomix.decompress(data, size)
         else:
             raise ValueError(f"unknown codec {codec!r}")
     except (zstandard.ZstdError, lzma.LZMAError, brotli.error) as e:
@@ -75,17 +85,20 @@ def decompress(codec: str, data: bytes, size: int) -> bytes:
     return out
 
 
-def best(data: bytes, cm: bool = True, geometry: tuple[int, int] | None = None) -> tuple[str, bytes]:
+def best(data: bytes, cm: bool = True, geometry: tuple[int, int] | None = None,
+         kind: str | None = None) -> tuple[str, bytes]:
     """The smallest of the classic encodings (store wins ties: it is the fastest to decode).
-    `cm=False` leaves cm and cm2d out: for one LM chunk's kilobyte they learn too little to matter
-    and would cost a few ms per chunk (a whole stream, where they do matter, is tried with them).
-    cm2d is tried only with a `geometry` (an image stream's rows, which a chunk does not start on)."""
+    `cm=False` leaves the context-mixing codecs out: for one LM chunk's kilobyte they learn too
+    little to matter and would cost a few ms per chunk (a whole stream, where they do matter, is
+    tried with them). The structured codec of `kind` is tried only with a `geometry` (an image's
+    rows, an audio stream's channels, which a chunk does not start on)."""
     choice = ("store", data)
     if len(data) < 16:
         return choice
+    shaped = STRUCTURED.get(kind) if geometry is not None else None
     for codec in CODECS[1:]:
-        if ((codec == "brotli" and len(data) > BROTLI_MAX) or (codec in ("cm", "cm2d") and not cm)
-                or (codec == "cm2d" and geometry is None)):
+        if ((codec == "brotli" and len(data) > BROTLI_MAX) or (codec.startswith("cm") and not cm)
+                or (codec in STRUCTURED.values() and codec != shaped)):
             continue
         out = compress(codec, data, geometry)
         if len(out) < len(choice[1]):

@@ -118,7 +118,8 @@ def _info(args) -> int:
                   f"values {c.get('value_cache', 'f64')}  ({path})")
         except ModelError as e:
             print(f"  {name:<12} unusable: {e}")
-    print(f"codecs: lm, {', '.join(CODECS)} (the smallest coding of each piece is kept; cm2d: image streams)")
+    print(f"codecs: lm, {', '.join(CODECS)} (the smallest coding of each piece is kept; "
+          "cm2d: image streams, cmpcm: audio streams)")
     dev = torch.device(args.device)
     print(f"engine: exact integer inference, torch {torch.__version__}, device {dev}, "
           f"GEMM backend {default_backend(dev)}, threads {args.threads or torch.get_num_threads()}, "

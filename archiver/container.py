@@ -87,8 +87,9 @@ def _index_json(raw: bytes) -> bytes:
     return d.decompress(raw, MAX_INDEX)
 
 
-INDEX_VERSIONS = (1, 2, 3, 4, 5)
-CODEC_SINCE = {"brotli": 2, "cm": 3, "cm2d": 5}  # the index version that introduced a chunk codec (others: 1)
+INDEX_VERSIONS = (1, 2, 3, 4, 5, 6)
+# the index version that introduced a chunk codec (others: 1)
+CODEC_SINCE = {"brotli": 2, "cm": 3, "cm2d": 5, "cmpcm": 6}
 PART_SINCE = 4  # the index version that introduced solid blocks (chunks with a "part")
 
 

@@ -96,10 +96,11 @@ def _update(t: np.ndarray, i: int, y: int, limit: int) -> None:  # pragma: no co
     t[i] = np.uint32((p << 10) | min(n + 1, limit))
 
 
-# The helpers below are shared with `archiver.imagemix` (cm2d), which inlines them into its own
-# compiled loop. numba's on-disk cache keys a function on its own file only: a change here would
-# not recompile imagemix until imagemix.py changes too. (Any change here changes both codecs'
-# bits, so it is a new codec name and index version anyway; the golden digests catch it.)
+# The helpers below are shared with `archiver.imagemix` (cm2d) and `archiver.audiomix` (cmpcm), which
+# inline them into their own compiled loops. numba's on-disk cache keys a function on its own file
+# only: a change here would not recompile those until their files change too. (Any change here changes
+# every such codec's bits, so it is a new codec name and index version anyway; the golden digests
+# catch it.)
 
 
 @numba.njit(inline="always")

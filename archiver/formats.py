@@ -28,8 +28,10 @@ class Stream:
     kind: str
     data: bytes
     geometry: tuple[int, int] | None = None
-    """For an image stream in raster order: (bytes per row, bytes per pixel). It lets the `cm2d`
-    codec use the rows above; the archive does not record it (cm2d's payload carries its own)."""
+    """For an image stream in raster order: (bytes per row, bytes per pixel), which lets the `cm2d`
+    codec use the rows above. For an audio stream of 16-bit sample codes, one channel after another:
+    (bytes per channel, 2), which lets `cmpcm` rebuild the samples. The archive does not record it
+    (those codecs' payloads carry what they need)."""
 
 
 @dataclass

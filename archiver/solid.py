@@ -10,8 +10,8 @@ Streams are grouped by kind, so text is learned with text. A block is written on
 smaller than its members coded one by one (LM chunks included: on small text files a block beats
 the LM that beat cm on the file alone); failing that, a block of the members that went wholly to
 the fallback codecs is tried; every member left out keeps its own coding. Image streams of one
-geometry (an icon set's 48x48 RGBA icons) may instead form a cm2d block, one tall image; the
-packer keeps whichever plan is smaller in total.
+geometry (an icon set's 48x48 RGBA icons) may instead form a cm2d block, one tall image, and audio
+streams a cmpcm block, one long channel; the packer keeps whichever plan is smaller in total.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ class _Member:
     stream: dict  # the object's stream record: its "chunks" are filled in when the block is written
     data: bytes
     alone: list[Coded]  # its own coding, written instead if the block does not pay
-    geometry: tuple[int, int] | None = None  # an image stream's rows (formats.Stream.geometry)
+    geometry: tuple[int, int] | None = None  # an image's rows, an audio stream's channels (formats.Stream.geometry)
 
     @property
     def alone_size(self) -> int:
@@ -70,21 +70,24 @@ class SolidPacker:
             self._flush(kind)
 
     def _flush(self, kind: str) -> None:
-        """Write the smaller of two plans: the kind's blocks as below, or first a cm2d block per
-        geometry that several image members share (48x48 icons: one tall image whose rows cm2d
-        learns from; 24 dev GIMP icons took 28.4 KB so, 33.5 KB in a cm block, 36.5 KB with the LM
-        one by one), then the same for the members left."""
+        """Write the smaller of two plans: the kind's blocks as below, or first a block of the
+        kind's structured codec (classic.STRUCTURED) per shared geometry, then the same for the
+        members left. Images share a cm2d block with images of their row length (48x48 icons:
+        one tall image whose rows cm2d learns from; 24 dev GIMP icons took 28.4 KB so, 33.5 KB in a
+        cm block, 36.5 KB with the LM one by one); audio streams of 16-bit samples share one cmpcm
+        block, read as one long channel."""
         members = self.pending.pop(kind, [])
         self.pending_bytes.pop(kind, None)
         plans = [self._plan(members)]
         shapes: dict[tuple[int, int], list[_Member]] = {}
         for m in members:
             if m.geometry is not None:
-                shapes.setdefault(m.geometry, []).append(m)
-        images = [b for g, ms in shapes.items() if len(ms) > 1 and (b := self._block(ms, g))]
-        if images:
-            taken = {id(m) for b in images for m in b.members}
-            plans.append(images + self._plan([m for m in members if id(m) not in taken]))
+                shapes.setdefault(m.geometry if kind == "image" else (0, m.geometry[1]), []).append(m)
+        shaped = [b for g, ms in shapes.items()
+                  if len(ms) > 1 and (b := self._block(ms, kind, g if g[0] else (sum(len(m.data) for m in ms), g[1])))]
+        if shaped:
+            taken = {id(m) for b in shaped for m in b.members}
+            plans.append(shaped + self._plan([m for m in members if id(m) not in taken]))
         blocks = min(plans, key=lambda p: self._size(members, p))
         written = 0
         for b in blocks:
@@ -114,9 +117,9 @@ class SolidPacker:
         return []
 
     @staticmethod
-    def _block(group: list[_Member], geometry: tuple[int, int] | None = None) -> _Block | None:
+    def _block(group: list[_Member], kind: str | None = None, geometry: tuple[int, int] | None = None) -> _Block | None:
         """The group coded as one block, if that is smaller than its members alone."""
-        codec, payload = classic.best(b"".join(m.data for m in group), geometry=geometry)
+        codec, payload = classic.best(b"".join(m.data for m in group), geometry=geometry, kind=kind)
         return _Block(group, codec, payload) if len(payload) < sum(m.alone_size for m in group) else None
 
     @staticmethod

@@ -88,14 +88,18 @@ class Predictor:
         self.name = model.config.get("name", "")
 
 
-def classic_blocks(data: bytes, geometry: tuple[int, int] | None = None) -> list[Coded]:
-    """The stream in blocks of CLASSIC_BLOCK bytes, each coded with the best classic codec; with an
-    image's geometry the blocks end on row boundaries, so cm2d sees whole rows."""
+def classic_blocks(data: bytes, geometry: tuple[int, int] | None = None, kind: str | None = None) -> list[Coded]:
+    """The stream in blocks of CLASSIC_BLOCK bytes, each coded with the best classic codec; with a
+    geometry the blocks end on row (image) or channel (audio) boundaries where those fit in a block,
+    else on pixel or sample boundaries, so the structured codecs see whole units."""
     out = []
-    step = CLASSIC_BLOCK if geometry is None else max(1, CLASSIC_BLOCK // geometry[0]) * geometry[0]
+    step = CLASSIC_BLOCK
+    if geometry is not None:
+        row, unit = max(1, geometry[0]), max(1, geometry[1])
+        step = CLASSIC_BLOCK // row * row if row <= CLASSIC_BLOCK else CLASSIC_BLOCK // unit * unit
     for i in range(0, len(data), step):
         block = data[i : i + step]
-        codec, payload = classic.best(block, geometry=geometry)
+        codec, payload = classic.best(block, geometry=geometry, kind=kind)
         out.append(Coded({"codec": codec, "size": len(block), "tokens": 0}, payload))
     return out
 
@@ -120,10 +124,11 @@ def encode_stream(kind: str, data: bytes, predictor: Predictor | None,
 
     A stream the predictor's vocabulary cannot represent exactly (text a tokenizer drops bytes of)
     goes to `fallback()` (a byte-level predictor), or to the classic codecs when there is none.
-    `geometry` is an image stream's (see formats.Stream), for the classic cm2d codec. `track` is
+    `geometry` is an image or audio stream's (see formats.Stream), for the structured classic
+    codecs. `track` is
     this kind's record in the run: consulted first, updated whenever the LM is scored.
     """
-    whole = classic_blocks(data, geometry)
+    whole = classic_blocks(data, geometry, kind)
     if (kind == "stored" or predictor is None or not data or looks_random(data, whole)
             or (track is not None and track.hopeless())):
         if on_progress:

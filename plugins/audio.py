@@ -89,7 +89,9 @@ def pcm_split(data: bytes, a: int, b: int, channels: int, width: int, little: bo
         raise ValueError("unsupported sample layout")
     b -= (b - a) % align  # a trailing partial frame stays in the verbatim part
     main, side = samples_to_streams(data[a:b], channels, width, little, ORDER, ZIGZAG)
-    streams = [Stream("binary", data[:a] + data[b:]), Stream("audio", main)]
+    # 16-bit sample codes, one channel after another: the cmpcm codec's geometry
+    geometry = (len(main) // channels, 2) if width > 1 else None
+    streams = [Stream("binary", data[:a] + data[b:]), Stream("audio", main, geometry)]
     if side:
         streams.append(Stream("binary", side))
     recipe = {"at": a, "channels": channels, "width": width, "little": little, "order": ORDER, "zigzag": ZIGZAG}

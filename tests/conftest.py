@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 
 from archiver.cli import main
+from archiver.container import ArchiveWriter
+from archiver.streamcoder import Coded
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -41,3 +43,22 @@ class Cli:
 @pytest.fixture
 def cli(capsys) -> Cli:
     return Cli(capsys)
+
+
+def member(kind: str, data: bytes, codec: str, payload: bytes) -> tuple[dict, bytes, list[Coded]]:
+    """What the archiver offers the solid packer for one stream: its record, bytes and own coding."""
+    rec = {"codec": codec, "size": len(data), "tokens": 0}
+    return {"kind": kind, "size": len(data)}, data, [Coded(rec, payload)]
+
+
+class MemoryWriter:
+    """ArchiveWriter's chunk writing, in memory: the solid packer's writer in tests."""
+
+    write_coded = ArchiveWriter.write_coded
+
+    def __init__(self):
+        self.payloads: list[bytes] = []
+
+    def write_chunk(self, payload: bytes) -> dict:
+        self.payloads.append(payload)
+        return {"offset": 16 + sum(len(p) for p in self.payloads[:-1]), "length": len(payload), "crc32": 0}

@@ -18,17 +18,26 @@ from tests.conftest import SAMPLES
 @given(data=st.binary(max_size=3000) | st.text(max_size=1500).map(str.encode),
        geometry=st.tuples(st.integers(1, 200), st.integers(1, 4)))
 def test_every_codec_round_trips(data, geometry):
-    """Any geometry, even one that does not fit the data, only changes how well cm2d codes it."""
+    """Any geometry, even one that does not fit the data, only changes how well cm2d or cmpcm codes it."""
     for codec in classic.CODECS:
         assert classic.decompress(codec, classic.compress(codec, data, geometry), len(data)) == data
 
 
-def test_cm2d_needs_a_geometry_and_best_tries_it_only_with_one():
+@pytest.mark.parametrize("codec", classic.STRUCTURED.values())
+def test_structured_codecs_need_a_geometry_and_best_tries_them_only_with_their_kind(codec, monkeypatch):
     data = bytes(range(256)) * 8
     with pytest.raises(ValueError, match="geometry"):
-        classic.compress("cm2d", data)
-    assert classic.best(data)[0] != "cm2d"
-    assert classic.best(data, cm=False, geometry=(64, 4))[0] != "cm2d"
+        classic.compress(codec, data)
+    tried = []
+    real = classic.compress
+    monkeypatch.setattr(classic, "compress", lambda c, d, g=None: tried.append(c) or real(c, d, g))
+    kind = next(k for k, c in classic.STRUCTURED.items() if c == codec)
+    classic.best(data)
+    classic.best(data, cm=False, geometry=(64, 4), kind=kind)
+    classic.best(data, geometry=(64, 4), kind="text")
+    assert codec not in tried
+    classic.best(data, geometry=(64, 4), kind=kind)
+    assert tried.count(codec) == 1 and set(classic.STRUCTURED.values()) & set(tried) == {codec}
 
 
 @pytest.mark.parametrize("codec", classic.CODECS[1:])
@@ -58,16 +67,16 @@ def _index(codec: str, version: int = 1) -> Index:
 
 def test_index_version_rises_only_with_a_new_codec():
     """An archive that uses no brotli or cm chunk keeps index version 1 (older lmarc reads it); one
-    with brotli says 2, one with cm 3, one with cm2d 5, and an index naming a codec newer than its version, or an
-    unknown version, is refused."""
+    with brotli says 2, one with cm 3, one with cm2d 5, one with cmpcm 6, and an index naming a codec
+    newer than its version, or an unknown version, is refused."""
     assert Index.from_bytes(_index("xz").to_bytes()).version == 1
-    for codec, version in (("brotli", 2), ("cm", 3), ("cm2d", 5)):
+    for codec, version in (("brotli", 2), ("cm", 3), ("cm2d", 5), ("cmpcm", 6)):
         index = Index.from_bytes(_index(codec).to_bytes())
         assert index.version == version
         validate_index(index, 100)
         with pytest.raises(ArchiveError, match="chunk codec"):
             validate_index(_index(codec, version=version - 1), 100)
-    newer = {"format": "lmarc", "version": 6, "entries": [], "objects": {}, "models": {}}
+    newer = {"format": "lmarc", "version": 7, "entries": [], "objects": {}, "models": {}}
     with pytest.raises(ArchiveError, match="newer lmarc"):
         Index.from_bytes(zlib.compress(json.dumps(newer).encode()))
 

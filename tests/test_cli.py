@@ -142,7 +142,7 @@ def test_info_lists_plugins_and_models(cli):
     for name in ("raw", "text", "png", "wav", "compressed"):
         assert name in out
     assert "engine: exact integer inference" in out
-    assert "codecs: lm, store, zstd, xz, brotli, cm, cm2d" in out
+    assert "codecs: lm, store, zstd, xz, brotli, cm, cm2d, cmpcm" in out
 
 
 def test_help_on_every_command():

@@ -67,7 +67,7 @@ def test_beats_cm_on_images_and_best_picks_it():
     s, _ = to_stream(_sprites(1)[:, :, None])
     packed = imagemix.compress(s.data, *s.geometry)
     assert len(packed) < 0.8 * len(contextmix.compress(s.data))
-    assert classic.best(s.data, geometry=s.geometry) == ("cm2d", packed)
+    assert classic.best(s.data, geometry=s.geometry, kind="image") == ("cm2d", packed)
     g = _image_stream()
     assert len(imagemix.compress(g.data, *g.geometry)) < len(contextmix.compress(g.data))
 

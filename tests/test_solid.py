@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 
 from archiver import classic, solid
-from archiver.container import ArchiveError, ArchiveReader, ArchiveWriter, Index, validate_index
-from archiver.streamcoder import Coded
-from tests.conftest import SAMPLES
+from archiver.container import ArchiveError, ArchiveReader, Index, validate_index
+from tests.conftest import SAMPLES, MemoryWriter, member
 
 
 @pytest.fixture
@@ -87,36 +86,18 @@ def test_a_damaged_block_loses_its_members_only_and_is_decoded_once(cli, small_f
     assert checked.count(chunk["length"]) == 1  # the block is read and checked once for its 40 members
 
 
-def _member(kind: str, data: bytes, codec: str, payload: bytes) -> tuple[dict, bytes, list[Coded]]:
-    rec = {"codec": codec, "size": len(data), "tokens": 0}
-    return {"kind": kind, "size": len(data)}, data, [Coded(rec, payload)]
-
-
-class _Writer:
-    """ArchiveWriter's chunk writing, in memory."""
-
-    write_coded = ArchiveWriter.write_coded
-
-    def __init__(self):
-        self.payloads: list[bytes] = []
-
-    def write_chunk(self, payload: bytes) -> dict:
-        self.payloads.append(payload)
-        return {"offset": 16 + sum(len(p) for p in self.payloads[:-1]), "length": len(payload), "crc32": 0}
-
-
 def test_a_block_is_written_only_where_it_pays():
     """Random members: no block. An LM member much smaller than any block would make it: the block
     is retried without it, and it keeps its own coding."""
-    w = _Writer()
+    w = MemoryWriter()
     packer = solid.SolidPacker(w)
-    noise = [_member("binary", random.Random(i).randbytes(3000), "store", b"") for i in range(3)]
+    noise = [member("binary", random.Random(i).randbytes(3000), "store", b"") for i in range(3)]
     for stream, data, coded in noise:
         coded[0].payload = data
         assert packer.offer(stream, data, coded)
     text = (SAMPLES / "notes.txt").read_bytes()
-    texts = [_member("text", text + bytes([i]), "xz", classic.compress("xz", text)) for i in range(5)]
-    lm = _member("text", random.Random(9).randbytes(3000), "lm", b"x" * 10)  # no codec but this LM shrinks it
+    texts = [member("text", text + bytes([i]), "xz", classic.compress("xz", text)) for i in range(5)]
+    lm = member("text", random.Random(9).randbytes(3000), "lm", b"x" * 10)  # no codec but this LM shrinks it
     for stream, data, coded in [*texts, lm]:
         assert packer.offer(stream, data, coded)
     assert not packer.offer({"kind": "text", "size": 0}, b"", [])
@@ -136,12 +117,12 @@ def test_images_of_one_geometry_share_a_cm2d_block():
     pix = np.asarray(Image.open(SAMPLES / "gradient.png"))
     tiles = [to_stream(np.ascontiguousarray(pix[y : y + 16]))[0] for y in range(0, pix.shape[0], 16)]
     odd, _ = to_stream(np.random.default_rng(0).integers(0, 4, (10, 30, 3), dtype=np.uint8))
-    w = _Writer()
+    w = MemoryWriter()
     packer = solid.SolidPacker(w)
     members = []
     for s in [*tiles, odd]:
-        codec, payload = classic.best(s.data, geometry=s.geometry)
-        members.append(_member("image", s.data, codec, payload))
+        codec, payload = classic.best(s.data, geometry=s.geometry, kind="image")
+        members.append(member("image", s.data, codec, payload))
         assert packer.offer(*members[-1], geometry=s.geometry)
     packer.flush()
     chunks = [m[0]["chunks"][0] for m in members]
