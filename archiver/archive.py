@@ -120,7 +120,7 @@ def add(archive: Path, paths: list[str], settings: Settings, ui: Reporter) -> Re
     items = [(p, n) for p, n in items if p.resolve() != archive_abs]
     total = sum(p.lstat().st_size for p, _ in items if p.is_file() and not p.is_symlink())
     writer = ArchiveWriter(archive)
-    packer = SolidPacker(writer, lambda n: ui.file_done(0, n)) if settings.solid else None
+    packer = SolidPacker(writer, lambda n: ui.file_done(0, n), settings.tracks) if settings.solid else None
     committed = False
     try:
         ui.start("adding", total)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from archiver import classic
 from archiver.container import ArchiveWriter
-from archiver.streamcoder import CLASSIC_BLOCK, Coded
+from archiver.streamcoder import CLASSIC_BLOCK, TRACK_BYTES, TRACK_GAIN, Coded, Track
 
 SOLID_BLOCK = CLASSIC_BLOCK  # bytes per block at most (the format's limit on a chunk's decoded size)
 SOLID_MEMBER = 1 << 20  # streams up to this size are packed; a larger one is context enough alone
@@ -38,6 +38,11 @@ class _Member:
     def alone_size(self) -> int:
         return sum(len(c.payload) for c in self.alone)
 
+    @property
+    def lm(self) -> bool:
+        """Whether the LM coded part of it on its own."""
+        return any(c.record["codec"] == "lm" for c in self.alone)
+
 
 @dataclass
 class _Block:
@@ -47,11 +52,14 @@ class _Block:
 
 
 class SolidPacker:
-    def __init__(self, writer: ArchiveWriter, on_written: Callable[[int], None] | None = None):
+    def __init__(self, writer: ArchiveWriter, on_written: Callable[[int], None] | None = None,
+                 tracks: dict[str, Track] | None = None):
         self.writer = writer
         self.on_written = on_written  # told the bytes written at each flush (progress: the running ratio)
+        self.tracks = tracks  # the run's record of the LM per kind (streamcoder.Track), told what blocks do
         self.pending: dict[str, list[_Member]] = {}
         self.pending_bytes: dict[str, int] = {}  # the data bytes of each kind's pending members
+        self.trial_at: dict[str, int] = {}  # LM-coded pending bytes at which a kind's next trial runs
 
     def offer(self, stream: dict, data: bytes, coded: list[Coded], geometry: tuple[int, int] | None = None) -> bool:
         """Take a stream into its kind's block (its chunks are written at a flush), or refuse it."""
@@ -62,7 +70,35 @@ class SolidPacker:
             self._flush(kind)
         self.pending.setdefault(kind, []).append(_Member(stream, data, coded, geometry))
         self.pending_bytes[kind] = self.pending_bytes.get(kind, 0) + len(data)
+        self._trial(kind)
         return True
+
+    def _trial(self, kind: str) -> None:
+        """Plan the kind's pending blocks as a flush would, without writing them, once its pending
+        members hold TRACK_BYTES that the LM coded (and again each time that doubles). When the
+        blocks take most of those bytes and leave the LM's own codings of them under TRACK_GAIN
+        better, the kind's Track is told: the LM is no longer scored on its streams small enough
+        for a block (up to SOLID_MEMBER) in this run.
+
+        Why: the Track sees each stream alone, where the LM often wins (a 48x48 icon, a spoken
+        digit), but the block that replaces those codings at the flush beats it; without this, the
+        LM is scored on every small stream of the kind for nothing, which was most of the time of
+        adding an icon set."""
+        track = self.tracks.get(kind) if self.tracks is not None else None
+        members = self.pending[kind]
+        lm_bytes = sum(len(m.data) for m in members if m.lm)
+        if track is None or track.hopeless(SOLID_MEMBER) or lm_bytes < self.trial_at.get(kind, TRACK_BYTES):
+            return
+        self.trial_at[kind] = 2 * lm_bytes
+        packed = alone = share = 0
+        for b in self._choose(kind, members):
+            size = sum(len(m.data) for m in b.members)
+            for m in (m for m in b.members if m.lm):
+                packed += len(m.data)
+                alone += m.alone_size
+                share += len(b.payload) * len(m.data) / size
+        if 2 * packed > lm_bytes and alone > (1 - TRACK_GAIN) * share:
+            track.blocked_upto = SOLID_MEMBER
 
     def flush(self) -> None:
         """Write every pending block: before the index is committed."""
@@ -70,25 +106,11 @@ class SolidPacker:
             self._flush(kind)
 
     def _flush(self, kind: str) -> None:
-        """Write the smaller of two plans: the kind's blocks as below, or first a block of the
-        kind's structured codec (classic.STRUCTURED) per shared geometry, then the same for the
-        members left. Images share a cm2d block with images of their row length (48x48 icons:
-        one tall image whose rows cm2d learns from; 24 dev GIMP icons took 28.4 KB so, 33.5 KB in a
-        cm block, 36.5 KB with the LM one by one); audio streams of 16-bit samples share one cmpcm
-        block, read as one long channel."""
+        """Write the kind's pending members: in the blocks `_choose` picks, or alone."""
         members = self.pending.pop(kind, [])
         self.pending_bytes.pop(kind, None)
-        plans = [self._plan(members)]
-        shapes: dict[tuple[int, int], list[_Member]] = {}
-        for m in members:
-            if m.geometry is not None:
-                shapes.setdefault(m.geometry if kind == "image" else (0, m.geometry[1]), []).append(m)
-        shaped = [b for g, ms in shapes.items()
-                  if len(ms) > 1 and (b := self._block(ms, kind, g if g[0] else (sum(len(m.data) for m in ms), g[1])))]
-        if shaped:
-            taken = {id(m) for b in shaped for m in b.members}
-            plans.append(shaped + self._plan([m for m in members if id(m) not in taken]))
-        blocks = min(plans, key=lambda p: self._size(members, p))
+        self.trial_at.pop(kind, None)
+        blocks = self._choose(kind, members)
         written = 0
         for b in blocks:
             loc = self.writer.write_chunk(b.payload)
@@ -106,10 +128,29 @@ class SolidPacker:
         if self.on_written and written:
             self.on_written(written)
 
+    def _choose(self, kind: str, members: list[_Member]) -> list[_Block]:
+        """The smaller of two plans: the kind's blocks as below, or first a block of the
+        kind's structured codec (classic.STRUCTURED) per shared geometry, then the same for the
+        members left. Images share a cm2d block with images of their row length (48x48 icons:
+        one tall image whose rows cm2d learns from; 24 dev GIMP icons took 28.4 KB so, 33.5 KB in a
+        cm block, 36.5 KB with the LM one by one); audio streams of 16-bit samples share one cmpcm
+        block, read as one long channel."""
+        plans = [self._plan(members)]
+        shapes: dict[tuple[int, int], list[_Member]] = {}
+        for m in members:
+            if m.geometry is not None:
+                shapes.setdefault(m.geometry if kind == "image" else (0, m.geometry[1]), []).append(m)
+        shaped = [b for g, ms in shapes.items()
+                  if len(ms) > 1 and (b := self._block(ms, kind, g if g[0] else (sum(len(m.data) for m in ms), g[1])))]
+        if shaped:
+            taken = {id(m) for b in shaped for m in b.members}
+            plans.append(shaped + self._plan([m for m in members if id(m) not in taken]))
+        return min(plans, key=lambda p: self._size(members, p))
+
     def _plan(self, members: list[_Member]) -> list[_Block]:
         """One block of all the members if it pays; failing that, one of the members that went
         wholly to the fallback codecs (an LM-coded member can be worth more alone)."""
-        fallback = [m for m in members if not any(c.record["codec"] == "lm" for c in m.alone)]
+        fallback = [m for m in members if not m.lm]
         if len(members) > 1 and (b := self._block(members)):
             return [b]
         if len(fallback) < len(members) and len(fallback) > 1 and (b := self._block(fallback)):

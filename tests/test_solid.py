@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from archiver import classic, solid
+from archiver import classic, solid, streamcoder
 from archiver.container import ArchiveError, ArchiveReader, Index, validate_index
 from tests.conftest import SAMPLES, MemoryWriter, member
 
@@ -131,6 +131,36 @@ def test_images_of_one_geometry_share_a_cm2d_block():
     tall = b"".join(s.data for s in tiles)
     assert classic.decompress("cm2d", w.payloads[0], len(tall)) == tall
     assert len(w.payloads[0]) < min(sum(len(m[2][0].payload) for m in members[:4]), len(classic.best(tall)[1]))
+
+
+def _lm_member(s, lm_size: int) -> tuple[dict, bytes, list]:
+    """A stream the LM coded alone into lm_size bytes (the packer only weighs sizes)."""
+    rec, data, coded = member(s.kind, s.data, "lm", bytes(lm_size))
+    coded[0].record["model"] = "m"
+    return rec, data, coded
+
+
+@pytest.mark.parametrize("lm_share,blocked", [(1.05, True), (0.5, False)])
+def test_a_block_that_beats_the_lm_stops_it_being_scored(lm_share, blocked):
+    """Small images the LM coded alone, each better than the classic codecs alone: once 64 KiB of
+    them are pending, the packer plans their block as a flush would. When the block beats what the
+    LM made of them, the kind's Track is told (the LM is no longer scored on small images in this
+    run); when the LM is far ahead, it is not, and another kind's record is left alone."""
+    from lmarc_plugins.pixels import to_stream
+
+    rng = np.random.default_rng(0)
+    ramp = np.add.outer(np.arange(64), np.arange(64))[:, :, None] * np.array([1, 2, 3])
+    tiles = [to_stream(((ramp + rng.integers(0, 9, (64, 64, 3))) & 255).astype(np.uint8))[0] for _ in range(8)]
+    block = len(classic.best(b"".join(t.data for t in tiles), geometry=tiles[0].geometry, kind="image")[1])
+    tracks = {"image": streamcoder.Track(), "text": streamcoder.Track()}
+    packer = solid.SolidPacker(MemoryWriter(), tracks=tracks)
+    for i, t in enumerate(tiles):
+        assert not tracks["image"].hopeless(len(t.data))
+        packer.offer(*_lm_member(t, round(lm_share * block / len(tiles))), geometry=t.geometry)
+        if (i + 1) * len(t.data) >= streamcoder.TRACK_BYTES:
+            break
+    assert tracks["image"].hopeless(len(tiles[0].data)) == blocked and not tracks["text"].hopeless(1000)
+    assert not tracks["image"].hopeless(solid.SOLID_MEMBER + 1)  # a stream too large for a block
 
 
 def _index(chunks: list[dict], version: int = 4) -> Index:

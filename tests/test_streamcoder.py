@@ -40,6 +40,28 @@ def test_a_losing_lm_is_not_run_over_a_whole_long_stream(monkeypatch):
     assert coded == streamcoder.classic_blocks(data) and sum(done) == len(data)
 
 
+def test_probing_goes_on_in_stages_until_the_lm_loses(monkeypatch):
+    """The first probe stage's four chunks can be the easy ones (a photo's sky): probing goes on
+    with 4x more chunks per stage, spread among the rest, and stops scoring as soon as the LM's
+    chunks cost more than their share of the classic coding, long before the whole stream."""
+    pred = streamcoder.Predictor(intmodel.load(TINY))
+    data = np.random.default_rng(1).integers(0, 16, 300_000, dtype=np.uint8).tobytes()
+    stages = streamcoder.probe_stages(-(-len(data) // pred.chunk_tokens))
+    assert [len(st) for st in stages[:3]] == [4, 16, 64]
+    assert len({i for st in stages for i in st}) == sum(map(len, stages))  # no chunk twice
+    easy = set(stages[0])
+    scored = []
+
+    def fake(kind, pieces, ids, predictor, on_progress):  # the LM wins on the first stage's chunks only
+        scored.append(len(ids))
+        return {i: streamcoder.Coded({"codec": "lm", "size": len(p)}, bytes(1 if i in easy else 2 * len(p)))
+                for i, p in zip(ids, pieces, strict=True)}
+
+    monkeypatch.setattr(streamcoder, "_code_pieces", fake)
+    assert streamcoder.encode_stream("binary", data, pred) == streamcoder.classic_blocks(data)
+    assert scored == [4, 16]
+
+
 def test_probing_does_not_change_what_is_coded(monkeypatch):
     pred = streamcoder.Predictor(intmodel.load(TINY))
     data = (SAMPLES / "weather.json").read_bytes()  # the tiny model beats xz here: chunks are kept
