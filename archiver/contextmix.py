@@ -384,27 +384,33 @@ def _code(data: np.ndarray, n: int, buf: np.ndarray, encode: bool) -> int:  # pr
     return _finish(ac, buf, encode)
 
 
-def payload_buffer(size: int) -> np.ndarray:
-    """Room for the coding of `size` bytes by this coder: a bit costs at most 12 bits (p >= 1/4096),
-    so 12 bytes per byte bound it, plus the 4-byte final state."""
-    return np.empty(12 * size + 8, dtype=np.uint8)
+def run_encoder(code, data: bytes, *args) -> bytes:
+    """The payload a cm-family loop (`code(data, n, buf, encode, *args)`, one function for both
+    directions: this module's, cm2d's, cmpcm's) makes of data. Its buffer holds the coder's worst
+    case: a bit costs at most 12 bits (p >= 1/4096), so 12 bytes per byte, plus the 4-byte final state."""
+    src = np.frombuffer(data, dtype=np.uint8).copy()
+    out = np.empty(12 * len(data) + 8, dtype=np.uint8)
+    return out[: code(src, len(data), out, True, *args)].tobytes()
+
+
+def run_decoder(code, name: str, body: bytes, size: int, *args) -> bytes:
+    """Exactly `size` bytes decoded from body by a cm-family loop, or ValueError when it does not
+    end on the encoder's final state with every byte of body read (a damaged payload, or a size
+    other than the one coded; the chunk's CRC and the entry's SHA-256 are the guards that cannot miss)."""
+    out = np.zeros(size, dtype=np.uint8)
+    if code(out, size, np.frombuffer(body, dtype=np.uint8).copy(), False, *args) != len(body):
+        raise ValueError(f"{name} chunk is damaged, truncated or of another size")
+    return out.tobytes()
 
 
 def compress(data: bytes) -> bytes:
     if len(data) > MAX_SIZE:
         raise ValueError(f"cm codes at most {MAX_SIZE} bytes at a time")
-    src = np.frombuffer(data, dtype=np.uint8).copy()
-    out = payload_buffer(len(data))
-    return out[: _code(src, len(data), out, True)].tobytes()
+    return run_encoder(_code, data)
 
 
 def decompress(payload: bytes, size: int) -> bytes:
-    """Exactly `size` bytes, or ValueError when the decoder does not end on the encoder's final
-    state with every payload byte read (a damaged payload, or a size other than the one coded; the
-    chunk's CRC and the entry's SHA-256 are the guards that cannot miss)."""
+    """Exactly `size` bytes, or ValueError (see run_decoder)."""
     if not 0 <= size <= MAX_SIZE:
         raise ValueError(f"cm chunk claims {size} bytes")
-    out = np.zeros(size, dtype=np.uint8)
-    if _code(out, size, np.frombuffer(payload, dtype=np.uint8).copy(), False) != len(payload):
-        raise ValueError("cm chunk is damaged, truncated or of another size")
-    return out.tobytes()
+    return run_decoder(_code, "cm", payload, size)

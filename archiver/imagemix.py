@@ -52,7 +52,8 @@ from archiver.contextmix import (
     _match_state,
     _mix,
     _mix_learn,
-    payload_buffer,
+    run_decoder,
+    run_encoder,
     table_bits,
 )
 
@@ -223,9 +224,7 @@ def compress(data: bytes, stride: int, chans: int) -> bytes:
     if len(data) > MAX_SIZE:
         raise ValueError(f"cm2d codes at most {MAX_SIZE} bytes at a time")
     stride, chans = _geometry(stride, chans)
-    src = np.frombuffer(data, dtype=np.uint8).copy()
-    out = payload_buffer(len(data))
-    return HEADER.pack(stride, chans, len(data)) + out[: _code(src, len(data), out, True, stride, chans)].tobytes()
+    return HEADER.pack(stride, chans, len(data)) + run_encoder(_code, data, stride, chans)
 
 
 def decompress(payload: bytes, size: int) -> bytes:
@@ -237,11 +236,7 @@ def decompress(payload: bytes, size: int) -> bytes:
         raise ValueError("cm2d chunk has an impossible geometry")
     if length != size:
         raise ValueError(f"cm2d chunk holds {length} bytes, its record says {size}")
-    body = np.frombuffer(payload, dtype=np.uint8)[HEADER.size :].copy()
-    out = np.zeros(size, dtype=np.uint8)
-    if _code(out, size, body, False, stride, chans) != len(body):
-        raise ValueError("cm2d chunk is damaged, truncated or of another size")
-    return out.tobytes()
+    return run_decoder(_code, "cm2d", payload[HEADER.size :], size, stride, chans)
 
 
 def _geometry(stride: int, chans: int) -> tuple[int, int]:
