@@ -36,7 +36,6 @@ import numpy as np
 
 from archiver.contextmix import (
     INIT,
-    MAX_SIZE,
     SQUASH,
     STRETCH,
     _apm,
@@ -54,6 +53,7 @@ from archiver.contextmix import (
     _match_state,
     _mix,
     _mix_learn,
+    read_header,
     run_decoder,
     run_encoder,
     table_bits,
@@ -266,19 +266,13 @@ def _code(data: np.ndarray, n: int, buf: np.ndarray, encode: bool, chans: int) -
 
 def compress(data: bytes, chans: int) -> bytes:
     """Code an audio stream of `chans` planes of 16-bit sample codes."""
-    if len(data) > MAX_SIZE:
-        raise ValueError(f"cmpcm codes at most {MAX_SIZE} bytes at a time")
     chans = _channels(chans, len(data))
-    return HEADER.pack(chans, len(data)) + run_encoder(_code, data, chans)
+    return HEADER.pack(chans, len(data)) + run_encoder(_code, "cmpcm", data, chans)
 
 
 def decompress(payload: bytes, size: int) -> bytes:
     """Exactly `size` bytes, or ValueError (damage, truncation, a size other than the one coded)."""
-    if not 0 <= size <= MAX_SIZE or len(payload) < HEADER.size:
-        raise ValueError(f"cmpcm chunk of {len(payload)} bytes claiming {size} is not one we wrote")
-    chans, length = HEADER.unpack_from(payload)
-    if length != size:
-        raise ValueError(f"cmpcm chunk holds {length} bytes, its record says {size}")
+    (chans,) = read_header("cmpcm", HEADER, payload, size)
     if chans != _channels(chans, size):
         raise ValueError("cmpcm chunk has an impossible layout")
     return run_decoder(_code, "cmpcm", payload[HEADER.size :], size, chans)

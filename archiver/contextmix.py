@@ -26,6 +26,8 @@ its 4-byte state, which the decoder checks.
 
 from __future__ import annotations
 
+import struct
+
 import numba
 import numpy as np
 
@@ -384,10 +386,12 @@ def _code(data: np.ndarray, n: int, buf: np.ndarray, encode: bool) -> int:  # pr
     return _finish(ac, buf, encode)
 
 
-def run_encoder(code, data: bytes, *args) -> bytes:
+def run_encoder(code, name: str, data: bytes, *args) -> bytes:
     """The payload a cm-family loop (`code(data, n, buf, encode, *args)`, one function for both
     directions: this module's, cm2d's, cmpcm's) makes of data. Its buffer holds the coder's worst
     case: a bit costs at most 12 bits (p >= 1/4096), so 12 bytes per byte, plus the 4-byte final state."""
+    if len(data) > MAX_SIZE:
+        raise ValueError(f"{name} codes at most {MAX_SIZE} bytes at a time")
     src = np.frombuffer(data, dtype=np.uint8).copy()
     out = np.empty(12 * len(data) + 8, dtype=np.uint8)
     return out[: code(src, len(data), out, True, *args)].tobytes()
@@ -403,10 +407,19 @@ def run_decoder(code, name: str, body: bytes, size: int, *args) -> bytes:
     return out.tobytes()
 
 
+def read_header(name: str, header: struct.Struct, payload: bytes, size: int) -> tuple[int, ...]:
+    """The fields of a structured codec's payload header (cm2d's, cmpcm's), whose last field, the
+    stream's length, must be the chunk record's size; the fields before it are returned."""
+    if not 0 <= size <= MAX_SIZE or len(payload) < header.size:
+        raise ValueError(f"{name} chunk of {len(payload)} bytes claiming {size} is not one we wrote")
+    *fields, length = header.unpack_from(payload)
+    if length != size:
+        raise ValueError(f"{name} chunk holds {length} bytes, its record says {size}")
+    return tuple(fields)
+
+
 def compress(data: bytes) -> bytes:
-    if len(data) > MAX_SIZE:
-        raise ValueError(f"cm codes at most {MAX_SIZE} bytes at a time")
-    return run_encoder(_code, data)
+    return run_encoder(_code, "cm", data)
 
 
 def decompress(payload: bytes, size: int) -> bytes:

@@ -52,6 +52,7 @@ from archiver.contextmix import (
     _match_state,
     _mix,
     _mix_learn,
+    read_header,
     run_decoder,
     run_encoder,
     table_bits,
@@ -221,21 +222,15 @@ def _code(data: np.ndarray, n: int, buf: np.ndarray, encode: bool, stride: int, 
 
 def compress(data: bytes, stride: int, chans: int) -> bytes:
     """Code an image stream whose rows are `stride` bytes of `chans`-byte pixels."""
-    if len(data) > MAX_SIZE:
-        raise ValueError(f"cm2d codes at most {MAX_SIZE} bytes at a time")
     stride, chans = _geometry(stride, chans)
-    return HEADER.pack(stride, chans, len(data)) + run_encoder(_code, data, stride, chans)
+    return HEADER.pack(stride, chans, len(data)) + run_encoder(_code, "cm2d", data, stride, chans)
 
 
 def decompress(payload: bytes, size: int) -> bytes:
     """Exactly `size` bytes, or ValueError (damage, truncation, a size other than the one coded)."""
-    if not 0 <= size <= MAX_SIZE or len(payload) < HEADER.size:
-        raise ValueError(f"cm2d chunk of {len(payload)} bytes claiming {size} is not one we wrote")
-    stride, chans, length = HEADER.unpack_from(payload)
+    stride, chans = read_header("cm2d", HEADER, payload, size)
     if (stride, chans) != _geometry(stride, chans):
         raise ValueError("cm2d chunk has an impossible geometry")
-    if length != size:
-        raise ValueError(f"cm2d chunk holds {length} bytes, its record says {size}")
     return run_decoder(_code, "cm2d", payload[HEADER.size :], size, stride, chans)
 
 
