@@ -40,13 +40,11 @@ def compress(codec: str, data: bytes, geometry: tuple[int, int] | None = None) -
         return brotli.compress(data, quality=11, lgwin=min(24, max(10, len(data).bit_length())))
     if codec == "cm":
         return contextmix.compress(data)
+    if codec in STRUCTURED.values() and geometry is None:
+        raise ValueError(f"{codec} needs the stream's geometry")
     if codec == "cm2d":
-        if geometry is None:
-            raise ValueError("cm2d needs the image's row geometry")
         return imagemix.compress(data, *geometry)
     if codec == "cmpcm":
-        if geometry is None:
-            raise ValueError("cmpcm needs the audio's channel geometry")
         per = geometry[0]
         return audiomix.compress(data, len(data) // per if per > 0 and len(data) % per == 0 else 1)
     raise ValueError(f"unknown codec {codec!r}")

@@ -145,13 +145,19 @@ class SolidPacker:
         return min(plans, key=lambda p: self._size(members, p))
 
     def _shaped(self, kind: str, members: list[_Member]) -> list[_Block]:
-        """The blocks of the kind's structured codec, one per shared geometry, that pay."""
-        shapes: dict[tuple[int, int], list[_Member]] = {}
+        """The blocks of the kind's structured codec that pay: images grouped by geometry (one tall
+        image each), audio streams grouped by sample width and read as one long channel (the
+        channels of recordings of other lengths do not line up)."""
+        groups: dict[tuple[int, int] | int, list[_Member]] = {}
         for m in members:
             if m.geometry is not None:
-                shapes.setdefault(m.geometry if kind == "image" else (0, m.geometry[1]), []).append(m)
-        return [b for g, ms in shapes.items()
-                if len(ms) > 1 and (b := self._block(ms, kind, g if g[0] else (sum(len(m.data) for m in ms), g[1])))]
+                groups.setdefault(m.geometry if kind == "image" else m.geometry[1], []).append(m)
+        blocks = []
+        for key, ms in groups.items():
+            geometry = key if kind == "image" else (sum(len(m.data) for m in ms), key)
+            if len(ms) > 1 and (b := self._block(ms, kind, geometry)):
+                blocks.append(b)
+        return blocks
 
     def _plan(self, members: list[_Member]) -> list[_Block]:
         """One block of all the members if it pays; failing that, one of the members that went

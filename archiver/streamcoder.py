@@ -129,8 +129,8 @@ def encode_stream(kind: str, data: bytes, predictor: Predictor | None,
     A stream the predictor's vocabulary cannot represent exactly (text a tokenizer drops bytes of)
     goes to `fallback()` (a byte-level predictor), or to the classic codecs when there is none.
     `geometry` is an image or audio stream's (see formats.Stream), for the structured classic
-    codecs. `track` is
-    this kind's record in the run: consulted first, updated whenever the LM is scored.
+    codecs. `track` is this kind's record in the run: consulted first, updated whenever the LM is
+    scored.
     """
     whole = classic_blocks(data, geometry, kind)
     if (kind == "stored" or predictor is None or not data or looks_random(data, whole)
