@@ -66,6 +66,15 @@ class _Prepared:
         self.mult = m.mult.to(device)
         self.shift = m.shift
 
+    def columns(self, idx: torch.Tensor) -> _Prepared:
+        """The product restricted to these output columns: each column's integers are computed from
+        its own weights and multiplier alone, so they are the same as in the whole product."""
+        out = object.__new__(_Prepared)
+        out.wt = self.wt[:, idx].contiguous()
+        out.mult = self.mult[idx].contiguous()
+        out.shift = self.shift
+        return out
+
 
 class Engine:
     def __init__(self, model: IntModel, device: str = "cpu", backend: str | None = None, threads: int | None = None,
@@ -344,10 +353,11 @@ class Engine:
         return h.mul_(u).add_(1 << (F - 1)).bitwise_right_shift_(F)
 
     # ---- the forward pass ------------------------------------------------------------------
-    def _forward(self, tokens: torch.Tensor, cache: _Cache, out=None) -> torch.Tensor:
-        """Run tokens [B, T] at positions cache.length.. ; returns Q16 logits [B, T, V], or out(logits)
-        computed tile by tile when out (a row-wise function, e.g. frequencies) is given: with a large
-        vocabulary the logits of a whole chunk would not fit in memory next to their tables."""
+    def _forward(self, tokens: torch.Tensor, cache: _Cache, out=None, head: _Prepared | None = None) -> torch.Tensor:
+        """Run tokens [B, T] at positions cache.length.. ; returns Q16 logits [B, T, V] (or those of
+        head's columns), or out(logits) computed tile by tile when out (a row-wise function, e.g.
+        frequencies) is given: with a large vocabulary the logits of a whole chunk would not fit in
+        memory next to their tables."""
         B, T = tokens.shape
         p0 = cache.length
         pos = torch.arange(p0, p0 + T, device=self.device).repeat(B)  # of the rows (b, t)
@@ -369,7 +379,8 @@ class Engine:
             self._rowwise(lambda t, _, gm=gu_m, dm=down_m: self._mlp(t, gm, dm), x, x, add=True)
         cache.length = p0 + T
         finish = out or (lambda z: z)
-        y = self._rowwise(lambda t, _: finish(self._normed_linear(t, self.head)), x)
+        head = head or self.head
+        y = self._rowwise(lambda t, _: finish(self._normed_linear(t, head)), x)
         return y.view(B, T, y.shape[-1])
 
     def _mlp(self, x: torch.Tensor, gu_m: _Prepared, down_m: _Prepared) -> torch.Tensor:
@@ -396,15 +407,14 @@ class Engine:
             out[rows] = y
         return out
 
-    def frequencies(self, logits: torch.Tensor, alphabet: torch.Tensor | None) -> torch.Tensor:
-        """Q16 logits [..., V] -> int64 frequencies over the alphabet, each >= 1, summing to 2**24."""
+    def frequencies(self, logits: torch.Tensor) -> torch.Tensor:
+        """Q16 logits [..., A] -> int64 frequencies over those A symbols, each >= 1, summing to 2**24."""
         if self.kernel:
             z = logits.contiguous().view(-1, logits.shape[-1])
-            a = torch.empty(0, dtype=torch.int64) if alphabet is None else alphabet
-            out = torch.empty((z.shape[0], a.numel() or z.shape[1]), dtype=torch.int64)
-            kernels.frequencies(z.numpy(), a.numpy(), self.t["freq_exp"].numpy(), F - ATT_FRAC, TOTAL, out.numpy())
-            return out.view(*logits.shape[:-1], out.shape[1])
-        z = logits if alphabet is None else torch.index_select(logits, -1, alphabet)
+            out = torch.empty(z.shape, dtype=torch.int64)
+            kernels.frequencies(z.numpy(), self.t["freq_exp"].numpy(), F - ATT_FRAC, TOTAL, out.numpy())
+            return out.view(logits.shape)
+        z = logits
         fexp = self.t["freq_exp"]
         idx = ((z.amax(-1, keepdim=True) - z) >> (F - ATT_FRAC)).clamp_(0, fexp.numel() - 1)
         e = torch.index_select(fexp, 0, idx.view(-1)).view(idx.shape)
@@ -422,7 +432,7 @@ class Engine:
         """
         out: list[np.ndarray | None] = [None] * len(seqs)
         order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
-        alpha = None if alphabet is None else alphabet.to(self.device)
+        head = self.alphabet_head(alphabet)
         i = 0
         while i < len(order):
             T = len(seqs[order[i]]) - 1
@@ -434,11 +444,16 @@ class Engine:
                 toks[r, : len(s)] = torch.tensor(s, dtype=torch.int64)
             with torch.no_grad():
                 freqs = self._forward(toks.to(self.device), _Cache(self, len(batch), T),
-                                      out=lambda z: self.frequencies(z, alpha)).cpu().numpy()
+                                      out=self.frequencies, head=head).cpu().numpy()
             for r, j in enumerate(batch):
                 out[j] = freqs[r, : len(seqs[j]) - 1]
             i += bsz
         return out  # type: ignore[return-value]
+
+    def alphabet_head(self, alphabet: torch.Tensor | None) -> _Prepared:
+        """The output head computing only the alphabet's logits, in its order (a byte stream of a BPE
+        model needs 256 of them): frequencies over these are those over the alphabet."""
+        return self.head if alphabet is None else self.head.columns(alphabet.to(self.device))
 
     def cache_bytes(self) -> int:
         """Memory one chunk's key/value cache takes at full context."""
@@ -549,11 +564,11 @@ class Session:
     def __init__(self, engine: Engine, batch: int, alphabet: torch.Tensor | None):
         self.engine = engine
         self.cache = _Cache(engine, batch, engine.context)
-        self.alphabet = None if alphabet is None else alphabet.to(engine.device)
+        self.head = engine.alphabet_head(alphabet)
 
     def feed(self, tokens: list[int] | np.ndarray) -> np.ndarray:
         """Feed one token per chunk; returns int64 frequencies [B, A] for each chunk's next token."""
         t = torch.as_tensor(np.asarray(tokens, dtype=np.int64), device=self.engine.device)[:, None]
         with torch.no_grad():
-            logits = self.engine._forward(t, self.cache)
-            return self.engine.frequencies(logits[:, -1], self.alphabet).cpu().numpy()
+            logits = self.engine._forward(t, self.cache, head=self.head)
+            return self.engine.frequencies(logits[:, -1]).cpu().numpy()

@@ -149,29 +149,26 @@ def silu_mul(gu: np.ndarray, inter: int, sig: np.ndarray, step_shift: int, frac:
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def frequencies(z: np.ndarray, alphabet: np.ndarray, fexp: np.ndarray, shift: int, total: int,
+def frequencies(z: np.ndarray, fexp: np.ndarray, shift: int, total: int,
                 out: np.ndarray) -> None:  # pragma: no cover  (compiled)
-    """Engine.frequencies of the logit rows z [N, V] (int64) into out [N, A] (int64): over the
-    columns alphabet (int64 [A]), or over all V columns when alphabet is empty (A = V).
+    """Engine.frequencies of the logit rows z [N, A] (int64) into out [N, A] (int64).
 
     freq_j = floor(e_j (total - A) / S) + 1 with S = sum e: the product reaches 2**56, beyond
     float64's exact integers, and int64 division does not vectorize. So the quotient is estimated
     in float64 (off by at most one: S < 2**53 is exact and the numerator's rounding is relative
     2**-53 of a quotient below 2**25) and corrected by its exact int64 remainder."""
-    N = z.shape[0]
-    A = out.shape[1]
-    whole = alphabet.size == 0
+    N, A = z.shape
     last = fexp.size - 1
     scale = np.int64(total - A)
     for i in numba.prange(N):
         row = out[i]
         top = np.iinfo(np.int64).min
         for j in range(A):
-            top = max(top, z[i, j] if whole else z[i, alphabet[j]])
+            top = max(top, z[i, j])
         s = np.int64(0)
         first = A
         for j in range(A):
-            k = min((top - (z[i, j] if whole else z[i, alphabet[j]])) >> shift, last)
+            k = min((top - z[i, j]) >> shift, last)
             if k == 0 and first == A:
                 first = j
             row[j] = fexp[k]

@@ -251,10 +251,15 @@ def decode_chunks(kind_chunks: list[tuple[str, dict, bytes]], predictor_for: Cal
                 on_progress(rec["size"])
     for model_id, idxs in lm.items():
         pred = predictor_for(model_id)
-        idxs.sort(key=lambda i: -kind_chunks[i][1]["tokens"])
+        groups: dict[int, list[int]] = {}  # a lockstep batch shares its alphabet: a BPE model's text
+        for i in idxs:  # is coded over its whole vocabulary, its other kinds over the bytes
+            groups.setdefault(id(pred.vocab.alphabet(kind_chunks[i][0])), []).append(i)
         size = decode_batch(pred.engine)
-        for b in range(0, len(idxs), size):
-            batch = idxs[b : b + size]
+        batches = []
+        for group in groups.values():
+            group.sort(key=lambda i: -kind_chunks[i][1]["tokens"])
+            batches += [group[b : b + size] for b in range(0, len(group), size)]
+        for batch in batches:
             for i, symbols in zip(batch, _decode_lm_batch(pred, [kind_chunks[i] for i in batch]), strict=True):
                 kind, rec, _ = kind_chunks[i]
                 data = pred.vocab.to_bytes(kind, symbols)

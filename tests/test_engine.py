@@ -81,6 +81,22 @@ def test_parallel_equals_incremental(model):
         assert np.array_equal(p, np.array(rows))
 
 
+def test_an_alphabet_is_the_whole_table_restricted(model):
+    """The head computes only an alphabet's logits (256 of a BPE model's): in any order of any
+    subset, the frequencies are those of the whole vocabulary's logits taken at those columns."""
+    from archiver.engine import _Cache
+
+    eng = Engine(model)
+    seqs = _seqs(3, 4, model.context)
+    n = min(len(s) for s in seqs) - 1
+    toks = torch.tensor([s[:n] for s in seqs])
+    whole = eng._forward(toks, _Cache(eng, len(seqs), n))
+    for alphabet in (ALPHA, torch.tensor([259, 3, 100, 7, 256])):
+        want = eng.frequencies(whole[..., alphabet])
+        got = eng.score([s[: n + 1] for s in seqs], alphabet)
+        assert all(np.array_equal(g, w.numpy()) for g, w in zip(got, want, strict=True))
+
+
 def test_batch_composition_does_not_matter(model):
     eng = Engine(model)
     target = _seqs(1, 2, model.context)[0]
@@ -165,15 +181,15 @@ def test_rope_kernel_equals_torch_path(model):
 
 def test_frequency_kernel_equals_torch_path(model):
     """Logits spread across the exp table and past its end, ties at the top (the first top symbol
-    takes the remainder), a whole vocabulary and a sub-alphabet, a 49152-wide row like SmolLM2's."""
+    takes the remainder), a byte model's row and a 49152-wide row like SmolLM2's."""
     kernel, torch_path = Engine(model, path="kernels"), Engine(model, path="torch")
     gen = torch.Generator().manual_seed(1)
-    for width, alphabet in ((260, ALPHA), (260, None), (49152, None)):
+    for width in (256, 260, 49152):
         z = torch.randint(-(40 << 16), 8 << 16, (6, width), generator=gen)
         z[1] = 5  # all tied
         z[2, ::7] = z[2].max()  # several tied at the top
         z[3] = torch.linspace(-(30 << 16), 0, width).to(torch.int64)  # every table index, and past it
-        k, t = kernel.frequencies(z, alphabet), torch_path.frequencies(z, alphabet)
+        k, t = kernel.frequencies(z), torch_path.frequencies(z)
         assert torch.equal(k, t) and (k >= 1).all() and (k.sum(1) == TOTAL).all()
 
 

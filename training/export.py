@@ -4,6 +4,7 @@ integer model file the archiver ships, and report float vs integer cross-entropy
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import torch
@@ -43,40 +44,61 @@ def tiny_fixture(seed: int, steps: int = 400, context: int = 128) -> LlamaForCau
     return model.eval()
 
 
-def compare(hf: LlamaForCausalLM, path: Path, corpus: Path, windows: int, seed: int = 0) -> dict:
-    """Bits per byte of the float model and of the exported integer model on the same dev windows
-    (each [BOS] + 1023 bytes, exactly as the archiver codes chunks), per stream kind."""
+def compare(hf: LlamaForCausalLM, path: Path, corpus: Path, windows: int, seed: int = 0,
+            baseline: Path | None = None) -> dict:
+    """Bits per byte of the float model and of the exported integer model on the same dev windows,
+    per stream kind: each window is [BOS] + 1023 tokens of a dev stream, exactly as the archiver
+    codes a chunk (1023 bytes, or 1023 BPE tokens of text). With a baseline (another integer model
+    file, e.g. the previous default), the same bytes are also coded by it, chunked by its own
+    vocabulary as the archiver would."""
     import numpy as np
 
     from archiver import intmodel
     from archiver.coder import ideal_bits
     from archiver.engine import Engine
+    from archiver.vocab import make_vocab
     from training.data import load_streams, split_files
 
     _, dev = split_files(corpus)
     streams = load_streams(dev, corpus)
     im = intmodel.load(path)
-    eng = Engine(im)
+    eng, vocab = Engine(im), make_vocab(im.config)
     n = im.context - 1
+    if baseline is not None:
+        bm = intmodel.load(baseline)
+        beng, bvocab = Engine(bm), make_vocab(bm.config)
     rng = np.random.default_rng(seed)
     out = {}
-    for kind, bos in BYTE_VOCAB["bos"].items():
-        pool = [d for k, d in streams if k == kind and len(d) > n]
+    for kind in [k for k in BYTE_VOCAB["bos"] if k in vocab.kinds]:  # a fixed order: one rng
+        pool = [s for s in (vocab.symbols(k, d) for k, d in streams if k == kind) if s is not None and len(s) > n]
         if not pool:
             continue
-        seqs = []
+        bos, alphabet = vocab.bos(kind), vocab.alphabet(kind)
+        seqs, total = [], 0
         for _ in range(windows):
-            d = pool[int(rng.integers(len(pool)))]
-            a = int(rng.integers(len(d) - n + 1))
-            seqs.append([bos, *d[a : a + n]])
+            s = pool[int(rng.integers(len(pool)))]
+            a = int(rng.integers(len(s) - n + 1))
+            seqs.append([bos, *vocab.token_ids(s[a : a + n]).tolist()])
+            total += len(vocab.to_bytes(kind, s[a : a + n]))
         with torch.no_grad():
-            logits = hf(torch.tensor(seqs)).logits[:, :-1, :256].double()
+            logits = hf(torch.tensor(seqs)).logits[:, :-1].double()
+            if alphabet is not None:
+                logits = logits[..., alphabet]
             tgt = torch.tensor([s[1:] for s in seqs])
             nats = -torch.log_softmax(logits, -1).gather(-1, tgt[..., None]).sum()
-        freqs = eng.score(seqs, torch.arange(256))
+        freqs = eng.score(seqs, alphabet)
         bits = sum(ideal_bits(np.array(s[1:]), f) for s, f in zip(seqs, freqs, strict=True))
-        total = windows * n
         out[kind] = {"float_bpb": float(nats) / np.log(2) / total, "int_bpb": bits / total}
+        if baseline is not None:
+            bn = bm.context - 1
+            pieces = []
+            for s in seqs:
+                sym = bvocab.symbols(kind, vocab.to_bytes(kind, np.array(s[1:])))
+                pieces += [sym[i : i + bn] for i in range(0, len(sym), bn)]
+            bseqs = [[bvocab.bos(kind), *bvocab.token_ids(p).tolist()] for p in pieces]
+            bfreqs = beng.score(bseqs, bvocab.alphabet(kind))
+            bbits = sum(ideal_bits(np.array(p), f) for p, f in zip(pieces, bfreqs, strict=True))
+            out[kind]["baseline_int_bpb"] = bbits / total
     return out
 
 
@@ -87,6 +109,8 @@ def main() -> None:
     ap.add_argument("--name", default="default", help="model name recorded in the file")
     ap.add_argument("--compare", type=Path, metavar="CORPUS", help="also report float vs integer bits/byte on dev")
     ap.add_argument("--windows", type=int, default=8, help="dev windows per stream kind for --compare")
+    ap.add_argument("--tokenizer", type=Path, help="the BPE spec the checkpoint was trained with (text tokens)")
+    ap.add_argument("--baseline", type=Path, help="with --compare: also code the same bytes with this model file")
     ap.add_argument("--key-cache", choices=["int8", "f64"], default="int8",
                     help="the engine's key cache: int8 (faster, same bits/byte) or float64 (the first models)")
     ap.add_argument("out", type=Path)
@@ -95,16 +119,18 @@ def main() -> None:
         hf = tiny_fixture(a.tiny_fixture_seed)
     else:
         hf = LlamaForCausalLM.from_pretrained(a.checkpoint).eval()
-    model = convert_llama(hf, extra=dict(BYTE_VOCAB, name=a.name, key_cache=a.key_cache))
+    extra = dict(BYTE_VOCAB, name=a.name, key_cache=a.key_cache)
+    if a.tokenizer:
+        extra["tokenizer"] = json.loads(a.tokenizer.read_text())
+    model = convert_llama(hf, extra=extra)
     digest = model.save(a.out)
     print(f"wrote {a.out} ({a.out.stat().st_size} bytes), model id {digest}")
     if a.compare:
-        import json
-
-        res = compare(hf, a.out, a.compare, a.windows)
+        res = compare(hf, a.out, a.compare, a.windows, baseline=a.baseline)
         for kind, r in res.items():
             gap = r["int_bpb"] / r["float_bpb"] - 1
-            print(f"{kind:<7} float {r['float_bpb']:.4f}  integer {r['int_bpb']:.4f} bits/byte  ({gap:+.2%})")
+            base = f"  baseline {r['baseline_int_bpb']:.4f}" if "baseline_int_bpb" in r else ""
+            print(f"{kind:<7} float {r['float_bpb']:.4f}  integer {r['int_bpb']:.4f} bits/byte  ({gap:+.2%}){base}")
         print(json.dumps(res))
 
 

@@ -10,6 +10,8 @@
 # check). Everything worth keeping is copied to $OUT, which comes back.
 # A CPU smoke test: OUT=/tmp/lo SKIP_WHEELS=1 DEVICE=cpu TIME_BUDGET=20 bash training/gpu_lease.sh
 # Second lease call (training only, shorter): SKIP_CHECK=1 TIME_BUDGET=225 TRAIN_TIMEOUT=260
+# With the BPE text vocabulary (issue 4): TOKENIZER=training/tokenizer.json (and INIT=DIR to start from a
+# checkpoint the lease carries); the tokenizer travels with the checkpoint into `training.export --tokenizer`.
 set -u
 export PYTHONUNBUFFERED=1
 REPO=$PWD
@@ -26,7 +28,8 @@ python3 training/entry_points.py $SITE
 
 timeout "${TRAIN_TIMEOUT:-520}" python3 -m training.train --streams .gpu/streams --out /tmp/run --device "$DEVICE" \
   --bf16 --batch 128 --seq 1024 --lr 3e-3 --warmup 200 --steps 1000000 --time-budget "${TIME_BUDGET:-420}" \
-  --eval-every 500 --ckpt-every 500 --eval-windows 32 --threads 8 >>"$OUT/train.log" 2>&1 &
+  --eval-every 500 --ckpt-every 500 --eval-windows 32 --threads 8 ${TOKENIZER:+--tokenizer "$TOKENIZER"} \
+  ${INIT:+--init "$INIT"} >>"$OUT/train.log" 2>&1 &
 train_pid=$!
 
 [ -n "${SKIP_CHECK:-}" ] || (

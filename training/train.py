@@ -1,9 +1,13 @@
 """Train lmarc's default byte-level model (a small Llama) on the shared corpus.
 
 Why it looks like this:
-- The archiver codes every stream in independent chunks of 1023 bytes, each preceded by its kind's
-  BOS token, so a training example is exactly that: [BOS_kind] + a random window of up to 1023 bytes
-  of one stream, with loss on the bytes only (BOS is never a target).
+- The archiver codes every stream in independent chunks of 1023 tokens, each preceded by its kind's
+  BOS token, so a training example is exactly that: [BOS_kind] + a random window of up to 1023 tokens
+  of one stream, with loss on those tokens only (BOS is never a target). Tokens are bytes, except
+  for text with `--tokenizer` (a byte-level BPE spec from `training.tokenizer`), whose tokens are
+  the tokenizer's, exactly as `archiver.vocab` makes them; losses are reported per byte either way.
+- `--init DIR` starts from a trained checkpoint instead of random weights; the rows of tokens it
+  lacks (a BPE tokenizer's merges) start as the mean embedding of their bytes.
 - The model shape is fixed by the integer engine (archiver/intmodel.py converts a transformers
   LlamaForCausalLM), so it is built here from a hard-coded LlamaConfig and saved with
   `save_pretrained`, which the converter loads directly.
@@ -54,35 +58,53 @@ EVAL_SEED = 1234  # fixed, independent of --seed, so dev numbers compare across 
 LN2 = math.log(2.0)
 
 
-def model_config() -> LlamaConfig:
+def model_config(vocab_size: int = 260) -> LlamaConfig:
     """The default model's shape; must stay in step with the integer engine."""
     return LlamaConfig(
-        vocab_size=260, hidden_size=256, intermediate_size=704, num_hidden_layers=4,
+        vocab_size=vocab_size, hidden_size=256, intermediate_size=704, num_hidden_layers=4,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
         tie_word_embeddings=True, hidden_act="silu", rms_norm_eps=1e-5, rope_theta=10000.0,
     )  # fmt: skip
 
 
-class Windows:
-    """Streams of each kind in memory, sampled as [BOS] + window batches."""
+def vocabulary(tokenizer: Path | None):
+    """The archiver's vocabulary for the model being trained: bytes, or bytes plus a BPE for text."""
+    from archiver.vocab import make_vocab
 
-    def __init__(self, streams: list[tuple[str, bytes]]):
+    config = {"bos": BOS, "byte_tokens": list(range(256))}
+    if tokenizer is not None:
+        config["tokenizer"] = json.loads(tokenizer.read_text())
+    return make_vocab(config)
+
+
+def token_bytes(vocab, size: int) -> torch.Tensor:
+    """Bytes each token id stands for (0 for the stream starts): turns token losses into bits/byte."""
+    table = getattr(vocab, "table", None)
+    n = [len(t) for t in table] if table else [1] * 256 + [0] * (size - 256)
+    return torch.tensor(n, dtype=torch.float32)
+
+
+class Windows:
+    """Streams of each kind in memory as token arrays, sampled as [BOS] + window batches."""
+
+    def __init__(self, streams: list[tuple[str, bytes]], vocab, weights: dict[str, float] | None = None):
         self.by_kind: dict[str, list[np.ndarray]] = {}
         for kind, data in streams:
-            self.by_kind.setdefault(kind, []).append(np.frombuffer(data, dtype=np.uint8))
+            self.by_kind.setdefault(kind, []).append(vocab.symbols(kind, data))
         self.kinds = [k for k in KINDS if k in self.by_kind]
         self.p_stream = {}
+        weights = KIND_WEIGHT | (weights or {})
         for k in self.kinds:
             lens = np.array([len(s) for s in self.by_kind[k]], dtype=np.float64)
             self.p_stream[k] = lens / lens.sum()
-        w = np.array([KIND_WEIGHT[k] for k in self.kinds])
+        w = np.array([weights[k] for k in self.kinds])
         self.p_kind = w / w.sum()
 
-    def nbytes(self, kind: str) -> int:
+    def ntokens(self, kind: str) -> int:
         return sum(len(s) for s in self.by_kind[kind])
 
     def window(self, rng: np.random.Generator, kind: str, n: int) -> np.ndarray:
-        """A random window of at most n bytes from a length-weighted stream of this kind."""
+        """A random window of at most n tokens from a length-weighted stream of this kind."""
         s = self.by_kind[kind][rng.choice(len(self.by_kind[kind]), p=self.p_stream[kind])]
         off = int(rng.integers(0, len(s) - n + 1)) if len(s) > n else 0
         return s[off : off + n]
@@ -102,28 +124,35 @@ class Windows:
         return x[:, :-1], y, kinds
 
 
-def row_nats(model: LlamaForCausalLM, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed cross entropy (nats, float32 even under autocast) and scored byte count per row."""
+def row_nats(model: LlamaForCausalLM, x: torch.Tensor, y: torch.Tensor,
+             nbytes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed cross entropy (nats, float32 even under autocast) and scored byte count per row
+    (nbytes: bytes per token id, on the model's device). As in the archiver, a row is scored over
+    the byte tokens only, unless it is text and the vocabulary has more text tokens than bytes."""
     dev = model.device
     x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
     logits = model(input_ids=x).logits.float()
+    byte_rows = (x[:, 0] != BOS["text"]) | (nbytes[256:] == 0).all()
+    not_byte = torch.arange(logits.shape[-1], device=dev) >= 256
+    logits = logits.masked_fill(byte_rows[:, None, None] & not_byte, float("-inf"))
     loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=-100, reduction="none")
-    return loss.view_as(y).sum(1), (y != -100).sum(1)
+    return loss.view_as(y).sum(1), nbytes[y.clamp(min=0)].mul_(y != -100).sum(1)
 
 
 @torch.no_grad()
 def evaluate(
-    model: LlamaForCausalLM, dev_batches: list[tuple[str, torch.Tensor, torch.Tensor]], autocast=contextlib.nullcontext
+    model: LlamaForCausalLM, dev_batches: list[tuple[str, torch.Tensor, torch.Tensor]], nbytes: torch.Tensor,
+    autocast=contextlib.nullcontext,
 ) -> dict[str, float]:
     """Dev bits/byte per kind (and 'all', byte-weighted) on the fixed dev sample."""
     model.eval()
     nats: dict[str, float] = {}
-    count: dict[str, int] = {}
+    count: dict[str, float] = {}
     for kind, x, y in dev_batches:
         with autocast():
-            n, c = row_nats(model, x, y)
+            n, c = row_nats(model, x, y, nbytes)
         nats[kind] = nats.get(kind, 0.0) + float(n.sum())
-        count[kind] = count.get(kind, 0) + int(c.sum())
+        count[kind] = count.get(kind, 0.0) + float(c.sum())
     model.train()
     out = {k: nats[k] / count[k] / LN2 for k in nats}
     out["all"] = sum(nats.values()) / sum(count.values()) / LN2
@@ -139,6 +168,21 @@ def dev_sample(dev: Windows, per_kind: int, seq: int, batch: int) -> list[tuple[
             x, y, _ = dev.batch(rng, 0, seq, kinds=[k] * min(batch, per_kind - start))
             out.append((k, x, y))
     return out
+
+
+def warm_start(path: Path, vocab) -> LlamaForCausalLM:
+    """The checkpoint at path, its vocabulary grown to vocab's: a new token's embedding (tied to the
+    output head) starts as the mean of its bytes' embeddings."""
+    model = LlamaForCausalLM.from_pretrained(path, dtype=torch.float32)
+    old = model.config.vocab_size
+    size = len(getattr(vocab, "table", ())) or old
+    if size > old:
+        model.resize_token_embeddings(size, mean_resizing=False)
+        emb = model.get_input_embeddings().weight
+        with torch.no_grad():
+            for i in range(old, size):
+                emb[i] = emb[list(vocab.table[i])].mean(0)
+    return model
 
 
 def lr_at(step: int, args: argparse.Namespace) -> float:
@@ -188,6 +232,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--streams", type=Path, help="read DIR/train.xz and DIR/dev.xz instead of the corpus")
     p.add_argument("--time-budget", type=float, help="seconds of training: --steps is set from the step time")
     p.add_argument("--resume", action="store_true", help="continue from OUT/ckpt if present")
+    p.add_argument("--tokenizer", type=Path, help="a BPE spec (python -m training.tokenizer) for text streams")
+    p.add_argument("--weights", default="", help="kind sampling weights, e.g. text=2 (default: KIND_WEIGHT)")
+    p.add_argument("--init", type=Path, help="start from this checkpoint (save_pretrained) instead of random")
     p.add_argument("--eval-every", type=int, default=50)
     p.add_argument("--eval-windows", type=int, default=16, help="dev windows per kind")
     p.add_argument("--ckpt-every", type=int, default=50)
@@ -211,27 +258,33 @@ def main() -> None:
     hf_logging.disable_progress_bar()  # its per-save shard bars only clutter the log
     args.out.mkdir(parents=True, exist_ok=True)
 
+    vocab = vocabulary(args.tokenizer)
+    weights = {k: float(w) for k, w in (kv.split("=") for kv in args.weights.split(",") if kv)}
+    vocab_size = len(vocab.table) if args.tokenizer else 260
+    if args.tokenizer:  # the archiver's model file will carry it; keep it with the checkpoints
+        shutil.copy(args.tokenizer, args.out / "tokenizer.json")
     t0 = time.time()
     if args.streams:
         source = "training_streams"  # what `python -m training.data` saves
-        train, dev = (Windows(read_streams(args.streams / f"{n}.xz")) for n in ("train", "dev"))
+        train, dev = (Windows(read_streams(args.streams / f"{n}.xz"), vocab, weights) for n in ("train", "dev"))
         console.print(f"streams from {args.streams} in {time.time() - t0:.1f}s")
     else:
         train_files, dev_files = split_files(args.corpus)
         source = stream_source()
-        train, dev = Windows(load_streams(train_files, args.corpus)), Windows(load_streams(dev_files, args.corpus))
+        train, dev = (Windows(load_streams(files, args.corpus), vocab, weights) for files in (train_files, dev_files))
         console.print(
             f"streams via {source} in {time.time() - t0:.1f}s: {len(train_files)} train / {len(dev_files)} dev files"
         )
     for k in train.kinds:
-        dn = dev.nbytes(k) if k in dev.kinds else 0
+        dn = dev.ntokens(k) if k in dev.kinds else 0
         console.print(
-            f"  {k:6s} train {len(train.by_kind[k]):5d} streams {train.nbytes(k) / 1e6:7.2f} MB"
-            f" | dev {dn / 1e6:6.2f} MB"
+            f"  {k:6s} train {len(train.by_kind[k]):5d} streams {train.ntokens(k) / 1e6:7.2f} M tokens"
+            f" | dev {dn / 1e6:6.2f} M"
         )
     dev_batches = dev_sample(dev, args.eval_windows, args.seq, args.batch)
 
     ckpt = args.out / "ckpt"
+    nbytes = token_bytes(vocab, vocab_size).to(args.device)
     state = {"step": 0, "train_time": 0.0, "tokens": 0, "source": source}
     device = torch.device(args.device)
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if args.bf16 else contextlib.nullcontext
@@ -246,7 +299,8 @@ def main() -> None:
             state["source"] = source
         console.print(f"resumed from {ckpt} at step {state['step']}")
     else:
-        model = LlamaForCausalLM(model_config()).to(device)
+        model = LlamaForCausalLM(model_config(vocab_size)) if args.init is None else warm_start(args.init, vocab)
+        model = model.to(device)
         opt = make_optimizer(model, args)
     model.train()
     console.print(
@@ -256,7 +310,7 @@ def main() -> None:
 
     def log_eval(step: int) -> dict[str, float]:
         te = time.time()
-        ev = evaluate(model, dev_batches, autocast)
+        ev = evaluate(model, dev_batches, nbytes, autocast)
         console.print(
             f"[bold]eval step {step}[/] dev bits/byte "
             + " ".join(f"{k}={v:.3f}" for k, v in ev.items())
@@ -296,7 +350,7 @@ def main() -> None:
             for g in opt.param_groups:
                 g["lr"] = lr
             with autocast():
-                nats, count = row_nats(model, x, y)
+                nats, count = row_nats(model, x, y, nbytes)
             loss = nats.sum() / count.sum()
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -330,7 +384,7 @@ def main() -> None:
                 save_checkpoint(args.out, model, opt, state)
 
     model.save_pretrained(args.out / "final")
-    ev = state.get("last_eval") or evaluate(model, dev_batches, autocast)
+    ev = state.get("last_eval") or evaluate(model, dev_batches, nbytes, autocast)
     metrics = {
         "train_time_s": round(state["train_time"], 1),
         "steps": state["step"],
