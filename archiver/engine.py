@@ -407,14 +407,13 @@ class Engine:
             out[rows] = y
         return out
 
-    def frequencies(self, logits: torch.Tensor) -> torch.Tensor:
-        """Q16 logits [..., A] -> int64 frequencies over those A symbols, each >= 1, summing to 2**24."""
+    def frequencies(self, z: torch.Tensor) -> torch.Tensor:
+        """Q16 logits z [..., A] -> int64 frequencies over those A symbols, each >= 1, summing to 2**24."""
         if self.kernel:
-            z = logits.contiguous().view(-1, logits.shape[-1])
-            out = torch.empty(z.shape, dtype=torch.int64)
-            kernels.frequencies(z.numpy(), self.t["freq_exp"].numpy(), F - ATT_FRAC, TOTAL, out.numpy())
-            return out.view(logits.shape)
-        z = logits
+            rows = z.contiguous().view(-1, z.shape[-1])
+            out = torch.empty(rows.shape, dtype=torch.int64)
+            kernels.frequencies(rows.numpy(), self.t["freq_exp"].numpy(), F - ATT_FRAC, TOTAL, out.numpy())
+            return out.view(z.shape)
         fexp = self.t["freq_exp"]
         idx = ((z.amax(-1, keepdim=True) - z) >> (F - ATT_FRAC)).clamp_(0, fexp.numel() - 1)
         e = torch.index_select(fexp, 0, idx.view(-1)).view(idx.shape)

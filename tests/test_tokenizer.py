@@ -89,8 +89,8 @@ def test_a_byte_model_grows_into_the_vocabulary(tmp_path, vocab):
     x = torch.tensor([[BOS["image"], *range(40)], [BOS["text"], *range(40)]])
     y = torch.cat([x[:, 1:], torch.full((2, 1), -100)], 1)
     with torch.no_grad():
-        before, nb = row_nats(small, x, y, token_bytes(make_vocab(BYTE_VOCAB), 260))
-        after, nb2 = row_nats(grown, x, y, token_bytes(vocab, VOCAB))
+        before, nb = row_nats(small, x, y, token_bytes(make_vocab(BYTE_VOCAB)))
+        after, nb2 = row_nats(grown, x, y, token_bytes(vocab))
     assert torch.allclose(after[0], before[0]) and nb[0] == nb2[0] == 40
     assert not torch.allclose(after[1], before[1])  # text is scored over the whole vocabulary
 

@@ -11,8 +11,17 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from archiver.intmodel import convert_llama
+from training.data import BOS
 
-BYTE_VOCAB = {"bos": {"text": 256, "image": 257, "audio": 258, "binary": 259}, "byte_tokens": list(range(256))}
+BYTE_VOCAB = {"bos": BOS, "byte_tokens": list(range(256))}
+
+
+def vocab_config(tokenizer: Path | None) -> dict:
+    """The vocabulary part of a model file's config: our byte tokens and stream starts, plus the BPE
+    spec for text when the model was trained with one (`training.tokenizer`)."""
+    if tokenizer is None:
+        return dict(BYTE_VOCAB)
+    return dict(BYTE_VOCAB, tokenizer=json.loads(tokenizer.read_text()))
 
 
 def tiny_fixture(seed: int, steps: int = 400, context: int = 128) -> LlamaForCausalLM:
@@ -74,12 +83,13 @@ def compare(hf: LlamaForCausalLM, path: Path, corpus: Path, windows: int, seed: 
         if not pool:
             continue
         bos, alphabet = vocab.bos(kind), vocab.alphabet(kind)
-        seqs, total = [], 0
+        seqs, raws = [], []
         for _ in range(windows):
             s = pool[int(rng.integers(len(pool)))]
             a = int(rng.integers(len(s) - n + 1))
             seqs.append([bos, *vocab.token_ids(s[a : a + n]).tolist()])
-            total += len(vocab.to_bytes(kind, s[a : a + n]))
+            raws.append(vocab.to_bytes(kind, s[a : a + n]))
+        total = sum(len(r) for r in raws)
         with torch.no_grad():
             logits = hf(torch.tensor(seqs)).logits[:, :-1].double()
             if alphabet is not None:
@@ -92,8 +102,8 @@ def compare(hf: LlamaForCausalLM, path: Path, corpus: Path, windows: int, seed: 
         if baseline is not None:
             bn = bm.context - 1
             pieces = []
-            for s in seqs:
-                sym = bvocab.symbols(kind, vocab.to_bytes(kind, np.array(s[1:])))
+            for raw in raws:
+                sym = bvocab.symbols(kind, raw)
                 pieces += [sym[i : i + bn] for i in range(0, len(sym), bn)]
             bseqs = [[bvocab.bos(kind), *bvocab.token_ids(p).tolist()] for p in pieces]
             bfreqs = beng.score(bseqs, bvocab.alphabet(kind))
@@ -119,10 +129,7 @@ def main() -> None:
         hf = tiny_fixture(a.tiny_fixture_seed)
     else:
         hf = LlamaForCausalLM.from_pretrained(a.checkpoint).eval()
-    extra = dict(BYTE_VOCAB, name=a.name, key_cache=a.key_cache)
-    if a.tokenizer:
-        extra["tokenizer"] = json.loads(a.tokenizer.read_text())
-    model = convert_llama(hf, extra=extra)
+    model = convert_llama(hf, extra=dict(vocab_config(a.tokenizer), name=a.name, key_cache=a.key_cache))
     digest = model.save(a.out)
     print(f"wrote {a.out} ({a.out.stat().st_size} bytes), model id {digest}")
     if a.compare:

@@ -51,7 +51,9 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.utils import logging as hf_logging
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script or as -m
+from archiver.vocab import make_vocab  # noqa: E402
 from training.data import BOS, KINDS, load_streams, read_streams, split_files, stream_source  # noqa: E402
+from training.export import vocab_config  # noqa: E402
 
 KIND_WEIGHT = {"text": 1.0, "image": 1.0, "audio": 1.0, "binary": 0.25}  # binary streams are small headers
 EVAL_SEED = 1234  # fixed, independent of --seed, so dev numbers compare across runs
@@ -67,20 +69,14 @@ def model_config(vocab_size: int = 260) -> LlamaConfig:
     )  # fmt: skip
 
 
-def vocabulary(tokenizer: Path | None):
-    """The archiver's vocabulary for the model being trained: bytes, or bytes plus a BPE for text."""
-    from archiver.vocab import make_vocab
-
-    config = {"bos": BOS, "byte_tokens": list(range(256))}
-    if tokenizer is not None:
-        config["tokenizer"] = json.loads(tokenizer.read_text())
-    return make_vocab(config)
+def n_tokens(vocab) -> int:
+    """The model's vocabulary size: a BPE's tokens, or the 256 bytes and the stream starts."""
+    return len(vocab.table) if hasattr(vocab, "table") else 256 + len(BOS)
 
 
-def token_bytes(vocab, size: int) -> torch.Tensor:
+def token_bytes(vocab) -> torch.Tensor:
     """Bytes each token id stands for (0 for the stream starts): turns token losses into bits/byte."""
-    table = getattr(vocab, "table", None)
-    n = [len(t) for t in table] if table else [1] * 256 + [0] * (size - 256)
+    n = [len(t) for t in vocab.table] if hasattr(vocab, "table") else [1] * 256 + [0] * len(BOS)
     return torch.tensor(n, dtype=torch.float32)
 
 
@@ -174,8 +170,7 @@ def warm_start(path: Path, vocab) -> LlamaForCausalLM:
     """The checkpoint at path, its vocabulary grown to vocab's: a new token's embedding (tied to the
     output head) starts as the mean of its bytes' embeddings."""
     model = LlamaForCausalLM.from_pretrained(path, dtype=torch.float32)
-    old = model.config.vocab_size
-    size = len(getattr(vocab, "table", ())) or old
+    old, size = model.config.vocab_size, n_tokens(vocab)
     if size > old:
         model.resize_token_embeddings(size, mean_resizing=False)
         emb = model.get_input_embeddings().weight
@@ -258,9 +253,8 @@ def main() -> None:
     hf_logging.disable_progress_bar()  # its per-save shard bars only clutter the log
     args.out.mkdir(parents=True, exist_ok=True)
 
-    vocab = vocabulary(args.tokenizer)
+    vocab = make_vocab(vocab_config(args.tokenizer))
     weights = {k: float(w) for k, w in (kv.split("=") for kv in args.weights.split(",") if kv)}
-    vocab_size = len(vocab.table) if args.tokenizer else 260
     if args.tokenizer:  # the archiver's model file will carry it; keep it with the checkpoints
         shutil.copy(args.tokenizer, args.out / "tokenizer.json")
     t0 = time.time()
@@ -284,7 +278,7 @@ def main() -> None:
     dev_batches = dev_sample(dev, args.eval_windows, args.seq, args.batch)
 
     ckpt = args.out / "ckpt"
-    nbytes = token_bytes(vocab, vocab_size).to(args.device)
+    nbytes = token_bytes(vocab).to(args.device)
     state = {"step": 0, "train_time": 0.0, "tokens": 0, "source": source}
     device = torch.device(args.device)
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if args.bf16 else contextlib.nullcontext
@@ -299,7 +293,7 @@ def main() -> None:
             state["source"] = source
         console.print(f"resumed from {ckpt} at step {state['step']}")
     else:
-        model = LlamaForCausalLM(model_config(vocab_size)) if args.init is None else warm_start(args.init, vocab)
+        model = LlamaForCausalLM(model_config(n_tokens(vocab))) if args.init is None else warm_start(args.init, vocab)
         model = model.to(device)
         opt = make_optimizer(model, args)
     model.train()
