@@ -28,7 +28,7 @@ DECODE_BATCH = 256  # chunks decoded in lockstep at most: per-step overheads amo
 
 def _decode_memory() -> int:
     """Key/value cache budget of a decoding batch: a quarter of physical memory, at most 4 GiB
-    (1 GiB where it cannot be read). The default model's chunk needs 6 MiB, SmolLM2's about 190."""
+    (1 GiB where it cannot be read). The default model's chunk needs 1 MiB, SmolLM2's about 23."""
     try:
         phys = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):

@@ -123,13 +123,16 @@ def main() -> None:
     ap.add_argument("--baseline", type=Path, help="with --compare: also code the same bytes with this model file")
     ap.add_argument("--key-cache", choices=["int8", "f64"], default="int8",
                     help="the engine's key cache: int8 (faster, same bits/byte) or float64 (the first models)")
+    ap.add_argument("--value-cache", choices=["int8", "f64"], default="f64",
+                    help="the engine's value cache: int8 (rounded like the keys) or exact")
     ap.add_argument("out", type=Path)
     a = ap.parse_args()
     if a.checkpoint is None:
         hf = tiny_fixture(a.tiny_fixture_seed)
     else:
         hf = LlamaForCausalLM.from_pretrained(a.checkpoint).eval()
-    model = convert_llama(hf, extra=dict(vocab_config(a.tokenizer), name=a.name, key_cache=a.key_cache))
+    model = convert_llama(hf, extra=dict(vocab_config(a.tokenizer), name=a.name, key_cache=a.key_cache,
+                                         value_cache=a.value_cache))
     digest = model.save(a.out)
     print(f"wrote {a.out} ({a.out.stat().st_size} bytes), model id {digest}")
     if a.compare:
