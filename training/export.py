@@ -123,8 +123,8 @@ def main() -> None:
     ap.add_argument("--baseline", type=Path, help="with --compare: also code the same bytes with this model file")
     ap.add_argument("--key-cache", choices=["int8", "f64"], default="int8",
                     help="the engine's key cache: int8 (faster, same bits/byte) or float64 (the first models)")
-    ap.add_argument("--value-cache", choices=["int8", "f64"], default="f64",
-                    help="the engine's value cache: int8 (rounded like the keys) or exact")
+    ap.add_argument("--value-cache", choices=["int8", "f64"], default="int8",
+                    help="the engine's value cache: int8 (rounded like the keys, same bits/byte) or exact (default-v4)")
     ap.add_argument("out", type=Path)
     a = ap.parse_args()
     if a.checkpoint is None:
