@@ -45,6 +45,8 @@ ROW_TILE = 256  # rows per tile of the row-wise layers (projections, MLP, head)
 _ROPE_SHIFT = ROPE_FRAC + F - KEY_FRAC  # rotary products (Q14 x Q16) to Q10, see Engine._rope_q10
 _ROPE_BIAS = (1 << (ROPE_FRAC - 1)) + (1 << (_ROPE_SHIFT - 1))
 SCORE_ROWS = 2048  # tokens per parallel forward: bounds the activations, batching gains no more
+DIGIT_KEYS = 1024  # int8 values: from this many keys on, the value product runs as int8 GEMMs (faster
+# there: SmolLM2's later blocks; 5% slower than float64 on the default model's blocks of at most 1023)
 
 
 def default_backend(device: torch.device) -> str:
@@ -304,14 +306,16 @@ class Engine:
         than the kernel's integer loops on a long chunk. Scores q . k in float32 for int8 keys (every
         partial sum below 2**24, as for the torch path) or float64 (below 2**53); the table step in
         `kernels.softmax_table`; then sum_j e_j v_j in float64, exact because it stays below 2**53
-        (the bound the model asserts), and the kernel's rounded quotient. Returns [B, T, KV, g, hd]."""
+        (the bound the model asserts), or for int8 values over DIGIT_KEYS keys or more as int8
+        GEMMs (`_value_digits`); and the kernel's rounded quotient. Returns [B, T, KV, g, hd]."""
         B, T, KV, g, hd = q.shape
         n = p0 + T
         fdt = torch.float32 if self.int8_keys else torch.float64
         keys = cache.k[li][..., :n].to(fdt)  # [B, KV, hd, n]
-        values = cache.v[li][:, :, :n].to(torch.float64)  # [B, KV, n, hd]
-        if self.int8_values:
-            values.mul_((torch.ones(1, dtype=torch.int64) << cache.vs[li][:, :, :n, None]).to(torch.float64))
+        if not self.int8_values or p0 + min(T, QUERY_BLOCK) < DIGIT_KEYS:  # a block takes the float64 product
+            values = cache.v[li][:, :, :n].to(torch.float64)  # [B, KV, n, hd]
+            if self.int8_values:
+                values.mul_((torch.ones(1, dtype=torch.int64) << cache.vs[li][:, :, :n, None]).to(torch.float64))
         ek = cache.ks[li].numpy()
         table = self.att_exp.numpy()
         out = torch.empty(q.shape, dtype=torch.int64)
@@ -320,14 +324,37 @@ class Engine:
             S, R = p0 + b, (b - a) * g
             qt = q[:, a:b].transpose(1, 2).reshape(B, KV, R, hd).to(fdt)  # rows (t, head in group)
             s = torch.matmul(qt, keys[..., :S])
-            e = torch.empty((B, KV, R, S), dtype=torch.float64)
             den = torch.empty((B, KV, R, 1), dtype=torch.int64)
-            kernels.softmax_table(s.numpy(), eq[:, a:b].transpose(1, 2).reshape(B, KV, R).numpy(), ek, p0 + a, g,
-                                  table, e.numpy(), den.view(B, KV, R).numpy())
-            acc = torch.matmul(e, values[:, :, :S]).to(torch.int64)
+            eqb = eq[:, a:b].transpose(1, 2).reshape(B, KV, R).numpy()
+            if self.int8_values and S >= DIGIT_KEYS:
+                acc = self._value_digits(s, eqb, ek, cache, li, p0 + a, g, den)
+            else:
+                e = torch.empty((B, KV, R, S), dtype=torch.float64)
+                kernels.softmax_table(s.numpy(), eqb, ek, p0 + a, g, table, e.numpy(), den.view(B, KV, R).numpy())
+                acc = torch.matmul(e, values[:, :, :S]).to(torch.int64)
             o = torch.div(2 * acc + den, 2 * den, rounding_mode="floor")
             out[:, a:b] = o.view(B, KV, b - a, g, hd).transpose(1, 2)
         return out
+
+    def _value_digits(self, s: torch.Tensor, eq: np.ndarray, ek: np.ndarray, cache: _Cache, li: int, first: int,
+                      g: int, den: torch.Tensor) -> torch.Tensor:
+        """sum_j (e_j << ev_j) v_j of a block of rows (int8 values), as exact int8 GEMMs: the kernel
+        writes each weight e_j << ev_j as base-128 digits, and each digit plane times the int8 value
+        magnitudes is one `_int_mm` (int32 sums below 127 * 127 * context < 2**31), shifted into
+        place in int64. The same integers as the float64 product, at int8 GEMM speed."""
+        B, KV, R, S = s.shape
+        top = int(cache.vs[li][:, :, :S].max())
+        digits = -(-(16 + top) // kernels.DIGIT_BITS)  # e_j << ev_j < 2**(16 + ev_j): e_j <= 2**15
+        d = torch.empty((digits, B, KV, R, S), dtype=torch.int8)
+        kernels.softmax_digits(s.numpy(), eq, ek, cache.vs[li].numpy(), first, g, self.att_exp.numpy(), d.numpy(),
+                               den.view(B, KV, R).numpy())
+        acc = torch.zeros((B, KV, R, self.head_dim), dtype=torch.int64)
+        for b in range(B):
+            for h in range(KV):
+                v = cache.v[li][b, h, :S]
+                for k in range(digits):
+                    acc[b, h] += torch._int_mm(d[k, b, h], v).to(torch.int64) << (kernels.DIGIT_BITS * k)
+        return acc
 
     def _tri(self, n: int, g: int) -> torch.Tensor:
         """Causal mask of a diagonal block: rows (t, head) t < n, columns u < n, True where u > t."""

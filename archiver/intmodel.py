@@ -89,6 +89,8 @@ class IntModel:
             raise ModelError(f"unknown key cache {c['key_cache']!r}: made by a newer lmarc?")
         if c.get("value_cache", "f64") not in ("f64", "int8"):
             raise ModelError(f"unknown value cache {c['value_cache']!r}: made by a newer lmarc?")
+        if c.get("value_cache") == "int8" and 127 * 127 * c["context"] >= 1 << 31:
+            raise ModelError("context too long for int32 sums of int8 values")  # Engine._value_digits
         if c["head_dim"] > F32_EXACT_K or c["hidden_size"] > 16384:
             raise ModelError("model dimensions exceed the exactness bounds")
         for name, m in self._matrices():

@@ -5,7 +5,8 @@ Each kernel computes exactly the integers of a torch implementation that every d
 `rescale_` in `archiver.fixedpoint`, `silu_mul` those of `Engine._silu_mul`, `frequencies` those of
 `Engine.frequencies`, `pow2_quantize` those of `pow2_quantize` in `archiver.fixedpoint`, `rope_q10`
 those of `Engine._rope_q10`. `softmax_table` is `attend`'s table step alone, for the engine's GEMM form of
-attention on long chunks (`Engine._attend_gemm`), where float GEMMs compute the exact products. On a CPU torch spends
+attention on long chunks (`Engine._attend_gemm`), where float GEMMs compute the exact products;
+`softmax_digits` is the same step for int8 values, whose weighted sum is then int8 GEMMs. On a CPU torch spends
 most of its time in memory passes, one per element-wise op; these do a whole chain in one pass.
 Integer (and exactly rounded float64) arithmetic has one result whatever the thread count or vector
 unit, so kernel and torch path give the same bits; the tests check each pair on extreme values.
@@ -185,6 +186,19 @@ def frequencies(z: np.ndarray, fexp: np.ndarray, shift: int, total: int,
         row[first] += total - used
 
 
+@numba.njit(inline="always")
+def _exact_scores(s: np.ndarray, eq: np.ndarray, ek: np.ndarray, first: int, g: int, b: int, h: int,
+                  r: int) -> np.ndarray:  # pragma: no cover
+    """Row r of a block's GEMM scores s [B, KV, R, S] as the exact X_j of the module docstring, up
+    to its causal limit (the row's query is at position first + r // g)."""
+    n = first + r // g + 1
+    sh = np.int64(eq[b, h, r])
+    x = np.empty(n, np.int64)
+    for j in range(n):
+        x[j] = np.int64(s[b, h, r, j]) << (sh + np.int64(ek[b, h, j]))
+    return x
+
+
 @numba.njit(parallel=True, cache=True, nogil=True)
 def softmax_table(s: np.ndarray, eq: np.ndarray, ek: np.ndarray, first: int, g: int, table: np.ndarray,
                   e: np.ndarray, den: np.ndarray) -> None:  # pragma: no cover  (compiled)
@@ -195,17 +209,39 @@ def softmax_table(s: np.ndarray, eq: np.ndarray, ek: np.ndarray, first: int, g: 
     into e (float64, exact; 0 beyond the causal limit) and their sums into den [B, KV, R]."""
     B, KV, R, S = s.shape
     for job in numba.prange(B * KV * R):
-        b = job // (KV * R)
-        h = (job // R) % KV
-        r = job % R
-        n = first + r // g + 1
-        sh = np.int64(eq[b, h, r])
-        x = np.empty(n, np.int64)
-        for j in range(n):
-            x[j] = np.int64(s[b, h, r, j]) << (sh + np.int64(ek[b, h, j]))
+        b, h, r = job // (KV * R), (job // R) % KV, job % R
+        x = _exact_scores(s, eq, ek, first, g, b, h, r)
+        n = x.size
         den[b, h, r] = _table_row(x, n, table, e[b, h, r])
         for j in range(n, S):
             e[b, h, r, j] = 0.0
+
+
+DIGIT_BITS = 7  # softmax_digits writes base-128 digits: each fits an int8
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def softmax_digits(s: np.ndarray, eq: np.ndarray, ek: np.ndarray, ev: np.ndarray, first: int, g: int,
+                   table: np.ndarray, d: np.ndarray, den: np.ndarray) -> None:  # pragma: no cover  (compiled)
+    """`softmax_table` for a model with int8 values, whose weighted sum is computed as int8 GEMMs:
+    writes each table value times its value row's power of two, w_j = e_j << ev_j (ev [B, KV, >=
+    S]), as base-128 digits d[k] = (w_j >> 7k) & 127 into d [ND, B, KV, R, S] (int8; 0 beyond the
+    causal limit; ND digits must hold the largest w), and the table values' sums into den."""
+    B, KV, R, S = s.shape
+    nd = d.shape[0]
+    for job in numba.prange(B * KV * R):
+        b, h, r = job // (KV * R), (job // R) % KV, job % R
+        x = _exact_scores(s, eq, ek, first, g, b, h, r)
+        n = x.size
+        den[b, h, r] = _table_row(x, n, table, x)
+        for j in range(n):
+            x[j] <<= np.int64(ev[b, h, j])
+        for k in range(nd):
+            dk = d[k, b, h, r]
+            for j in range(n):
+                dk[j] = (x[j] >> (DIGIT_BITS * k)) & 127
+            for j in range(n, S):
+                dk[j] = 0
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)

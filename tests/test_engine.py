@@ -13,7 +13,7 @@ import torch
 
 from archiver import intmodel, kernels
 from archiver.coder import ideal_bits
-from archiver.engine import _ROPE_BIAS, _ROPE_SHIFT, TOTAL, Engine
+from archiver.engine import _ROPE_BIAS, _ROPE_SHIFT, TOTAL, Engine, _Cache
 from archiver.modelfile import ModelError
 from tests.conftest import ROOT, TINY
 
@@ -247,3 +247,51 @@ def test_unknown_cache_kind_is_refused(key):
     m.config[key] = "int4"
     with pytest.raises(ModelError, match="newer lmarc"):
         m.check_bounds()
+
+
+def test_value_digits_equal_the_float64_product():
+    """Attention's value product for int8 values as int8 GEMMs over base-128 digits of e_j << ev_j
+    equals the float64 product of the same table values, for value exponents from 0 to 20 (one to
+    six digit planes), scores spread over the exp table, and blocks after a history."""
+    kv = _tiny("int8-kv")
+    eng = Engine(kv)
+    gen = torch.Generator().manual_seed(3)
+    B, KV, g, hd, S = 2, eng.kv_heads, 2, eng.head_dim, 90
+    for top, first in ((0, 0), (6, 10), (13, 30), (20, 60)):
+        R = (S - first) * g
+        cache = _Cache(eng, B, S)
+        cache._grow(S)
+        cache.v[0][:, :, :S] = torch.randint(-127, 128, (B, KV, S, hd), generator=gen, dtype=torch.int8)
+        cache.v[0][0, 0, 0] = 127  # the largest products
+        cache.vs[0][:, :, :S] = torch.randint(0, top + 1, (B, KV, S), generator=gen, dtype=torch.int8)
+        cache.vs[0][0, 0, 0] = top
+        s = torch.randint(-(1 << 20), 1 << 20, (B, KV, R, S), generator=gen).to(torch.float32)
+        eq = torch.randint(0, 3, (B, KV, R), generator=gen).numpy()
+        ek = cache.ks[0].zero_().numpy()
+        den = torch.empty((B, KV, R, 1), dtype=torch.int64)
+        got = eng._value_digits(s, eq, ek, cache, 0, first, g, den)
+        e = torch.empty((B, KV, R, S), dtype=torch.float64)
+        den2 = torch.empty_like(den)
+        kernels.softmax_table(s.numpy(), eq, ek, first, g, eng.att_exp.numpy(), e.numpy(), den2.view(B, KV, R).numpy())
+        values = cache.v[0][:, :, :S].to(torch.float64) * (2.0 ** cache.vs[0][:, :, :S, None].to(torch.float64))
+        assert torch.equal(den, den2)
+        assert torch.equal(got, torch.matmul(e, values).to(torch.int64)), top
+
+
+@pytest.mark.parametrize("keys", [0, 70])
+def test_int8_value_gemms_equal_torch_path(monkeypatch, keys):
+    """Whole forwards with the value product as int8 GEMMs from `keys` keys on (every block, or
+    only the later ones of a chunk) give the torch path's tables; so do forwards after a history
+    whose first block is below the threshold and the next above it."""
+    from archiver import engine
+
+    monkeypatch.setattr(engine, "DIGIT_KEYS", keys)
+    m = _tiny("int8-kv")
+    seqs = _seqs(9, 6, m.context)
+    kernel, torch_path = Engine(m, path="kernels"), Engine(m, path="torch")
+    assert _digest(kernel.score(seqs, ALPHA)) == _digest(torch_path.score(seqs, ALPHA))
+    toks = torch.tensor([_seqs(1, 8, m.context)[0][:120]] * 2)
+    whole = torch_path._forward(toks, _Cache(torch_path, 2, 120))
+    cache = _Cache(kernel, 2, 120)
+    parts = [kernel._forward(toks[:, a:b], cache) for a, b in ((0, 40), (40, 60), (60, 120))]
+    assert torch.equal(torch.cat(parts, 1), whole)
