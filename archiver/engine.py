@@ -594,7 +594,17 @@ class Session:
 
     def feed(self, tokens: list[int] | np.ndarray) -> np.ndarray:
         """Feed one token per chunk; returns int64 frequencies [B, A] for each chunk's next token."""
-        t = torch.as_tensor(np.asarray(tokens, dtype=np.int64), device=self.engine.device)[:, None]
+        return self.feed_run(np.asarray(tokens, dtype=np.int64)[:, None])[:, -1]
+
+    def feed_run(self, tokens: np.ndarray) -> np.ndarray:
+        """Feed T tokens per chunk (tokens [B, T]) in one pass; returns int64 frequencies [B, T, A]:
+        row t is the distribution after token t, the same table as feeding them one by one."""
+        t = torch.as_tensor(np.asarray(tokens, dtype=np.int64), device=self.engine.device)
         with torch.no_grad():
             logits = self.engine._forward(t, self.cache, head=self.head)
-            return self.engine.frequencies(logits[:, -1]).cpu().numpy()
+            return self.engine.frequencies(logits).cpu().numpy()
+
+    def rewind(self, n: int) -> None:
+        """Forget the last n positions fed (a speculative guess that proved wrong): the next feed
+        overwrites their cache entries."""
+        self.cache.length -= n

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 CLASSIC_BLOCK = 4 << 20  # classic-coded streams are cut into blocks this size (bounds memory on extract)
 DECODE_BATCH = 256  # chunks decoded in lockstep at most: per-step overheads amortize over the batch
+GUESSES = 4  # a chunk decoded alone feeds this many guesses of its next tokens with each step
 
 
 def _decode_memory() -> int:
@@ -276,6 +277,56 @@ def decode_batch(engine: Engine) -> int:
     return max(1, min(DECODE_BATCH, DECODE_MEMORY // engine.cache_bytes()))
 
 
+class _Guesses:
+    """Guesses of a chunk's next tokens from its own history (prompt lookup): what followed the
+    last earlier occurrence of its two latest tokens. Logs, code and markup repeat themselves."""
+
+    def __init__(self):
+        self.history: list[int] = []
+        self.after: dict[tuple[int, int], int] = {}  # token pair -> index of what followed it last
+
+    def push(self, symbol: int) -> None:
+        h = self.history
+        if len(h) >= 2:
+            self.after[(h[-2], h[-1])] = len(h)
+        h.append(symbol)
+
+    def next(self, k: int) -> list[int]:
+        h = self.history
+        i = self.after.get((h[-2], h[-1])) if len(h) >= 2 and k > 0 else None
+        return [] if i is None else h[i : i + k]
+
+
+def _decode_alone(pred: Predictor, kind: str, rec: dict, payload: bytes) -> np.ndarray:
+    """One chunk with no lockstep batch to share the reading of the model's weights, which bounds
+    a step of a large model at batch 1. Each step feeds the last decoded token and up to GUESSES
+    guesses of the next ones (`_Guesses`) in one pass, which costs about what one token does; the
+    tables come out the same as token by token, so every guess that proves right saves a step, and
+    the cache forgets the positions of the first wrong one and those after it."""
+    v = pred.vocab
+    n = rec["tokens"]
+    session = pred.engine.session(1, v.alphabet(kind))
+    dec = coder.Decoder(payload)
+    out = np.empty(n, dtype=np.int32)
+    guesses = _Guesses()
+    last = v.bos(kind)  # token id decoded and not yet fed
+    done = 0
+    while done < n:
+        guess = guesses.next(min(GUESSES, n - done - 1))
+        ids = np.array([[last, *v.token_ids(np.asarray(guess, dtype=np.int64))]], dtype=np.int64)
+        tables = session.feed_run(ids)[0]
+        for i in range(len(ids[0])):
+            s = dec.decode(tables[i])
+            out[done] = s
+            done += 1
+            guesses.push(s)
+            if i == len(guess) or s != guess[i]:
+                break
+        session.rewind(len(guess) - i)  # keeps `last` and the guesses that were right
+        last = int(v.token_ids(np.array([s]))[0])
+    return out
+
+
 def _decode_lm_batch(pred: Predictor, chunks: list[tuple[str, dict, bytes]]) -> list[np.ndarray]:
     v = pred.vocab
     kinds = {id(v.alphabet(k)) for k, _, _ in chunks}
@@ -284,6 +335,8 @@ def _decode_lm_batch(pred: Predictor, chunks: list[tuple[str, dict, bytes]]) -> 
     lengths = [rec["tokens"] for _, rec, _ in chunks]
     if max(lengths) > pred.chunk_tokens:
         raise ValueError("chunk claims more tokens than the model's context")
+    if len(chunks) == 1:
+        return [_decode_alone(pred, *chunks[0])]
     session = pred.engine.session(len(chunks), v.alphabet(chunks[0][0]))
     decoders = [coder.Decoder(p) for _, _, p in chunks]
     feed = np.array([v.bos(k) for k, _, _ in chunks], dtype=np.int64)

@@ -116,3 +116,38 @@ def test_one_big_loss_does_not_switch_the_lm_off():
     assert track.data >= streamcoder.TRACK_BYTES and not track.hopeless()
     track.add(300_000, 200_000, 100_000)  # but a long run of losses does
     assert track.hopeless()
+
+
+def test_a_chunk_decoded_alone_checks_guesses_in_one_pass(monkeypatch):
+    """A chunk with no lockstep batch feeds guesses of its next tokens with each step: on data that
+    repeats itself most steps decode several tokens, on random bytes few, and text has wrong
+    guesses for the cache to forget; every token comes back, the same as decoding it in a batch."""
+    from archiver.engine import Session
+
+    pred = streamcoder.Predictor(intmodel.load(TINY))
+    n = pred.chunk_tokens
+    steps: list[int] = []
+    forgotten: list[int] = []
+    feed_run, rewind = Session.feed_run, Session.rewind
+    monkeypatch.setattr(Session, "feed_run", lambda self, t: steps.append(t.shape[1]) or feed_run(self, t))
+    monkeypatch.setattr(Session, "rewind", lambda self, k: forgotten.append(k) or rewind(self, k))
+    text = (SAMPLES / "notes.txt").read_bytes()
+    repeats = text[:10] * (n // 10 + 1)
+    noise = np.random.default_rng(7).integers(0, 256, n).astype(np.uint8).tobytes()
+    for data in (repeats, text, noise):
+        symbols = pred.vocab.symbols("binary", data[:n])
+        (freqs,) = pred.engine.score([[pred.vocab.bos("binary"), *pred.vocab.token_ids(symbols).tolist()]],
+                                     pred.vocab.alphabet("binary"))
+        chunk = ("binary", {"codec": "lm", "tokens": len(symbols)}, streamcoder.coder.encode(symbols, freqs))
+        steps.clear()
+        forgotten.clear()
+        (alone,) = streamcoder._decode_lm_batch(pred, [chunk])
+        assert np.array_equal(alone, symbols)
+        if data is repeats:
+            assert len(steps) < len(symbols) / 3 and max(steps) == streamcoder.GUESSES + 1
+        if data is text:
+            assert sum(forgotten) > 0  # wrong guesses, and the decoding went on exactly
+        if data is noise:
+            assert len(steps) > 0.9 * len(symbols)  # random bytes hardly repeat a pair
+        together = streamcoder._decode_lm_batch(pred, [chunk, chunk])
+        assert all(np.array_equal(t, symbols) for t in together)
