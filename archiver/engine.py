@@ -312,10 +312,7 @@ class Engine:
         n = p0 + T
         fdt = torch.float32 if self.int8_keys else torch.float64
         keys = cache.k[li][..., :n].to(fdt)  # [B, KV, hd, n]
-        if not self.int8_values or p0 + min(T, QUERY_BLOCK) < DIGIT_KEYS:  # a block takes the float64 product
-            values = cache.v[li][:, :, :n].to(torch.float64)  # [B, KV, n, hd]
-            if self.int8_values:
-                values.mul_((torch.ones(1, dtype=torch.int64) << cache.vs[li][:, :, :n, None]).to(torch.float64))
+        values = None  # [B, KV, n, hd] float64, made for the first block that takes the float64 product
         ek = cache.ks[li].numpy()
         table = self.att_exp.numpy()
         out = torch.empty(q.shape, dtype=torch.int64)
@@ -329,6 +326,11 @@ class Engine:
             if self.int8_values and S >= DIGIT_KEYS:
                 acc = self._value_digits(s, eqb, ek, cache, li, p0 + a, g, den)
             else:
+                if values is None:
+                    values = cache.v[li][:, :, :n].to(torch.float64)
+                    if self.int8_values:
+                        scale = torch.ones(1, dtype=torch.int64) << cache.vs[li][:, :, :n, None]
+                        values.mul_(scale.to(torch.float64))
                 e = torch.empty((B, KV, R, S), dtype=torch.float64)
                 kernels.softmax_table(s.numpy(), eqb, ek, p0 + a, g, table, e.numpy(), den.view(B, KV, R).numpy())
                 acc = torch.matmul(e, values[:, :, :S]).to(torch.int64)
