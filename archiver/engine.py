@@ -307,7 +307,8 @@ class Engine:
         partial sum below 2**24, as for the torch path) or float64 (below 2**53); the table step in
         `kernels.softmax_table`; then sum_j e_j v_j in float64, exact because it stays below 2**53
         (the bound the model asserts), or for int8 values over DIGIT_KEYS keys or more as int8
-        GEMMs (`_value_digits`); and the kernel's rounded quotient. Returns [B, T, KV, g, hd]."""
+        GEMMs (`_value_digits`); and the kernel's rounded quotient (`kernels.rounded_quotients`,
+        straight into place). Returns [B, T, KV, g, hd]."""
         B, T, KV, g, hd = q.shape
         n = p0 + T
         fdt = torch.float32 if self.int8_keys else torch.float64
@@ -321,10 +322,10 @@ class Engine:
             S, R = p0 + b, (b - a) * g
             qt = q[:, a:b].transpose(1, 2).reshape(B, KV, R, hd).to(fdt)  # rows (t, head in group)
             s = torch.matmul(qt, keys[..., :S])
-            den = torch.empty((B, KV, R, 1), dtype=torch.int64)
+            den = torch.empty((B, KV, R), dtype=torch.int64)
             eqb = eq[:, a:b].transpose(1, 2).reshape(B, KV, R).numpy()
             if self.int8_values and S >= DIGIT_KEYS:
-                acc = self._value_digits(s, eqb, ek, cache, li, p0 + a, g, den)
+                planes = self._value_digits(s, eqb, ek, cache, li, p0 + a, g, den)
             else:
                 if values is None:
                     values = cache.v[li][:, :, :n].to(torch.float64)
@@ -332,31 +333,30 @@ class Engine:
                         scale = torch.ones(1, dtype=torch.int64) << cache.vs[li][:, :, :n, None]
                         values.mul_(scale.to(torch.float64))
                 e = torch.empty((B, KV, R, S), dtype=torch.float64)
-                kernels.softmax_table(s.numpy(), eqb, ek, p0 + a, g, table, e.numpy(), den.view(B, KV, R).numpy())
-                acc = torch.matmul(e, values[:, :, :S]).to(torch.int64)
-            o = torch.div(2 * acc + den, 2 * den, rounding_mode="floor")
-            out[:, a:b] = o.view(B, KV, b - a, g, hd).transpose(1, 2)
+                kernels.softmax_table(s.numpy(), eqb, ek, p0 + a, g, table, e.numpy(), den.numpy())
+                planes = torch.matmul(e, values[:, :, :S]).unsqueeze(2)  # one float64 plane of exact sums
+            kernels.rounded_quotients(planes.numpy(), den.numpy(), a, g, out.numpy())
         return out
 
     def _value_digits(self, s: torch.Tensor, eq: np.ndarray, ek: np.ndarray, cache: _Cache, li: int, first: int,
                       g: int, den: torch.Tensor) -> torch.Tensor:
         """sum_j (e_j << ev_j) v_j of a block of rows (int8 values), as exact int8 GEMMs: the kernel
-        writes each weight e_j << ev_j as base-128 digits, and each digit plane times the int8 value
-        magnitudes is one `_int_mm` (int32 sums below 127 * 127 * context < 2**31), shifted into
-        place in int64. The same integers as the float64 product, at int8 GEMM speed."""
+        writes each weight e_j << ev_j as base-128 digits, and a chunk's and head's digit planes
+        times the int8 value magnitudes are one `_int_mm` (int32 sums below 127 * 127 * context <
+        2**31). Returns those products as planes [B, KV, ND, R, hd], plane k counting 2**(7k), for
+        `kernels.rounded_quotients` to put together: the float64 product's integers at int8 GEMM
+        speed. Writes the table values' sums into den [B, KV, R]."""
         B, KV, R, S = s.shape
         top = int(cache.vs[li][:, :, :S].max())
         digits = -(-(16 + top) // kernels.DIGIT_BITS)  # e_j << ev_j < 2**(16 + ev_j): e_j <= 2**15
-        d = torch.empty((digits, B, KV, R, S), dtype=torch.int8)
+        d = torch.empty((B, KV, digits, R, S), dtype=torch.int8)
         kernels.softmax_digits(s.numpy(), eq, ek, cache.vs[li].numpy(), first, g, self.att_exp.numpy(), d.numpy(),
-                               den.view(B, KV, R).numpy())
-        acc = torch.zeros((B, KV, R, self.head_dim), dtype=torch.int64)
+                               den.numpy())
+        planes = torch.empty((B, KV, digits, R, self.head_dim), dtype=torch.int32)
         for b in range(B):
             for h in range(KV):
-                v = cache.v[li][b, h, :S]
-                for k in range(digits):
-                    acc[b, h] += torch._int_mm(d[k, b, h], v).to(torch.int64) << (kernels.DIGIT_BITS * k)
-        return acc
+                torch._int_mm(d[b, h].view(digits * R, S), cache.v[li][b, h, :S], out=planes[b, h].view(digits * R, -1))
+        return planes
 
     def _tri(self, n: int, g: int) -> torch.Tensor:
         """Causal mask of a diagonal block: rows (t, head) t < n, columns u < n, True where u > t."""

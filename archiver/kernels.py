@@ -225,10 +225,11 @@ def softmax_digits(s: np.ndarray, eq: np.ndarray, ek: np.ndarray, ev: np.ndarray
                    table: np.ndarray, d: np.ndarray, den: np.ndarray) -> None:  # pragma: no cover  (compiled)
     """`softmax_table` for a model with int8 values, whose weighted sum is computed as int8 GEMMs:
     writes each table value times its value row's power of two, w_j = e_j << ev_j (ev [B, KV, >=
-    S]), as base-128 digits d[k] = (w_j >> 7k) & 127 into d [ND, B, KV, R, S] (int8; 0 beyond the
-    causal limit; ND digits must hold the largest w), and the table values' sums into den."""
+    S]), as base-128 digits d[b, h, k] = (w_j >> 7k) & 127 into d [B, KV, ND, R, S] (int8; 0 beyond
+    the causal limit; ND digits must hold the largest w), and the table values' sums into den. A
+    chunk's and head's digit planes lie together, so their products are one GEMM."""
     B, KV, R, S = s.shape
-    nd = d.shape[0]
+    nd = d.shape[2]
     for job in numba.prange(B * KV * R):
         b, h, r = job // (KV * R), (job // R) % KV, job % R
         x = _exact_scores(s, eq, ek, first, g, b, h, r)
@@ -237,11 +238,31 @@ def softmax_digits(s: np.ndarray, eq: np.ndarray, ek: np.ndarray, ev: np.ndarray
         for j in range(n):
             x[j] <<= np.int64(ev[b, h, j])
         for k in range(nd):
-            dk = d[k, b, h, r]
+            dk = d[b, h, k, r]
             for j in range(n):
                 dk[j] = (x[j] >> (DIGIT_BITS * k)) & 127
             for j in range(n, S):
                 dk[j] = 0
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def rounded_quotients(acc: np.ndarray, den: np.ndarray, a: int, g: int, out: np.ndarray) -> None:  # pragma: no cover
+    """`attend`'s last step for a block of query rows r = (t, head in group) whose weighted value
+    sums were computed by GEMMs: given as ND planes acc [B, KV, ND, R, hd], plane k counting
+    2**(DIGIT_BITS * k) (the int32 products of `softmax_digits`'s digit planes, or one float64
+    plane holding the exact sums), each sum is divided by its row's den [B, KV, R], rounded half up,
+    and written to out[b, a + r // g, h, r % g] (out [B, T, KV, g, hd]). One pass where torch took
+    a shift, an add and a cast per plane, an int64 division and a strided copy."""
+    B, KV, nd, R, hd = acc.shape
+    for job in numba.prange(B * KV * R):
+        b, h, r = job // (KV * R), (job // R) % KV, job % R
+        t, i = a + r // g, r % g
+        dn = den[b, h, r]
+        for c in range(hd):
+            total = np.int64(0)
+            for k in range(nd):
+                total += np.int64(acc[b, h, k, r, c]) << (DIGIT_BITS * k)
+            out[b, t, h, i, c] = (2 * total + dn) // (2 * dn)
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)

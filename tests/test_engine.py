@@ -252,7 +252,8 @@ def test_unknown_cache_kind_is_refused(key):
 def test_value_digits_equal_the_float64_product():
     """Attention's value product for int8 values as int8 GEMMs over base-128 digits of e_j << ev_j
     equals the float64 product of the same table values, for value exponents from 0 to 20 (one to
-    six digit planes), scores spread over the exp table, and blocks after a history."""
+    six digit planes), scores spread over the exp table, and blocks after a history; and the last
+    step turns either form into the same rounded quotients, each in its place."""
     kv = _tiny("int8-kv")
     eng = Engine(kv)
     gen = torch.Generator().manual_seed(3)
@@ -268,14 +269,24 @@ def test_value_digits_equal_the_float64_product():
         s = torch.randint(-(1 << 20), 1 << 20, (B, KV, R, S), generator=gen).to(torch.float32)
         eq = torch.randint(0, 3, (B, KV, R), generator=gen).numpy()
         ek = cache.ks[0].zero_().numpy()
-        den = torch.empty((B, KV, R, 1), dtype=torch.int64)
-        got = eng._value_digits(s, eq, ek, cache, 0, first, g, den)
+        den = torch.empty((B, KV, R), dtype=torch.int64)
+        planes = eng._value_digits(s, eq, ek, cache, 0, first, g, den)
+        got = sum(planes[:, :, k].to(torch.int64) << (kernels.DIGIT_BITS * k) for k in range(planes.shape[2]))
         e = torch.empty((B, KV, R, S), dtype=torch.float64)
         den2 = torch.empty_like(den)
-        kernels.softmax_table(s.numpy(), eq, ek, first, g, eng.att_exp.numpy(), e.numpy(), den2.view(B, KV, R).numpy())
+        kernels.softmax_table(s.numpy(), eq, ek, first, g, eng.att_exp.numpy(), e.numpy(), den2.numpy())
         values = cache.v[0][:, :, :S].to(torch.float64) * (2.0 ** cache.vs[0][:, :, :S, None].to(torch.float64))
+        want = torch.matmul(e, values)
         assert torch.equal(den, den2)
-        assert torch.equal(got, torch.matmul(e, values).to(torch.int64)), top
+        assert torch.equal(got, want.to(torch.int64)), top
+        # both forms of the sums come out of the last step as the same rounded quotients, in place
+        T = S - first
+        quotients = torch.div(2 * got + den[..., None], 2 * den[..., None], rounding_mode="floor")
+        for form in (planes, want.unsqueeze(2)):
+            out = torch.zeros((B, T + 1, KV, g, hd), dtype=torch.int64)
+            kernels.rounded_quotients(form.numpy(), den.numpy(), 1, g, out.numpy())
+            assert torch.equal(out[:, 1:], quotients.view(B, KV, T, g, hd).transpose(1, 2)), top
+            assert not out[:, 0].any()
 
 
 @pytest.mark.parametrize("keys", [0, 70])
