@@ -22,6 +22,7 @@ the default, and the torch operations every device can run).
 from __future__ import annotations
 
 import argparse
+import platform
 import sys
 import time
 from pathlib import Path
@@ -118,6 +119,18 @@ def measure(path: Path, engine_path: str, threads: int, quick: bool, peak8: floa
     return [*lines, ""]
 
 
+def cpu_name() -> str:
+    """The CPU's model name: machines of the same kind differ (AVX-512 Xeons with AMX, EPYCs with
+    VNNI), and the GEMM peak, the speeds and their fractions go with it."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", default=str(ROOT / "archiver" / "models" / "default.safetensors"),
@@ -131,8 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     peak8, peakf = gemm_peaks(1024 if args.quick else 2048, 3)
     lines = [
-        f"{args.threads} thread(s); torch {torch.__version__}. GEMM peak: int8 `_int_mm` {peak8 / 1e9:.0f} GOP/s, "
-        f"float32 matmul {peakf / 1e9:.0f} GFLOP/s.",
+        f"{cpu_name()}, {args.threads} thread(s); torch {torch.__version__}. "
+        f"GEMM peak: int8 `_int_mm` {peak8 / 1e9:.0f} GOP/s, float32 matmul {peakf / 1e9:.0f} GFLOP/s.",
         "",
     ]
     for m in args.models.split(","):
