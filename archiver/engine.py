@@ -45,8 +45,6 @@ ROW_TILE = 256  # rows per tile of the row-wise layers (projections, MLP, head)
 _ROPE_SHIFT = ROPE_FRAC + F - KEY_FRAC  # rotary products (Q14 x Q16) to Q10, see Engine._rope_q10
 _ROPE_BIAS = (1 << (ROPE_FRAC - 1)) + (1 << (_ROPE_SHIFT - 1))
 SCORE_ROWS = 2048  # tokens per parallel forward: bounds the activations, batching gains no more
-DIGIT_KEYS = 1024  # int8 values: from this many keys on, the value product runs as int8 GEMMs (faster
-# there: SmolLM2's later blocks; 5% slower than float64 on the default model's blocks of at most 1023)
 
 
 def default_backend(device: torch.device) -> str:
@@ -306,14 +304,14 @@ class Engine:
         than the kernel's integer loops on a long chunk. Scores q . k in float32 for int8 keys (every
         partial sum below 2**24, as for the torch path) or float64 (below 2**53); the table step in
         `kernels.softmax_table`; then sum_j e_j v_j in float64, exact because it stays below 2**53
-        (the bound the model asserts), or for int8 values over DIGIT_KEYS keys or more as int8
-        GEMMs (`_value_digits`); and the kernel's rounded quotient (`kernels.rounded_quotients`,
+        (the bound the model asserts), or for int8 values as int8 GEMMs (`_value_digits`, which
+        makes its own table step); and the kernel's rounded quotient (`kernels.rounded_quotients`,
         straight into place). Returns [B, T, KV, g, hd]."""
         B, T, KV, g, hd = q.shape
         n = p0 + T
         fdt = torch.float32 if self.int8_keys else torch.float64
         keys = cache.k[li][..., :n].to(fdt)  # [B, KV, hd, n]
-        values = None  # [B, KV, n, hd] float64, made for the first block that takes the float64 product
+        values = None if self.int8_values else cache.v[li][:, :, :n].to(torch.float64)  # [B, KV, n, hd]
         ek = cache.ks[li].numpy()
         table = self.att_exp.numpy()
         out = torch.empty(q.shape, dtype=torch.int64)
@@ -324,14 +322,9 @@ class Engine:
             s = torch.matmul(qt, keys[..., :S])
             den = torch.empty((B, KV, R), dtype=torch.int64)
             eqb = eq[:, a:b].transpose(1, 2).reshape(B, KV, R).numpy()
-            if self.int8_values and S >= DIGIT_KEYS:
+            if self.int8_values:
                 planes = self._value_digits(s, eqb, ek, cache, li, p0 + a, g, den)
             else:
-                if values is None:
-                    values = cache.v[li][:, :, :n].to(torch.float64)
-                    if self.int8_values:
-                        scale = torch.ones(1, dtype=torch.int64) << cache.vs[li][:, :, :n, None]
-                        values.mul_(scale.to(torch.float64))
                 e = torch.empty((B, KV, R, S), dtype=torch.float64)
                 kernels.softmax_table(s.numpy(), eqb, ek, p0 + a, g, table, e.numpy(), den.numpy())
                 planes = torch.matmul(e, values[:, :, :S]).unsqueeze(2)  # one float64 plane of exact sums
