@@ -89,14 +89,17 @@ def best(data: bytes, cm: bool = True, geometry: tuple[int, int] | None = None,
     `cm=False` leaves the context-mixing codecs out: for one LM chunk's kilobyte they learn too
     little to matter and would cost a few ms per chunk (a whole stream, where they do matter, is
     tried with them). The structured codec of `kind` is tried only with a `geometry` (an image's
-    rows, an audio stream's channels, which a chunk does not start on)."""
+    rows, an audio stream's channels, which a chunk does not start on), and then instead of cm,
+    its generic form: on the corpus's 199 audio streams cmpcm beat cm on all but one (which cm took
+    by 2.7%) and came to 12% less in all, while cm's trial was half the codec time of a WAV's
+    stream; cm2d came to 13-15% less than cm on the two Kodak streams tried."""
     choice = ("store", data)
     if len(data) < 16:
         return choice
     shaped = STRUCTURED.get(kind) if geometry is not None else None
     for codec in CODECS[1:]:
         if ((codec == "brotli" and len(data) > BROTLI_MAX) or (codec.startswith("cm") and not cm)
-                or (codec in STRUCTURED.values() and codec != shaped)):
+                or (codec in STRUCTURED.values() and codec != shaped) or (codec == "cm" and shaped)):
             continue
         out = compress(codec, data, geometry)
         if len(out) < len(choice[1]):
