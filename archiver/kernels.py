@@ -57,6 +57,13 @@ def _table_row(x: np.ndarray, n: int, table: np.ndarray, out: np.ndarray) -> np.
     return den
 
 
+@numba.njit(inline="always")
+def _rounded_quotient(total: np.int64, den: np.int64) -> np.int64:  # pragma: no cover
+    """floor((2 * total + den) / (2 * den)): attention's weighted sum over its table values' sum,
+    rounded half up. Shared by `attend` and `rounded_quotients`, so both forms round alike."""
+    return (2 * total + den) // (2 * den)
+
+
 @numba.njit(parallel=True, cache=True, nogil=True)
 def attend(q: np.ndarray, eq: np.ndarray, kt: np.ndarray, ek: np.ndarray, v: np.ndarray, ev: np.ndarray,
            p0: int, table: np.ndarray, dots: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover  (compiled)
@@ -98,7 +105,7 @@ def attend(q: np.ndarray, eq: np.ndarray, kt: np.ndarray, ek: np.ndarray, v: np.
                     acc[r, d] += e * np.int64(vj[d])
         for r in range(g):
             for d in range(hd):
-                out[b, t, h, r, d] = (2 * acc[r, d] + den[r]) // (2 * den[r])
+                out[b, t, h, r, d] = _rounded_quotient(acc[r, d], den[r])
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
@@ -262,7 +269,7 @@ def rounded_quotients(acc: np.ndarray, den: np.ndarray, a: int, g: int, out: np.
             total = np.int64(0)
             for k in range(nd):
                 total += np.int64(acc[b, h, k, r, c]) << (DIGIT_BITS * k)
-            out[b, t, h, i, c] = (2 * total + dn) // (2 * dn)
+            out[b, t, h, i, c] = _rounded_quotient(total, dn)
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
