@@ -74,8 +74,11 @@ def flops_per_token(model: intmodel.IntModel, n: int) -> float:
     return 2 * params + attn
 
 
+ENCODE_REPS = 3  # the encode takes a second, the decodes minutes: it runs this many times per round
+
+
 class Subject:
-    """One model on one engine path, with its workloads: (label, tokens, run) each."""
+    """One model on one engine path, with its workloads: (label, tokens, run, runs per round) each."""
 
     def __init__(self, path: Path, engine_path: str, threads: int, quick: bool, peak8: float):
         self.path, self.engine_path = path, engine_path
@@ -93,7 +96,8 @@ class Subject:
         chunks = 4 if quick else 16
         seqs = [[bos, *byte_ids[rng.integers(0, len(byte_ids), n)].tolist()] for _ in range(chunks)]
         eng.score(seqs[:1], alpha)  # warm-up
-        self.workloads = [(f"encode (score, {chunks} x {n} tokens)", chunks * n, lambda: eng.score(seqs, alpha))]
+        self.workloads = [(f"encode (score, {chunks} x {n} tokens)", chunks * n, lambda: eng.score(seqs, alpha),
+                           ENCODE_REPS)]
         steps = 256 if quick else n
         archiver_batch = decode_batch(eng)
         for batch in sorted({64, archiver_batch}):
@@ -107,7 +111,7 @@ class Subject:
 
             note = ", whole chunks" if steps == n else " (first steps only: lower attention cost)"
             who = " (the archiver's batch)" if batch == archiver_batch else ""
-            self.workloads.append((f"decode (feed, batch {batch}{who}, {steps} steps{note})", batch * steps, decode))
+            self.workloads.append((f"decode (feed, batch {batch}{who}, {steps} steps{note})", batch * steps, decode, 1))
 
     def table(self, best: dict[str, float]) -> list[str]:
         """The markdown lines of this subject's table, from its best seconds per workload."""
@@ -122,24 +126,23 @@ class Subject:
             "| workload | tok/s | fraction of GEMM bound |",
             "| --- | ---: | ---: |",
         ]
-        for label, tokens, _ in self.workloads:
+        for label, tokens, _, _ in self.workloads:
             tps = tokens / best[label]
             lines.append(f"| {label} | {tps:,.0f} | {tps / self.bound:.1%} |")
         return [*lines, ""]
 
 
 def measure_all(subjects: list[Subject], rounds: int) -> list[dict[str, float]]:
-    """Each subject's best seconds per workload. Workload by workload, `rounds` rounds run it once
-    for every subject (the encode, which takes a second, 3 x rounds): single runs on these VMs move
-    by 20% or more within minutes, and interleaving lets a slow spell hit all subjects alike, so
-    the tables compare."""
+    """Each subject's best seconds per workload. Workload by workload, rounds x its runs per round
+    turns run it once for every subject in turn: single runs on these VMs move by 20% or more
+    within minutes, and interleaving lets a slow spell hit all subjects alike, so the tables
+    compare."""
     best: list[dict[str, float]] = [{} for _ in subjects]
     for k in range(max(len(s.workloads) for s in subjects)):
-        for _ in range(3 * rounds if k == 0 else rounds):
-            for s, b in zip(subjects, best, strict=True):
-                if k < len(s.workloads):
-                    label, _, run = s.workloads[k]
-                    b[label] = min(b.get(label, float("inf")), _timed(run))
+        have = [(s.workloads[k], b) for s, b in zip(subjects, best, strict=True) if k < len(s.workloads)]
+        for _ in range(rounds * max(w[3] for w, _ in have)):
+            for (label, _, run, _), b in have:
+                b[label] = min(b.get(label, float("inf")), _timed(run))
     return best
 
 
