@@ -6,7 +6,8 @@ Each kernel computes exactly the integers of a torch implementation that every d
 `Engine.frequencies`, `pow2_quantize` those of `pow2_quantize` in `archiver.fixedpoint`, `rope_q10`
 those of `Engine._rope_q10`. `softmax_table` is `attend`'s table step alone, for the engine's GEMM form of
 attention on long chunks (`Engine._attend_gemm`), where float GEMMs compute the exact products;
-`softmax_digits` is the same step for int8 values, whose weighted sum is then int8 GEMMs. On a CPU torch spends
+`softmax_digits` is the same step for int8 values, whose weighted sum is then int8 GEMMs, and
+`rounded_quotients` is `attend`'s last step for either form. On a CPU torch spends
 most of its time in memory passes, one per element-wise op; these do a whole chain in one pass.
 Integer (and exactly rounded float64) arithmetic has one result whatever the thread count or vector
 unit, so kernel and torch path give the same bits; the tests check each pair on extreme values.
