@@ -45,6 +45,7 @@ ROW_TILE = 256  # rows per tile of the row-wise layers (projections, MLP, head)
 _ROPE_SHIFT = ROPE_FRAC + F - KEY_FRAC  # rotary products (Q14 x Q16) to Q10, see Engine._rope_q10
 _ROPE_BIAS = (1 << (ROPE_FRAC - 1)) + (1 << (_ROPE_SHIFT - 1))
 SCORE_ROWS = 2048  # tokens per parallel forward: bounds the activations, batching gains no more
+_NO_SHIFTS = np.empty(0, np.int64)  # kernels.rescale's e when every row shifts by the same amount
 
 
 def default_backend(device: torch.device) -> str:
@@ -118,41 +119,44 @@ class Engine:
         self.q_bits = (((1 << 24) - 1) // (127 * self.head_dim)).bit_length() - 1
 
     # ---- exact building blocks -------------------------------------------------------------
-    def _quantize_rows(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """fixedpoint.quantize_rows of rows x [N, k], by the compiled kernel on the kernel path."""
+    def _product(self, q: torch.Tensor, m: _Prepared, row_mult: torch.Tensor, base: int,
+                 e: torch.Tensor | None = None) -> torch.Tensor:
+        """rescale_(gemm(q, m), m.mult, row_mult, s) with the row shifts s = base - e (or base): on the
+        kernel path the int32 products of _int_mm go straight into the compiled rescale, without an
+        int64 pass in between."""
         if not self.kernel:
-            return quantize_rows(x)
-        n = x.shape[0]
-        q = torch.empty(x.shape, dtype=torch.int8)
-        m, e = torch.empty((n, 1), dtype=torch.int64), torch.empty((n, 1), dtype=torch.int64)
-        kernels.quantize_rows(x.contiguous().numpy(), q.numpy(), m.view(-1).numpy(), e.view(-1).numpy())
-        return q, m, e
-
-    def _product(self, q: torch.Tensor, m: _Prepared, row_mult: torch.Tensor, s: torch.Tensor | int) -> torch.Tensor:
-        """rescale_(gemm(q, m), m.mult, row_mult, s): on the kernel path the int32 products of
-        _int_mm go straight into the compiled rescale, without an int64 pass in between."""
-        if not self.kernel:
-            return rescale_(gemm(q, m.wt, self.backend), m.mult, row_mult, s)
+            return rescale_(gemm(q, m.wt, self.backend), m.mult, row_mult, base if e is None else base - e)
         acc = torch._int_mm(q, m.wt) if self.backend == "int" else gemm(q, m.wt, self.backend)
-        shifts = torch.full_like(row_mult, s) if isinstance(s, int) else s
         out = torch.empty(acc.shape, dtype=torch.int64)
-        kernels.rescale(acc.numpy(), m.mult.numpy(), row_mult.reshape(-1).numpy(), shifts.reshape(-1).numpy(),
-                        out.numpy())
+        kernels.rescale(acc.numpy(), m.mult.numpy(), row_mult.numpy().reshape(-1), base,
+                        _NO_SHIFTS if e is None else e.numpy().reshape(-1), out.numpy())
         return out
 
     def _linear(self, x: torch.Tensor, m: _Prepared) -> torch.Tensor:
-        q, rm, re = self._quantize_rows(x)
-        return self._product(q, m, rm, (m.shift + 7) - re)
+        if not self.kernel:
+            q, rm, re = quantize_rows(x)
+            return self._product(q, m, rm, m.shift + 7, re)
+        n = x.shape[0]
+        q = torch.empty(x.shape, dtype=torch.int8)
+        rm, re = torch.empty(n, dtype=torch.int64), torch.empty(n, dtype=torch.int64)
+        kernels.quantize_rows(x.contiguous().numpy(), q.numpy(), rm.numpy(), re.numpy())
+        return self._product(q, m, rm, m.shift + 7, re)
 
     def _normed_linear(self, x: torch.Tensor, m: _Prepared) -> torch.Tensor:
         """RMSNorm then linear; the norm's gain is folded into m, the norm itself is exact here.
 
         The sum of squares is taken in float64: every partial sum is an integer below 127**2 * 2**14
-        < 2**53, so it is exact in any order."""
-        q, _, _ = self._quantize_rows(x)
-        qf = q.to(torch.float64)
-        ss = torch.linalg.vecdot(qf, qf).to(torch.int64).clamp_(min=1).unsqueeze(-1)
-        inv = isqrt(torch.div(x.new_full((), x.shape[-1] << (2 * NORM_FRAC)), ss, rounding_mode="floor"))
+        < 2**53, so it is exact in any order (the kernel path sums in int64: `kernels.norm_quantize`)."""
+        scale = x.shape[-1] << (2 * NORM_FRAC)
+        if self.kernel:
+            q = torch.empty(x.shape, dtype=torch.int8)
+            inv = torch.empty(x.shape[0], dtype=torch.int64)
+            kernels.norm_quantize(x.contiguous().numpy(), scale, q.numpy(), inv.numpy())
+        else:
+            q, _, _ = quantize_rows(x)
+            qf = q.to(torch.float64)
+            ss = torch.linalg.vecdot(qf, qf).to(torch.int64).clamp_(min=1).unsqueeze(-1)
+            inv = isqrt(torch.div(x.new_full((), scale), ss, rounding_mode="floor"))
         return self._product(q, m, inv, m.shift + NORM_FRAC - F)
 
     def _rope_q10(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -395,7 +399,7 @@ class Engine:
         for li, (qkv_m, o_m, gu_m, down_m) in enumerate(self.layers):
             qkv = self._rowwise(lambda t, r, m=qkv_m: self._qkv(t, m, cos[r], sin[r]), x, qkv)
             split = qkv.view(B, T, H + 2 * KV, hd)
-            cache.append(li, split[:, :, H : H + KV], split[:, :, H + KV :])
+            cache.append(li, split[:, :, H:])
             att = self._attend(split[:, :, :H], cache, li, p0).view(B * T, H * hd)
             self._rowwise(lambda t, _, m=o_m: self._linear(t, m), att, x, add=True)
             self._rowwise(lambda t, _, gm=gu_m, dm=down_m: self._mlp(t, gm, dm), x, x, add=True)
@@ -546,24 +550,24 @@ class _Cache:
                 store[li] = new
         self.room = room
 
-    def append(self, li: int, k: torch.Tensor, v: torch.Tensor) -> None:
-        """Store k, v [B, T, KV, hd] at positions length..length+T."""
-        a, b = self.length, self.length + k.shape[1]
+    def append(self, li: int, kv: torch.Tensor) -> None:
+        """Store the keys and values kv [B, T, 2 KV, hd] (key heads first) at positions length..length+T."""
+        a, b = self.length, self.length + kv.shape[1]
         if b > self.capacity:
             raise ValueError("sequence longer than the model context")
         if b > self.room:
             self._grow(b)
+        if self.engine.kernel:
+            kernels.append_kv(kv.numpy(), a, KEY8_BITS, self.int8_keys, self.engine.int8_values, self.k[li].numpy(),
+                              self.ks[li].numpy(), self.v[li].numpy(), self.vs[li].numpy())
+            return
+        KV = kv.shape[2] // 2
+        k, v = kv[:, :, :KV], kv[:, :, KV:]
         e = ev = None
         if self.int8_keys:
-            k, e = self.engine._pow2_quantize(k, KEY8_BITS)
+            k, e = pow2_quantize(k, KEY8_BITS)
         if self.engine.int8_values:
-            v, ev = self.engine._pow2_quantize(v, KEY8_BITS)
-        if self.engine.kernel:
-            self.ks[li][:, :, a:b] = 0 if e is None else e.squeeze(-1).transpose(1, 2)
-            self.k[li][..., a:b] = k.permute(0, 2, 3, 1)
-            self.vs[li][:, :, a:b] = 0 if ev is None else ev.squeeze(-1).transpose(1, 2)
-            self.v[li][:, :, a:b] = v.transpose(1, 2)
-            return
+            v, ev = pow2_quantize(v, KEY8_BITS)
         if ev is not None:
             v = v << ev
         if e is None:

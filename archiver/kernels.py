@@ -109,33 +109,54 @@ def attend(q: np.ndarray, eq: np.ndarray, kt: np.ndarray, ek: np.ndarray, v: np.
                 out[b, t, h, r, d] = _rounded_quotient(acc[r, d], den[r])
 
 
+@numba.njit(inline="always")
+def _quantize_row(x: np.ndarray, q: np.ndarray) -> tuple[np.int64, np.int64]:  # pragma: no cover
+    """fixedpoint.quantize_rows of one row x (int64) into q (int8); returns its (m, e)."""
+    k = x.size
+    amax = np.int64(1)
+    for j in range(k):
+        amax = max(amax, abs(x[j]))
+    ei = 0
+    while MANTISSA_BITS + ei < SCALE_TOP and amax >= (np.int64(1) << (MANTISSA_BITS + ei)):
+        ei += 1
+    mi = ((amax - 1) >> ei) + 1
+    half = mi << ei
+    fm = np.float64(mi)
+    for j in range(k):
+        n = ((x[j] << 8) + half) >> (ei + 1)
+        q[j] = min(127.0, max(-127.0, np.floor(np.float64(n) / fm)))
+    return mi, np.int64(ei)
+
+
 @numba.njit(parallel=True, cache=True, nogil=True)
 def quantize_rows(x: np.ndarray, q: np.ndarray, m: np.ndarray, e: np.ndarray) -> None:  # pragma: no cover
     """fixedpoint.quantize_rows of the rows of x [N, k] (int64) into q [N, k] (int8), m, e [N]."""
-    N, k = x.shape
-    for i in numba.prange(N):
-        amax = np.int64(1)
-        for j in range(k):
-            amax = max(amax, abs(x[i, j]))
-        ei = 0
-        while MANTISSA_BITS + ei < SCALE_TOP and amax >= (np.int64(1) << (MANTISSA_BITS + ei)):
-            ei += 1
-        mi = ((amax - 1) >> ei) + 1
-        m[i], e[i] = mi, ei
-        half = mi << ei
-        fm = np.float64(mi)
-        for j in range(k):
-            n = ((x[i, j] << 8) + half) >> (ei + 1)
-            q[i, j] = min(127.0, max(-127.0, np.floor(np.float64(n) / fm)))
+    for i in numba.prange(x.shape[0]):
+        m[i], e[i] = _quantize_row(x[i], q[i])
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def rescale(acc: np.ndarray, mult: np.ndarray, row_mult: np.ndarray, s: np.ndarray,
+def norm_quantize(x: np.ndarray, scale: int, q: np.ndarray, inv: np.ndarray) -> None:  # pragma: no cover
+    """The RMSNorm of Engine._normed_linear on the rows of x [N, k] (int64): each row quantized
+    like quantize_rows into q [N, k] (int8), and its inverse root mean square
+    inv = isqrt(floor(scale / max(1, sum q**2))) (fixedpoint.isqrt: the float64 square root of an
+    exact integer, truncated) into inv [N]. One pass where torch took nine operations."""
+    for i in numba.prange(x.shape[0]):
+        _quantize_row(x[i], q[i])
+        ss = np.int64(0)
+        for j in range(x.shape[1]):
+            ss += np.int64(q[i, j]) * np.int64(q[i, j])
+        inv[i] = np.int64(np.sqrt(np.float64(scale // max(ss, 1))))
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def rescale(acc: np.ndarray, mult: np.ndarray, row_mult: np.ndarray, base: int, e: np.ndarray,
             out: np.ndarray) -> None:  # pragma: no cover
-    """fixedpoint.rescale_ of acc [N, n] (int32 or int64) into out [N, n] (int64); row_mult, s [N]."""
+    """fixedpoint.rescale_ of acc [N, n] (int32 or int64) into out [N, n] (int64), with row_mult [N]
+    and the shifts s_i = base - e_i (e [N]; an empty e means s_i = base)."""
     N, n = acc.shape
     for i in numba.prange(N):
-        si = s[i]
+        si = base - e[i] if e.size else base
         rm = row_mult[i] << max(-si, 0)
         pos = max(si, 0)
         half = (np.int64(1) << pos) >> 1
@@ -273,24 +294,60 @@ def rounded_quotients(acc: np.ndarray, den: np.ndarray, a: int, g: int, out: np.
             out[b, t, h, i, c] = _rounded_quotient(total, dn)
 
 
+@numba.njit(inline="always")
+def _pow2_row(x: np.ndarray, bits: int, q: np.ndarray) -> np.int64:  # pragma: no cover
+    """fixedpoint.pow2_quantize of one row x (int64, |x| < 2**53) into q; returns its e. The bit
+    length is counted in integers, which is frexp's exponent for these magnitudes."""
+    lim = (np.int64(1) << bits) - 1
+    amax = np.int64(0)
+    for j in range(x.size):
+        amax = max(amax, abs(x[j]))
+    length = 0
+    while amax >> length:
+        length += 1
+    ei = np.int64(max(length - bits, 0))
+    half = (np.int64(1) << ei) >> 1
+    for j in range(x.size):
+        q[j] = min(lim, max(-lim, (x[j] + half) >> ei))
+    return ei
+
+
 @numba.njit(parallel=True, cache=True, nogil=True)
 def pow2_quantize(x: np.ndarray, bits: int, q: np.ndarray, e: np.ndarray) -> None:  # pragma: no cover
-    """fixedpoint.pow2_quantize of the rows of x [N, k] (int64, |x| < 2**53) into q [N, k] and e [N]:
-    the bit length is counted in integers, which is frexp's exponent for these magnitudes."""
-    N, k = x.shape
-    lim = (np.int64(1) << bits) - 1
-    for i in numba.prange(N):
-        amax = np.int64(0)
-        for j in range(k):
-            amax = max(amax, abs(x[i, j]))
-        length = 0
-        while amax >> length:
-            length += 1
-        ei = np.int64(max(length - bits, 0))
-        e[i] = ei
-        half = (np.int64(1) << ei) >> 1
-        for j in range(k):
-            q[i, j] = min(lim, max(-lim, (x[i, j] + half) >> ei))
+    """fixedpoint.pow2_quantize of the rows of x [N, k] (int64) into q [N, k] and e [N]."""
+    for i in numba.prange(x.shape[0]):
+        e[i] = _pow2_row(x[i], bits, q[i])
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def append_kv(kv: np.ndarray, a: int, bits: int, k8: bool, v8: bool, kt: np.ndarray, ek: np.ndarray,
+              v: np.ndarray, ev: np.ndarray) -> None:  # pragma: no cover  (compiled)
+    """_Cache.append on the kernel path: the keys and values kv [B, T, 2 KV, hd] (int64; key heads
+    first) of positions a.. into the cache's layout, keys transposed kt [B, KV, hd, room] and values
+    v [B, KV, room, hd], each row pow2-quantized to bits (exponents into ek, ev [B, KV, room]) when
+    k8 (v8), else stored whole with exponent 0. One pass where torch took a quantize, a permute and
+    a strided copy per tensor."""
+    B, T, KV2, hd = kv.shape
+    KV = KV2 // 2
+    for job in numba.prange(B * KV):
+        b, h = job // KV, job % KV
+        row = np.empty(hd, np.int64)
+        for t in range(T):
+            p = a + t
+            if k8:
+                ek[b, h, p] = _pow2_row(kv[b, t, h], bits, row)
+            else:
+                for d in range(hd):
+                    row[d] = kv[b, t, h, d]
+                ek[b, h, p] = 0
+            for d in range(hd):
+                kt[b, h, d, p] = row[d]
+            if v8:
+                ev[b, h, p] = _pow2_row(kv[b, t, KV + h], bits, v[b, h, p])
+            else:
+                for d in range(hd):
+                    v[b, h, p, d] = kv[b, t, KV + h, d]
+                ev[b, h, p] = 0
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)

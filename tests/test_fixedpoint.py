@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -101,9 +102,22 @@ def test_rescale_kernel_equals_torch(acc, mult, row_mult, shifts):
     a = torch.tensor(acc, dtype=torch.int32).view(2, 3)
     mu, rm, s = (torch.tensor(v, dtype=torch.int64) for v in (mult, row_mult, shifts))
     out = torch.empty((2, 3), dtype=torch.int64)
-    kernels.rescale(a.numpy(), mu.numpy(), rm.numpy(), s.numpy(), out.numpy())
+    kernels.rescale(a.numpy(), mu.numpy(), rm.numpy(), 40, (40 - s).numpy(), out.numpy())  # shifts base - e
     assert torch.equal(out, rescale_(a.to(torch.int64), mu, rm[:, None], s[:, None]))
-    same = torch.full((2,), shifts[0], dtype=torch.int64)  # the integer-shift form
-    kernels.rescale(a.numpy(), mu.numpy(), rm.numpy(), same.numpy(), out.numpy())
+    kernels.rescale(a.numpy(), mu.numpy(), rm.numpy(), shifts[0], np.empty(0, np.int64), out.numpy())  # one shift
     assert torch.equal(out, rescale_(a.to(torch.int64), mu, rm[:, None], shifts[0]))
 
+
+@settings(deadline=None)
+@given(st.lists(_ROW, min_size=1, max_size=4), st.integers(0, 54), st.integers(0, 40))
+def test_norm_quantize_kernel_equals_torch(rows, bits, scale_bits):
+    """The RMSNorm's row quantizing and inverse root of Engine._normed_linear, kernel against torch."""
+    width = len(rows[0])
+    x = torch.tensor([(r * width)[:width] for r in rows], dtype=torch.int64) >> (54 - bits)
+    scale = width << scale_bits
+    q, _, _ = quantize_rows(x)
+    qf = q.to(torch.float64)
+    ss = torch.linalg.vecdot(qf, qf).to(torch.int64).clamp_(min=1)
+    kq, inv = torch.empty(x.shape, dtype=torch.int8), torch.empty(len(x), dtype=torch.int64)
+    kernels.norm_quantize(x.numpy(), scale, kq.numpy(), inv.numpy())
+    assert torch.equal(q, kq) and torch.equal(inv, isqrt(torch.div(torch.tensor(scale), ss, rounding_mode="floor")))
