@@ -45,6 +45,7 @@ ROW_TILE = 256  # rows per tile of the row-wise layers (projections, MLP, head)
 _ROPE_SHIFT = ROPE_FRAC + F - KEY_FRAC  # rotary products (Q14 x Q16) to Q10, see Engine._rope_q10
 _ROPE_BIAS = (1 << (ROPE_FRAC - 1)) + (1 << (_ROPE_SHIFT - 1))
 SCORE_ROWS = 2048  # tokens per parallel forward: bounds the activations, batching gains no more
+GEMV_ROWS = 6  # up to this many rows (decoding a few chunks) kernels.gemv beats _int_mm: weights stream once
 _NO_SHIFTS = np.empty(0, np.int64)  # kernels.rescale's e when every row shifts by the same amount
 
 
@@ -59,11 +60,14 @@ def default_path(device: torch.device) -> str:
 
 
 class _Prepared:
-    """A QMatrix laid out for one GEMM backend on one device."""
+    """A QMatrix laid out for one GEMM backend on one device: the weights w [n, k] (one output
+    column's weights contiguous, as the small-batch kernel `kernels.gemv` reads them) and wt, their
+    [k, n] view for the GEMMs (`_int_mm` and matmul run as fast on it as on a contiguous copy)."""
 
     def __init__(self, m: QMatrix, backend: str, device: torch.device):
         dtype = {"int": torch.int8, "f32": torch.float32, "f64": torch.float64}[backend]
-        self.wt = m.q.t().contiguous().to(device=device, dtype=dtype)
+        self.w = m.q.to(device=device, dtype=dtype).contiguous()
+        self.wt = self.w.t()
         self.mult = m.mult.to(device)
         self.shift = m.shift
 
@@ -71,7 +75,8 @@ class _Prepared:
         """The product restricted to these output columns: each column's integers are computed from
         its own weights and multiplier alone, so they are the same as in the whole product."""
         out = object.__new__(_Prepared)
-        out.wt = self.wt[:, idx].contiguous()
+        out.w = self.w[idx].contiguous()
+        out.wt = out.w.t()
         out.mult = self.mult[idx].contiguous()
         out.shift = self.shift
         return out
@@ -122,11 +127,17 @@ class Engine:
     def _product(self, q: torch.Tensor, m: _Prepared, row_mult: torch.Tensor, base: int,
                  e: torch.Tensor | None = None) -> torch.Tensor:
         """rescale_(gemm(q, m), m.mult, row_mult, s) with the row shifts s = base - e (or base): on the
-        kernel path the int32 products of _int_mm go straight into the compiled rescale, without an
-        int64 pass in between."""
+        kernel path the int32 products of _int_mm (or, for a few rows, of `kernels.gemv`) go straight
+        into the compiled rescale, without an int64 pass in between."""
         if not self.kernel:
             return rescale_(gemm(q, m.wt, self.backend), m.mult, row_mult, base if e is None else base - e)
-        acc = torch._int_mm(q, m.wt) if self.backend == "int" else gemm(q, m.wt, self.backend)
+        if self.backend != "int":
+            acc = gemm(q, m.wt, self.backend)
+        elif q.shape[0] <= GEMV_ROWS:
+            acc = torch.empty((q.shape[0], m.w.shape[0]), dtype=torch.int32)
+            kernels.gemv(q.numpy(), m.w.numpy(), acc.numpy())
+        else:
+            acc = torch._int_mm(q, m.wt)
         out = torch.empty(acc.shape, dtype=torch.int64)
         kernels.rescale(acc.numpy(), m.mult.numpy(), row_mult.numpy().reshape(-1), base,
                         _NO_SHIFTS if e is None else e.numpy().reshape(-1), out.numpy())

@@ -121,3 +121,18 @@ def test_norm_quantize_kernel_equals_torch(rows, bits, scale_bits):
     kq, inv = torch.empty(x.shape, dtype=torch.int8), torch.empty(len(x), dtype=torch.int64)
     kernels.norm_quantize(x.numpy(), scale, kq.numpy(), inv.numpy())
     assert torch.equal(q, kq) and torch.equal(inv, isqrt(torch.div(torch.tensor(scale), ss, rounding_mode="floor")))
+
+
+@settings(deadline=None)
+@given(st.integers(1, 6), st.integers(1, 40), st.integers(1, 1536), st.integers(0, 2**32 - 1))
+def test_gemv_kernel_equals_int_mm(rows, cols, k, seed):
+    """The small-batch product (kernels.gemv) against torch._int_mm, extremes included: all -127
+    or 127 rows reach the int32 bound of the model's widest layers."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(-127, 128, (rows, k), dtype=torch.int8, generator=g)
+    w = torch.randint(-127, 128, (cols, k), dtype=torch.int8, generator=g)
+    x[0], w[0] = -127, 127
+    out = torch.empty((rows, cols), dtype=torch.int32)
+    kernels.gemv(x.numpy(), w.numpy(), out.numpy())
+    want = (x.to(torch.int64) @ w.to(torch.int64).t()).to(torch.int32)  # the exact product
+    assert torch.equal(out, want)
