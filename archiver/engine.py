@@ -125,12 +125,17 @@ class Engine:
 
     # ---- exact building blocks -------------------------------------------------------------
     def _product(self, q: torch.Tensor, m: _Prepared, row_mult: torch.Tensor, base: int,
-                 e: torch.Tensor | None = None) -> torch.Tensor:
+                 e: torch.Tensor | None = None, into: torch.Tensor | None = None) -> torch.Tensor | None:
         """rescale_(gemm(q, m), m.mult, row_mult, s) with the row shifts s = base - e (or base): on the
         kernel path the int32 products of _int_mm (or, for a few rows, of `kernels.gemv`) go straight
-        into the compiled rescale, without an int64 pass in between."""
+        into the compiled rescale, without an int64 pass in between. With into, the result is added
+        to into's rows (the residual stream) instead of returned: on the kernel path in the same pass."""
         if not self.kernel:
-            return rescale_(gemm(q, m.wt, self.backend), m.mult, row_mult, base if e is None else base - e)
+            y = rescale_(gemm(q, m.wt, self.backend), m.mult, row_mult, base if e is None else base - e)
+            if into is None:
+                return y
+            into += y
+            return None
         if self.backend != "int":
             acc = gemm(q, m.wt, self.backend)
         elif q.shape[0] <= GEMV_ROWS:
@@ -138,20 +143,21 @@ class Engine:
             kernels.gemv(q.numpy(), m.w.numpy(), acc.numpy())
         else:
             acc = torch._int_mm(q, m.wt)
-        out = torch.empty(acc.shape, dtype=torch.int64)
+        out = torch.empty(acc.shape, dtype=torch.int64) if into is None else into
         kernels.rescale(acc.numpy(), m.mult.numpy(), row_mult.numpy().reshape(-1), base,
-                        _NO_SHIFTS if e is None else e.numpy().reshape(-1), out.numpy())
-        return out
+                        _NO_SHIFTS if e is None else e.numpy().reshape(-1), into is not None, out.numpy())
+        return None if into is not None else out
 
-    def _linear(self, x: torch.Tensor, m: _Prepared) -> torch.Tensor:
+    def _linear(self, x: torch.Tensor, m: _Prepared, into: torch.Tensor | None = None) -> torch.Tensor | None:
+        """The linear layer m of rows x (its input quantized per row), added into into when given."""
         if not self.kernel:
             q, rm, re = quantize_rows(x)
-            return self._product(q, m, rm, m.shift + 7, re)
+            return self._product(q, m, rm, m.shift + 7, re, into)
         n = x.shape[0]
         q = torch.empty(x.shape, dtype=torch.int8)
         rm, re = torch.empty(n, dtype=torch.int64), torch.empty(n, dtype=torch.int64)
         kernels.quantize_rows(x.contiguous().numpy(), q.numpy(), rm.numpy(), re.numpy())
-        return self._product(q, m, rm, m.shift + 7, re)
+        return self._product(q, m, rm, m.shift + 7, re, into)
 
     def _normed_linear(self, x: torch.Tensor, m: _Prepared) -> torch.Tensor:
         """RMSNorm then linear; the norm's gain is folded into m, the norm itself is exact here.
@@ -412,30 +418,31 @@ class Engine:
             split = qkv.view(B, T, H + 2 * KV, hd)
             cache.append(li, split[:, :, H:])
             att = self._attend(split[:, :, :H], cache, li, p0).view(B * T, H * hd)
-            self._rowwise(lambda t, _, m=o_m: self._linear(t, m), att, x, add=True)
-            self._rowwise(lambda t, _, gm=gu_m, dm=down_m: self._mlp(t, gm, dm), x, x, add=True)
+            self._rowwise(lambda t, r, m=o_m: self._linear(t, m, into=x[r]), att)
+            self._rowwise(lambda t, r, gm=gu_m, dm=down_m: self._mlp(t, gm, dm, into=x[r]), x)
         cache.length = p0 + T
         finish = out or (lambda z: z)
         head = head or self.head
         y = self._rowwise(lambda t, _: finish(self._normed_linear(t, head)), x)
         return y.view(B, T, y.shape[-1])
 
-    def _mlp(self, x: torch.Tensor, gu_m: _Prepared, down_m: _Prepared) -> torch.Tensor:
+    def _mlp(self, x: torch.Tensor, gu_m: _Prepared, down_m: _Prepared, into: torch.Tensor) -> None:
+        """The gated MLP of rows x, added into into (the residual stream: x itself may be into, as
+        x is read in full by the first product before the last one adds its rows)."""
         gu = self._normed_linear(x, gu_m)
-        return self._linear(self._silu_mul(gu), down_m)
+        self._linear(self._silu_mul(gu), down_m, into)
 
-    def _rowwise(self, fn, x: torch.Tensor, out: torch.Tensor | None = None, add: bool = False) -> torch.Tensor:
+    def _rowwise(self, fn, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor | None:
         """fn(tile, rows) applied to the rows of x [N, k] in tiles of ROW_TILE rows (rows is the
         tile's slice), so every intermediate stays in cache; fn must treat each row on its own (all of
         ours do). The results go into the rows of out (allocated when None, or when its shape does not
-        fit), or are added to them when add; fn's tile is read before its result is stored, so out
-        may be x itself. Returns out."""
+        fit); a fn that stores its rows itself (the residual adds, see _product's into) returns None.
+        Returns out."""
         n = x.shape[0]
         for r0 in range(0, n, ROW_TILE):
             rows = slice(r0, min(n, r0 + ROW_TILE))
             y = fn(x[rows], rows)
-            if add:
-                out[rows] += y
+            if y is None:
                 continue
             if n <= ROW_TILE:
                 return y

@@ -176,10 +176,11 @@ def norm_quantize(x: np.ndarray, scale: int, q: np.ndarray, inv: np.ndarray) -> 
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def rescale(acc: np.ndarray, mult: np.ndarray, row_mult: np.ndarray, base: int, e: np.ndarray,
+def rescale(acc: np.ndarray, mult: np.ndarray, row_mult: np.ndarray, base: int, e: np.ndarray, add: bool,
             out: np.ndarray) -> None:  # pragma: no cover
-    """fixedpoint.rescale_ of acc [N, n] (int32 or int64) into out [N, n] (int64), with row_mult [N]
-    and the shifts s_i = base - e_i (e [N]; an empty e means s_i = base)."""
+    """fixedpoint.rescale_ of acc [N, n] (int32 or int64) into out [N, n] (int64), or added to out's
+    values when add (a residual connection, in the same pass), with row_mult [N] and the shifts
+    s_i = base - e_i (e [N]; an empty e means s_i = base)."""
     N, n = acc.shape
     for i in numba.prange(N):
         si = base - e[i] if e.size else base
@@ -187,7 +188,8 @@ def rescale(acc: np.ndarray, mult: np.ndarray, row_mult: np.ndarray, base: int, 
         pos = max(si, 0)
         half = (np.int64(1) << pos) >> 1
         for j in range(n):
-            out[i, j] = (np.int64(acc[i, j]) * mult[j] * rm + half) >> pos
+            y = (np.int64(acc[i, j]) * mult[j] * rm + half) >> pos
+            out[i, j] = out[i, j] + y if add else y
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)

@@ -102,10 +102,13 @@ def test_rescale_kernel_equals_torch(acc, mult, row_mult, shifts):
     a = torch.tensor(acc, dtype=torch.int32).view(2, 3)
     mu, rm, s = (torch.tensor(v, dtype=torch.int64) for v in (mult, row_mult, shifts))
     out = torch.empty((2, 3), dtype=torch.int64)
-    kernels.rescale(a.numpy(), mu.numpy(), rm.numpy(), 40, (40 - s).numpy(), out.numpy())  # shifts base - e
-    assert torch.equal(out, rescale_(a.to(torch.int64), mu, rm[:, None], s[:, None]))
-    kernels.rescale(a.numpy(), mu.numpy(), rm.numpy(), shifts[0], np.empty(0, np.int64), out.numpy())  # one shift
-    assert torch.equal(out, rescale_(a.to(torch.int64), mu, rm[:, None], shifts[0]))
+    kernels.rescale(a.numpy(), mu.numpy(), rm.numpy(), 40, (40 - s).numpy(), False, out.numpy())  # shifts 40 - e
+    want = rescale_(a.to(torch.int64), mu, rm[:, None], s[:, None])
+    assert torch.equal(out, want)
+    kernels.rescale(a.numpy(), mu.numpy(), rm.numpy(), 40, (40 - s).numpy(), True, out.numpy())  # added to out
+    assert torch.equal(out, 2 * want)
+    kernels.rescale(a.numpy(), mu.numpy(), rm.numpy(), shifts[0], np.empty(0, np.int64), False, out.numpy())
+    assert torch.equal(out, rescale_(a.to(torch.int64), mu, rm[:, None], shifts[0]))  # one shift for all rows
 
 
 @settings(deadline=None)
