@@ -2,12 +2,15 @@
 
 Each kernel computes exactly the integers of a torch implementation that every device can run:
 `attend` those of `Engine._attend`, `quantize_rows` and `rescale` those of `quantize_rows` and
-`rescale_` in `archiver.fixedpoint`, `silu_mul` those of `Engine._silu_mul`, `frequencies` those of
-`Engine.frequencies`, `pow2_quantize` those of `pow2_quantize` in `archiver.fixedpoint`, `rope_q10`
-those of `Engine._rope_q10`. `softmax_table` is `attend`'s table step alone, for the engine's GEMM form of
-attention on long chunks (`Engine._attend_gemm`), where float GEMMs compute the exact products;
-`softmax_digits` is the same step for int8 values, whose weighted sum is then int8 GEMMs, and
-`rounded_quotients` is `attend`'s last step for either form. On a CPU torch spends
+`rescale_` in `archiver.fixedpoint` (rescale optionally adding into the residual stream),
+`norm_quantize` the RMSNorm of `Engine._normed_linear`, `silu_mul` those of `Engine._silu_mul`,
+`frequencies` those of `Engine.frequencies`, `pow2_quantize` those of `pow2_quantize` in
+`archiver.fixedpoint`, `append_kv` the cache writes of `_Cache.append`, `rope_q10` those of
+`Engine._rope_q10`, and `gemv` those of `_int_mm` for a few rows (decoding a few chunks).
+`softmax_table` is `attend`'s table step alone, for the engine's GEMM form of attention on long
+chunks (`Engine._attend_gemm`), where float GEMMs compute the exact products; `softmax_digits` is
+the same step for int8 values, whose weighted sum is then int8 GEMMs, and `rounded_quotients` is
+`attend`'s last step for either form. On a CPU torch spends
 most of its time in memory passes, one per element-wise op; these do a whole chain in one pass.
 Integer (and exactly rounded float64) arithmetic has one result whatever the thread count or vector
 unit, so kernel and torch path give the same bits; the tests check each pair on extreme values.
