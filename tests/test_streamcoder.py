@@ -144,7 +144,7 @@ def test_a_chunk_decoded_alone_checks_guesses_in_one_pass(monkeypatch):
         (alone,) = streamcoder._decode_lm_batch(pred, [chunk])
         assert np.array_equal(alone, symbols)
         if data is repeats:
-            assert len(steps) < len(symbols) / 3 and max(steps) == streamcoder.GUESSES + 1
+            assert len(steps) < len(symbols) / streamcoder.GUESSES and max(steps) == streamcoder.GUESSES + 1
         if data is text:
             assert sum(forgotten) > 0  # wrong guesses, and the decoding went on exactly
         if data is noise:
