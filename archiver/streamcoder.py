@@ -163,7 +163,9 @@ def encode_stream(kind: str, data: bytes, predictor: Predictor | None,
     classic_size = sum(len(c.payload) for c in whole)
     track = Track() if track is None else track
     for k, batch in enumerate(batches):
-        coded |= _code_pieces(kind, [pieces[i] for i in batch], batch, predictor, on_progress)
+        for g in range(0, len(batch), group):  # a stage too is scored group by group: bounded memory
+            part = batch[g : g + group]
+            coded |= _code_pieces(kind, [pieces[i] for i in part], part, predictor, on_progress)
         if k < len(stages):
             probed = sum(c.record["size"] for c in coded.values())
             lm_size = sum(len(c.payload) for c in coded.values())

@@ -40,6 +40,22 @@ def test_a_losing_lm_is_not_run_over_a_whole_long_stream(monkeypatch):
     assert coded == streamcoder.classic_blocks(data) and sum(done) == len(data)
 
 
+def test_a_probe_stage_is_scored_within_the_memory_bound(monkeypatch):
+    """A probe stage of more chunks than SCORE_CELLS allows in one engine call is scored a group at
+    a time: with SmolLM2 a chunk's tables are 0.8 GB, and a 72 KB file's first stage of four chunks
+    held 4.2 GB at once."""
+    pred = streamcoder.Predictor(intmodel.load(TINY))
+    n = pred.chunk_tokens
+    monkeypatch.setattr(streamcoder, "SCORE_CELLS", 2 * n * 256)  # two chunks' tables per call
+    data = np.random.default_rng(0).integers(0, 256, 2000, dtype=np.uint8).tobytes() * 40
+    scored = []
+    real = pred.engine.score
+    monkeypatch.setattr(pred.engine, "score", lambda seqs, alpha: scored.append(len(seqs)) or real(seqs, alpha))
+    coded = streamcoder.encode_stream("binary", data, pred)
+    assert scored == [2, 2]  # the first stage's PROBE_CHUNKS, two by two; then the LM has lost
+    assert coded == streamcoder.classic_blocks(data)
+
+
 def test_probing_goes_on_in_stages_until_the_lm_loses(monkeypatch):
     """The first probe stage's four chunks can be the easy ones (a photo's sky): probing goes on
     with 4x more chunks per stage, spread among the rest, and stops scoring as soon as the LM's
