@@ -144,9 +144,10 @@ GEMV_COLUMNS = 16  # output columns per parallel job of gemv
 @numba.njit(parallel=True, cache=True, nogil=True)
 def gemv(x: np.ndarray, w: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover  (compiled)
     """out = x @ w.T for a few int8 rows x [M, k] and int8 weights w [n, k], in int32 (exact: the
-    same bound as _int_mm's). For M of 1 to 4 (decoding one to four chunks) the product is bound by
-    reading the weights, which this reads once, row by row, at about three times _int_mm's rate;
-    products of int16-widened operands let the compiler use its multiply-add of 16-bit pairs."""
+    same bound as _int_mm's). For a few rows (decoding a few chunks: the engine's GEMV_ROWS) the
+    product is bound by reading the weights, which this reads once, row by row, at about twice
+    _int_mm's rate at one row; products of int16-widened operands let the compiler use its
+    multiply-add of 16-bit pairs (vpmaddwd, or VNNI's vpdpwssd where the CPU has it)."""
     M, k = x.shape
     n = w.shape[0]
     xw = np.empty((M, k), np.int16)
