@@ -106,7 +106,7 @@ class Engine:
         self.inter = c["intermediate_size"]
         self.context = c["context"]
         prep = lambda m: _Prepared(m, self.backend, self.device)  # noqa: E731
-        self.embed_q = model.embed.q.to(device=self.device, dtype=torch.int64)
+        self.embed_q = model.embed.q.to(self.device)  # int8: rows are widened when looked up
         self.embed_mult = model.embed.mult.to(self.device)
         self.embed_shift = model.embed.shift
         self.layers = [(prep(L.qkv), prep(L.o), prep(L.gate_up), prep(L.down)) for L in model.layers]
@@ -408,7 +408,8 @@ class Engine:
         sin = torch.index_select(self.t["rope_sin"], 0, pos)[:, None, :]
         tok = tokens.reshape(-1)
         x = rshift_round(
-            torch.index_select(self.embed_q, 0, tok) * torch.index_select(self.embed_mult, 0, tok)[:, None],
+            torch.index_select(self.embed_q, 0, tok).to(torch.int64)
+            * torch.index_select(self.embed_mult, 0, tok)[:, None],
             self.embed_shift - F,
         )  # the residual stream [B * T, d], updated in place
         H, KV, hd = self.heads, self.kv_heads, self.head_dim
