@@ -13,13 +13,21 @@ _FAMILY = constriction.stream.model.Categorical(perfect=False)
 ENCODE_ROWS = 256  # rows converted to float64 at a time: a 49152-token table is 384 KiB a row
 
 
-def encode(symbols: np.ndarray, freqs: np.ndarray) -> bytes:
-    """Range-code symbols[i] under the distribution freqs[i] (int64 [n, A])."""
-    enc = constriction.stream.queue.RangeEncoder()
-    symbols = np.ascontiguousarray(symbols, dtype=np.int32)
-    for a in range(0, len(symbols), ENCODE_ROWS):  # same bits as one call: the coder state carries over
-        enc.encode(symbols[a : a + ENCODE_ROWS], _FAMILY, freqs[a : a + ENCODE_ROWS].astype(np.float64))
-    return enc.get_compressed().tobytes()
+class Encoder:
+    """Range-codes symbols under their tables a block of rows at a time, the coder's state carrying
+    over (the same bits as one call), so a chunk's tables need not exist all at once."""
+
+    def __init__(self):
+        self._enc = constriction.stream.queue.RangeEncoder()
+
+    def encode(self, symbols: np.ndarray, freqs: np.ndarray) -> None:
+        """Code symbols[i] under the distribution freqs[i] (int64 [n, A])."""
+        symbols = np.ascontiguousarray(symbols, dtype=np.int32)
+        for a in range(0, len(symbols), ENCODE_ROWS):
+            self._enc.encode(symbols[a : a + ENCODE_ROWS], _FAMILY, freqs[a : a + ENCODE_ROWS].astype(np.float64))
+
+    def finish(self) -> bytes:
+        return self._enc.get_compressed().tobytes()
 
 
 def ideal_bits(symbols: np.ndarray, freqs: np.ndarray) -> float:

@@ -15,6 +15,7 @@ the memory passes.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numba
 import numpy as np
@@ -396,11 +397,12 @@ class Engine:
         return h.mul_(u).add_(1 << (F - 1)).bitwise_right_shift_(F)
 
     # ---- the forward pass ------------------------------------------------------------------
-    def _forward(self, tokens: torch.Tensor, cache: _Cache, out=None, head: _Prepared | None = None) -> torch.Tensor:
+    def _forward(self, tokens: torch.Tensor, cache: _Cache, out=None,
+                 head: _Prepared | None = None) -> torch.Tensor | None:
         """Run tokens [B, T] at positions cache.length.. ; returns Q16 logits [B, T, V] (or those of
-        head's columns), or out(logits) computed tile by tile when out (a row-wise function, e.g.
-        frequencies) is given: with a large vocabulary the logits of a whole chunk would not fit in
-        memory next to their tables."""
+        head's columns), or, when out is given, hands them to out(logits, rows) a tile of rows (b, t)
+        at a time and returns None: with a large vocabulary the logits of a whole chunk would not fit
+        in memory next to their tables."""
         B, T = tokens.shape
         p0 = cache.length
         pos = torch.arange(p0, p0 + T, device=self.device).repeat(B)  # of the rows (b, t)
@@ -422,9 +424,11 @@ class Engine:
             self._rowwise(lambda t, r, m=o_m: self._linear(t, m, into=x[r]), att)
             self._rowwise(lambda t, r, gm=gu_m, dm=down_m: self._mlp(t, gm, dm, into=x[r]), x)
         cache.length = p0 + T
-        finish = out or (lambda z: z)
         head = head or self.head
-        y = self._rowwise(lambda t, _: finish(self._normed_linear(t, head)), x)
+        if out is not None:
+            self._rowwise(lambda t, r: out(self._normed_linear(t, head), r), x)
+            return None
+        y = self._rowwise(lambda t, _: self._normed_linear(t, head), x)
         return y.view(B, T, y.shape[-1])
 
     def _mlp(self, x: torch.Tensor, gu_m: _Prepared, down_m: _Prepared, into: torch.Tensor) -> None:
@@ -469,14 +473,24 @@ class Engine:
         return freq + first_top * (TOTAL - freq.sum(-1, keepdim=True))
 
     # ---- public API --------------------------------------------------------------------------
-    def score(self, seqs: list[list[int]], alphabet: torch.Tensor | None = None) -> list[np.ndarray]:
+    def score(self, seqs: list[list[int]], alphabet: torch.Tensor | None = None,
+              sink: Callable[[int, int, np.ndarray], None] | None = None) -> list[np.ndarray] | None:
         """Teacher-forced frequencies for each sequence (which starts with its BOS token).
 
-        Returns per sequence an int64 array [len-1, A]: row i is the distribution of token i+1.
+        Returns per sequence an int64 array [len-1, A]: row i is the distribution of token i+1. With
+        sink, nothing is kept or returned: sink(j, i, rows) receives sequence j's rows from row i on,
+        in order, a tile at a time (a SmolLM2 chunk's tables are 0.8 GB whole; the range coder needs
+        them a few hundred rows at a time).
         """
-        out: list[np.ndarray | None] = [None] * len(seqs)
-        order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
         head = self.alphabet_head(alphabet)
+        tables: list[np.ndarray] | None = None
+        if sink is None:
+            tables = [np.empty((len(s) - 1, head.w.shape[0]), np.int64) for s in seqs]
+
+            def sink(j: int, i: int, rows: np.ndarray) -> None:
+                tables[j][i : i + len(rows)] = rows
+
+        order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
         i = 0
         while i < len(order):
             T = len(seqs[order[i]]) - 1
@@ -486,13 +500,24 @@ class Engine:
             for r, j in enumerate(batch):
                 s = seqs[j][:-1]
                 toks[r, : len(s)] = torch.tensor(s, dtype=torch.int64)
+
+            def emit(z: torch.Tensor, rows: slice, batch: list[int] = batch, T: int = T) -> None:
+                """The tables of flattened rows (b, t), to each sequence's sink, padding left out."""
+                f = self.frequencies(z).cpu().numpy()
+                r = rows.start
+                while r < rows.stop:
+                    b, t = divmod(r, T)
+                    n = min(rows.stop, (b + 1) * T) - r
+                    j = batch[b]
+                    keep = min(n, len(seqs[j]) - 1 - t)
+                    if keep > 0:
+                        sink(j, t, f[r - rows.start : r - rows.start + keep])
+                    r += n
+
             with torch.no_grad():
-                freqs = self._forward(toks.to(self.device), _Cache(self, len(batch), T),
-                                      out=self.frequencies, head=head).cpu().numpy()
-            for r, j in enumerate(batch):
-                out[j] = freqs[r, : len(seqs[j]) - 1]
+                self._forward(toks.to(self.device), _Cache(self, len(batch), T), out=emit, head=head)
             i += bsz
-        return out  # type: ignore[return-value]
+        return tables
 
     def alphabet_head(self, alphabet: torch.Tensor | None) -> _Prepared:
         """The output head computing only the alphabet's logits, in its order (a byte stream of a BPE

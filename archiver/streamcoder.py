@@ -209,11 +209,13 @@ def _code_pieces(kind: str, pieces: list[np.ndarray], ids: list[int], predictor:
     v = predictor.vocab
     bos = v.bos(kind)
     seqs = [[bos, *v.token_ids(p).tolist()] for p in pieces]
-    freqs = predictor.engine.score(seqs, v.alphabet(kind))
+    encoders = [coder.Encoder() for _ in pieces]
+    predictor.engine.score(seqs, v.alphabet(kind),
+                           sink=lambda j, i, rows: encoders[j].encode(pieces[j][i : i + len(rows)], rows))
     out = {}
-    for i, p, f in zip(ids, pieces, freqs, strict=True):
+    for i, p, enc in zip(ids, pieces, encoders, strict=True):
         raw = v.to_bytes(kind, p)
-        lm = coder.encode(p, f)
+        lm = enc.finish()
         codec, payload = classic.best(raw, cm=False)
         rec = {"codec": codec, "size": len(raw), "tokens": 0}
         if len(lm) < len(payload):

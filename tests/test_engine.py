@@ -81,6 +81,23 @@ def test_parallel_equals_incremental(model):
         assert np.array_equal(p, np.array(rows))
 
 
+def test_tables_handed_to_a_sink_are_the_returned_ones(model):
+    """score(sink=...) hands each sequence's tables over a tile at a time, in order, without the
+    padding of shorter sequences batched with longer ones: together they are the returned tables."""
+    seqs = _seqs(7, 3, model.context)
+    engine = Engine(model)
+    got: dict[int, list[np.ndarray]] = {}
+
+    def sink(j: int, i: int, rows: np.ndarray) -> None:
+        assert i == sum(map(len, got.get(j, [])))
+        got.setdefault(j, []).append(rows.copy())
+
+    assert engine.score(seqs, ALPHA, sink=sink) is None
+    want = engine.score(seqs, ALPHA)
+    assert sorted(got) == list(range(len(seqs)))
+    assert _digest([np.concatenate(got[j]) for j in range(len(seqs))]) == _digest(want)
+
+
 def test_an_alphabet_is_the_whole_table_restricted(model):
     """The head computes only an alphabet's logits (256 of a BPE model's): in any order of any
     subset, the frequencies are those of the whole vocabulary's logits taken at those columns."""

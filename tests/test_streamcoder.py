@@ -32,7 +32,7 @@ def test_a_losing_lm_is_not_run_over_a_whole_long_stream(monkeypatch):
     data = block * 40  # xz finds the repeats; no 127-token chunk can
     scored = []
     real = pred.engine.score
-    monkeypatch.setattr(pred.engine, "score", lambda seqs, alpha: scored.append(len(seqs)) or real(seqs, alpha))
+    monkeypatch.setattr(pred.engine, "score", lambda seqs, *a, **k: scored.append(len(seqs)) or real(seqs, *a, **k))
     done = []
     coded = streamcoder.encode_stream("binary", data, pred, on_progress=done.append)
     assert len(data) >= streamcoder.PROBE_BYTES
@@ -50,7 +50,7 @@ def test_a_probe_stage_is_scored_within_the_memory_bound(monkeypatch):
     data = np.random.default_rng(0).integers(0, 256, 2000, dtype=np.uint8).tobytes() * 40
     scored = []
     real = pred.engine.score
-    monkeypatch.setattr(pred.engine, "score", lambda seqs, alpha: scored.append(len(seqs)) or real(seqs, alpha))
+    monkeypatch.setattr(pred.engine, "score", lambda seqs, *a, **k: scored.append(len(seqs)) or real(seqs, *a, **k))
     coded = streamcoder.encode_stream("binary", data, pred)
     assert scored == [2, 2]  # the first stage's PROBE_CHUNKS, two by two; then the LM has lost
     assert coded == streamcoder.classic_blocks(data)
@@ -99,7 +99,7 @@ def test_a_kind_the_lm_keeps_losing_stops_being_scored(monkeypatch):
     monkeypatch.setattr(streamcoder, "TRACK_BYTES", 6000)
     scored = []
     real = pred.engine.score
-    monkeypatch.setattr(pred.engine, "score", lambda seqs, alpha: scored.append(len(seqs)) or real(seqs, alpha))
+    monkeypatch.setattr(pred.engine, "score", lambda seqs, *a, **k: scored.append(len(seqs)) or real(seqs, *a, **k))
     rng = np.random.default_rng(1)
     block = rng.integers(0, 256, 500, dtype=np.uint8).tobytes()
     files = [block * 4 + bytes([i]) for i in range(8)]  # 2 KB each: xz finds the repeats, the LM cannot
@@ -154,7 +154,9 @@ def test_a_chunk_decoded_alone_checks_guesses_in_one_pass(monkeypatch):
         symbols = pred.vocab.symbols("binary", data[:n])
         (freqs,) = pred.engine.score([[pred.vocab.bos("binary"), *pred.vocab.token_ids(symbols).tolist()]],
                                      pred.vocab.alphabet("binary"))
-        chunk = ("binary", {"codec": "lm", "tokens": len(symbols)}, streamcoder.coder.encode(symbols, freqs))
+        enc = streamcoder.coder.Encoder()
+        enc.encode(symbols, freqs)
+        chunk = ("binary", {"codec": "lm", "tokens": len(symbols)}, enc.finish())
         steps.clear()
         forgotten.clear()
         (alone,) = streamcoder._decode_lm_batch(pred, [chunk])
