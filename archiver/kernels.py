@@ -8,7 +8,7 @@ Each kernel computes exactly the integers of a torch implementation that every d
 `archiver.fixedpoint`, `append_kv` the cache writes of `_Cache.append`, `rope_q10` those of
 `Engine._rope_q10`, and `gemv` those of `_int_mm` for a few rows (decoding a few chunks).
 `softmax_table` is `attend`'s table step alone, for the engine's GEMM form of attention on long
-chunks (`Engine._attend_gemm`), where float GEMMs compute the exact products; `softmax_digits` is
+chunks (`Engine._attend_gemm`), where GEMMs compute the exact products; `softmax_digits` is
 the same step for int8 values, whose weighted sum is then int8 GEMMs, and `rounded_quotients` is
 `attend`'s last step for either form. On a CPU torch spends
 most of its time in memory passes, one per element-wise op; these do a whole chain in one pass.
@@ -250,13 +250,20 @@ def frequencies(z: np.ndarray, fexp: np.ndarray, shift: int, total: int,
 @numba.njit(inline="always")
 def _exact_scores(s: np.ndarray, eq: np.ndarray, ek: np.ndarray, first: int, g: int, b: int, h: int,
                   r: int) -> np.ndarray:  # pragma: no cover
-    """Row r of a block's GEMM scores s [B, KV, R, S] as the exact X_j of the module docstring, up
-    to its causal limit (the row's query is at position first + r // g)."""
+    """Row r of a block's GEMM scores as the exact X_j of the module docstring, up to its causal
+    limit (the row's query is at position first + r // g). s is [B, KV, R, S] (exact integers), or
+    [B, KV, 2R, S] for int8 queries split in halves (`Engine._int8_scores`): row r's products with
+    the high halves, and R rows further down those with the low ones, q . k = 128 hi + lo."""
     n = first + r // g + 1
     sh = np.int64(eq[b, h, r])
+    R = eq.shape[2]
     x = np.empty(n, np.int64)
-    for j in range(n):
-        x[j] = np.int64(s[b, h, r, j]) << (sh + np.int64(ek[b, h, j]))
+    if s.shape[2] == 2 * R:
+        for j in range(n):
+            x[j] = ((np.int64(s[b, h, r, j]) << 7) + np.int64(s[b, h, R + r, j])) << (sh + np.int64(ek[b, h, j]))
+    else:
+        for j in range(n):
+            x[j] = np.int64(s[b, h, r, j]) << (sh + np.int64(ek[b, h, j]))
     return x
 
 
@@ -267,8 +274,9 @@ def softmax_table(s: np.ndarray, eq: np.ndarray, ek: np.ndarray, first: int, g: 
     elsewhere (exactly, by a float GEMM): s [B, KV, R, S] holds q . k_j as exact integers for the
     rows r = (t, head in group) of queries at positions first + r // g, which see keys j <= that
     position. With the exponents eq [B, KV, R] and ek [B, KV, >= S], writes the table values e_j
-    into e (float64, exact; 0 beyond the causal limit) and their sums into den [B, KV, R]."""
-    B, KV, R, S = s.shape
+    into e (float64, exact; 0 beyond the causal limit) and their sums into den [B, KV, R]. (s may
+    also be split int8 products, see `_exact_scores`.)"""
+    (B, KV, R), S = eq.shape, s.shape[3]  # s may hold 2R rows: split queries (_exact_scores)
     for job in numba.prange(B * KV * R):
         b, h, r = job // (KV * R), (job // R) % KV, job % R
         x = _exact_scores(s, eq, ek, first, g, b, h, r)
@@ -289,7 +297,7 @@ def softmax_digits(s: np.ndarray, eq: np.ndarray, ek: np.ndarray, ev: np.ndarray
     S]), as base-128 digits d[b, h, k] = (w_j >> 7k) & 127 into d [B, KV, ND, R, S] (int8; 0 beyond
     the causal limit; ND digits must hold the largest w), and the table values' sums into den. A
     chunk's and head's digit planes lie together, so their products are one GEMM."""
-    B, KV, R, S = s.shape
+    (B, KV, R), S = eq.shape, s.shape[3]  # s may hold 2R rows: split queries (_exact_scores)
     nd = d.shape[2]
     for job in numba.prange(B * KV * R):
         b, h, r = job // (KV * R), (job // R) % KV, job % R

@@ -318,3 +318,19 @@ def test_int8_value_gemms_equal_torch_path():
     cache = _Cache(kernel, 2, 120)
     parts = [kernel._forward(toks[:, a:b], cache) for a, b in ((0, 40), (40, 60), (60, 120))]
     assert torch.equal(torch.cat(parts, 1), whole)
+
+
+def test_int8_score_halves_make_the_products():
+    """Queries split into int8 halves (q = 128 hi + lo) give, recombined, the exact products with
+    the int8 keys, at the extreme magnitudes too; keys are read from a wider room, as in the cache."""
+    eng = Engine(_tiny("int8"))
+    lim = (1 << eng.q_bits) - 1
+    gen = torch.Generator().manual_seed(3)
+    B, KV, R, hd, S = 2, eng.kv_heads, 24, eng.head_dim, 37
+    qt = torch.randint(-lim, lim + 1, (B, KV, R, hd), generator=gen)
+    qt[0, 0, :4] = torch.tensor([lim, -lim, -1, 0])[:, None]
+    keys = torch.randint(-127, 128, (B, KV, hd, S + 11), generator=gen, dtype=torch.int8)
+    keys[1, 0, :, :3] = torch.tensor([127, -127, -1], dtype=torch.int8)
+    s = eng._int8_scores(qt, keys, S)
+    assert s.dtype == torch.int32 and s.shape == (B, KV, 2 * R, S)
+    assert torch.equal((s[:, :, :R].long() << 7) + s[:, :, R:], qt @ keys[..., :S].long())
