@@ -290,13 +290,14 @@ DIGIT_BITS = 7  # softmax_digits writes base-128 digits: each fits an int8
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def softmax_digits(s: np.ndarray, eq: np.ndarray, ek: np.ndarray, ev: np.ndarray, first: int, g: int,
+def softmax_digits(s: np.ndarray, eq: np.ndarray, ek: np.ndarray, ev: np.ndarray, low: int, first: int, g: int,
                    table: np.ndarray, d: np.ndarray, den: np.ndarray) -> None:  # pragma: no cover  (compiled)
     """`softmax_table` for a model with int8 values, whose weighted sum is computed as int8 GEMMs:
-    writes each table value times its value row's power of two, w_j = e_j << ev_j (ev [B, KV, >=
-    S]), as base-128 digits d[b, h, k] = (w_j >> 7k) & 127 into d [B, KV, ND, R, S] (int8; 0 beyond
-    the causal limit; ND digits must hold the largest w), and the table values' sums into den. A
-    chunk's and head's digit planes lie together, so their products are one GEMM."""
+    writes each table value times its value row's power of two over 2**low, w_j = e_j << (ev_j -
+    low) (ev [B, KV, >= S], none below low), as base-128 digits d[b, h, k] = (w_j >> 7k) & 127 into
+    d [B, KV, ND, R, S] (int8; 0 beyond the causal limit; ND digits must hold the largest w), and
+    the table values' sums into den. A chunk's and head's digit planes lie together, so their
+    products are one GEMM."""
     (B, KV, R), S = eq.shape, s.shape[3]  # s may hold 2R rows: split queries (_exact_scores)
     nd = d.shape[2]
     for job in numba.prange(B * KV * R):
@@ -305,7 +306,7 @@ def softmax_digits(s: np.ndarray, eq: np.ndarray, ek: np.ndarray, ev: np.ndarray
         n = x.size
         den[b, h, r] = _table_row(x, n, table, x)
         for j in range(n):
-            x[j] <<= np.int64(ev[b, h, j])
+            x[j] <<= np.int64(ev[b, h, j]) - low
         for k in range(nd):
             dk = d[b, h, k, r]
             for j in range(n):
@@ -315,11 +316,12 @@ def softmax_digits(s: np.ndarray, eq: np.ndarray, ek: np.ndarray, ev: np.ndarray
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def rounded_quotients(acc: np.ndarray, den: np.ndarray, a: int, g: int, out: np.ndarray) -> None:  # pragma: no cover
+def rounded_quotients(acc: np.ndarray, den: np.ndarray, a: int, g: int, low: int,
+                      out: np.ndarray) -> None:  # pragma: no cover  (compiled)
     """`attend`'s last step for a block of query rows r = (t, head in group) whose weighted value
     sums were computed by GEMMs: given as ND planes acc [B, KV, ND, R, hd], plane k counting
-    2**(DIGIT_BITS * k) (the int32 products of `softmax_digits`'s digit planes, or one float64
-    plane holding the exact sums), each sum is divided by its row's den [B, KV, R], rounded half up,
+    2**(low + DIGIT_BITS * k) (the int32 products of `softmax_digits`'s digit planes, or one float64
+    plane holding the exact sums, low 0), each sum is divided by its row's den [B, KV, R], rounded half up,
     and written to out[b, a + r // g, h, r % g] (out [B, T, KV, g, hd]). One pass where torch took
     a shift, an add and a cast per plane, an int64 division and a strided copy."""
     B, KV, nd, R, hd = acc.shape
@@ -331,7 +333,7 @@ def rounded_quotients(acc: np.ndarray, den: np.ndarray, a: int, g: int, out: np.
             total = np.int64(0)
             for k in range(nd):
                 total += np.int64(acc[b, h, k, r, c]) << (DIGIT_BITS * k)
-            out[b, t, h, i, c] = _rounded_quotient(total, dn)
+            out[b, t, h, i, c] = _rounded_quotient(total << low, dn)
 
 
 @numba.njit(inline="always")

@@ -269,26 +269,28 @@ def test_unknown_cache_kind_is_refused(key):
 def test_value_digits_equal_the_float64_product():
     """Attention's value product for int8 values as int8 GEMMs over base-128 digits of e_j << ev_j
     equals the float64 product of the same table values, for value exponents from 0 to 20 (one to
-    six digit planes), scores spread over the exp table, and blocks after a history; and the last
-    step turns either form into the same rounded quotients, each in its place."""
+    six digit planes), some least exponents above 0 (digits counted from there), scores spread over
+    the exp table, and blocks after a history; and the last step turns either form into the same
+    rounded quotients, each in its place."""
     kv = _tiny("int8-kv")
     eng = Engine(kv)
     gen = torch.Generator().manual_seed(3)
     B, KV, g, hd, S = 2, eng.kv_heads, 2, eng.head_dim, 90
-    for top, first in ((0, 0), (6, 10), (13, 30), (20, 60)):
+    for low, top, first in ((0, 0, 0), (0, 6, 10), (9, 13, 30), (2, 20, 60), (11, 11, 5)):
         R = (S - first) * g
         cache = _Cache(eng, B, S)
         cache._grow(S)
         cache.v[0][:, :, :S] = torch.randint(-127, 128, (B, KV, S, hd), generator=gen, dtype=torch.int8)
         cache.v[0][0, 0, 0] = 127  # the largest products
-        cache.vs[0][:, :, :S] = torch.randint(0, top + 1, (B, KV, S), generator=gen, dtype=torch.int8)
-        cache.vs[0][0, 0, 0] = top
+        cache.vs[0][:, :, :S] = torch.randint(low, top + 1, (B, KV, S), generator=gen, dtype=torch.int8)
+        cache.vs[0][0, 0, :2] = torch.tensor([top, low])
         s = torch.randint(-(1 << 20), 1 << 20, (B, KV, R, S), generator=gen).to(torch.float32)
         eq = torch.randint(0, 3, (B, KV, R), generator=gen).numpy()
         ek = cache.ks[0].zero_().numpy()
         den = torch.empty((B, KV, R), dtype=torch.int64)
-        planes = eng._value_digits(s, eq, ek, cache, 0, first, g, den)
-        got = sum(planes[:, :, k].to(torch.int64) << (kernels.DIGIT_BITS * k) for k in range(planes.shape[2]))
+        planes, least = eng._value_digits(s, eq, ek, cache.vs[0], cache.v[0], first, g, den)
+        assert least == low and planes.shape[2] == -(-(16 + top - low) // kernels.DIGIT_BITS)
+        got = sum(planes[:, :, k].to(torch.int64) << (kernels.DIGIT_BITS * k + low) for k in range(planes.shape[2]))
         e = torch.empty((B, KV, R, S), dtype=torch.float64)
         den2 = torch.empty_like(den)
         kernels.softmax_table(s.numpy(), eq, ek, first, g, eng.att_exp.numpy(), e.numpy(), den2.numpy())
@@ -299,9 +301,9 @@ def test_value_digits_equal_the_float64_product():
         # both forms of the sums come out of the last step as the same rounded quotients, in place
         T = S - first
         quotients = torch.div(2 * got + den[..., None], 2 * den[..., None], rounding_mode="floor")
-        for form in (planes, want.unsqueeze(2)):
+        for form, shift in ((planes, low), (want.unsqueeze(2), 0)):
             out = torch.zeros((B, T + 1, KV, g, hd), dtype=torch.int64)
-            kernels.rounded_quotients(form.numpy(), den.numpy(), 1, g, out.numpy())
+            kernels.rounded_quotients(form.numpy(), den.numpy(), 1, g, shift, out.numpy())
             assert torch.equal(out[:, 1:], quotients.view(B, KV, T, g, hd).transpose(1, 2)), top
             assert not out[:, 0].any()
 
