@@ -19,22 +19,14 @@ class Encoder:
 
     def __init__(self):
         self._enc = constriction.stream.queue.RangeEncoder()
-        self._rows = np.empty(0)  # float64 rows kept from call to call (fresh memory costs page
-        # faults and zeroing: 100 MB a call with SmolLM2's vocabulary), until finish
 
     def encode(self, symbols: np.ndarray, freqs: np.ndarray) -> None:
         """Code symbols[i] under the distribution freqs[i] (int64 [n, A])."""
         symbols = np.ascontiguousarray(symbols, dtype=np.int32)
         for a in range(0, len(symbols), ENCODE_ROWS):
-            block = freqs[a : a + ENCODE_ROWS]
-            if self._rows.size < block.size:
-                self._rows = np.empty(block.size)
-            rows = self._rows[: block.size].reshape(block.shape)
-            np.copyto(rows, block)
-            self._enc.encode(symbols[a : a + ENCODE_ROWS], _FAMILY, rows)
+            self._enc.encode(symbols[a : a + ENCODE_ROWS], _FAMILY, freqs[a : a + ENCODE_ROWS].astype(np.float64))
 
     def finish(self) -> bytes:
-        self._rows = np.empty(0)
         return self._enc.get_compressed().tobytes()
 
 

@@ -117,7 +117,6 @@ class Engine:
         self.att_exp = self.t["att_exp"].contiguous()
         self.att_exp64 = self.att_exp.to(torch.float64)  # Q15 integers, exact as float64
         self._tris: dict[tuple[int, int], torch.Tensor] = {}
-        self._kept: dict[str, torch.Tensor] = {}
         # float64 exactness: |q.k| <= hd * qk_limit**2 < 2**53 and sum(e) * v_limit < 2**53
         self.qk_limit = (1 << ((53 - (self.head_dim - 1).bit_length()) // 2)) - 1
         self.v_limit = (1 << (53 - 15 - (self.context - 1).bit_length())) - 1
@@ -128,26 +127,12 @@ class Engine:
         assert self.q_bits <= 14, "a query's high half (q >> 7, see _int8_scores) must fit an int8"
 
     # ---- exact building blocks -------------------------------------------------------------
-    def _buffer(self, key: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-        """A tensor kept under key from call to call (grown when too small), for the output head's
-        products, logits and tables: 50-100 MB a tile with SmolLM2's vocabulary, and fresh memory
-        costs its page faults and zeroing every time (about 30 ms per 100 MB here). Whoever asks
-        must be done with what the key held before."""
-        n = math.prod(shape)
-        buf = self._kept.get(key)
-        if buf is None or buf.numel() < n or buf.dtype != dtype:
-            buf = self._kept[key] = torch.empty(n, dtype=dtype, device=self.device)
-        return buf[:n].view(shape)
-
     def _product(self, q: torch.Tensor, m: _Prepared, row_mult: torch.Tensor, base: int,
-                 e: torch.Tensor | None = None, into: torch.Tensor | None = None,
-                 keep: str | None = None) -> torch.Tensor | None:
+                 e: torch.Tensor | None = None, into: torch.Tensor | None = None) -> torch.Tensor | None:
         """rescale_(gemm(q, m), m.mult, row_mult, s) with the row shifts s = base - e (or base): on the
         kernel path the int32 products of _int_mm (or, for a few rows, of `kernels.gemv`) go straight
         into the compiled rescale, without an int64 pass in between. With into, the result is added
-        to into's rows (the residual stream) instead of returned: on the kernel path in the same pass.
-        With keep, the kernel path's products and result live in buffers kept under that name
-        (`_buffer`): the result is valid until the next product kept under it."""
+        to into's rows (the residual stream) instead of returned: on the kernel path in the same pass."""
         if not self.kernel:
             y = rescale_(gemm(q, m.wt, self.backend), m.mult, row_mult, base if e is None else base - e)
             if into is None:
@@ -156,17 +141,12 @@ class Engine:
             return None
         if self.backend != "int":
             acc = gemm(q, m.wt, self.backend)
+        elif q.shape[0] <= GEMV_ROWS:
+            acc = torch.empty((q.shape[0], m.w.shape[0]), dtype=torch.int32)
+            kernels.gemv(q.numpy(), m.w.numpy(), acc.numpy())
         else:
-            shape = (q.shape[0], m.w.shape[0])
-            acc = self._buffer(f"{keep}.acc", shape, torch.int32) if keep else torch.empty(shape, dtype=torch.int32)
-            if q.shape[0] <= GEMV_ROWS:
-                kernels.gemv(q.numpy(), m.w.numpy(), acc.numpy())
-            else:
-                torch._int_mm(q, m.wt, out=acc)
-        if into is not None:
-            out = into
-        else:
-            out = self._buffer(keep, acc.shape, torch.int64) if keep else torch.empty(acc.shape, dtype=torch.int64)
+            acc = torch._int_mm(q, m.wt)
+        out = torch.empty(acc.shape, dtype=torch.int64) if into is None else into
         kernels.rescale(acc.numpy(), m.mult.numpy(), row_mult.numpy().reshape(-1), base,
                         _NO_SHIFTS if e is None else e.numpy().reshape(-1), into is not None, out.numpy())
         return None if into is not None else out
@@ -182,9 +162,8 @@ class Engine:
         kernels.quantize_rows(x.contiguous().numpy(), q.numpy(), rm.numpy(), re.numpy())
         return self._product(q, m, rm, m.shift + 7, re, into)
 
-    def _normed_linear(self, x: torch.Tensor, m: _Prepared, keep: str | None = None) -> torch.Tensor:
-        """RMSNorm then linear; the norm's gain is folded into m, the norm itself is exact here (keep:
-        see _product).
+    def _normed_linear(self, x: torch.Tensor, m: _Prepared) -> torch.Tensor:
+        """RMSNorm then linear; the norm's gain is folded into m, the norm itself is exact here.
 
         The sum of squares is taken in float64: every partial sum is an integer below 127**2 * 2**14
         < 2**53, so it is exact in any order (the kernel path sums in int64: `kernels.norm_quantize`)."""
@@ -198,7 +177,7 @@ class Engine:
             qf = q.to(torch.float64)
             ss = torch.linalg.vecdot(qf, qf).to(torch.int64).clamp_(min=1).unsqueeze(-1)
             inv = isqrt(torch.div(x.new_full((), scale), ss, rounding_mode="floor"))
-        return self._product(q, m, inv, m.shift + NORM_FRAC - F, keep=keep)
+        return self._product(q, m, inv, m.shift + NORM_FRAC - F)
 
     def _rope_q10(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """Rotary embedding of x [N, heads, hd] (Q16) by its rows' cos, sin [N, 1, hd/2] (Q14), rounded
@@ -454,8 +433,7 @@ class Engine:
         """Run tokens [B, T] at positions cache.length.. ; returns Q16 logits [B, T, V] (or those of
         head's columns), or, when out is given, hands them to out(logits, rows) a tile of rows (b, t)
         at a time and returns None: with a large vocabulary the logits of a whole chunk would not fit
-        in memory next to their tables. Those tiles live in kept buffers (`_buffer`): out may
-        overwrite them, and must be done with them when it returns."""
+        in memory next to their tables."""
         B, T = tokens.shape
         p0 = cache.length
         pos = torch.arange(p0, p0 + T, device=self.device).repeat(B)  # of the rows (b, t)
@@ -479,7 +457,7 @@ class Engine:
         cache.length = p0 + T
         head = head or self.head
         if out is not None:
-            self._rowwise(lambda t, r: out(self._normed_linear(t, head, keep="head"), r), x)
+            self._rowwise(lambda t, r: out(self._normed_linear(t, head), r), x)
             return None
         y = self._rowwise(lambda t, _: self._normed_linear(t, head), x)
         return y.view(B, T, y.shape[-1])
@@ -509,13 +487,11 @@ class Engine:
             out[rows] = y
         return out
 
-    def frequencies(self, z: torch.Tensor, in_place: bool = False) -> torch.Tensor:
-        """Q16 logits z [..., A] -> int64 frequencies over those A symbols, each >= 1, summing to 2**24.
-        in_place lets the kernel path write them over z (it reads each logit before writing there),
-        which saves a fresh 100 MB a tile with SmolLM2's vocabulary (see _buffer)."""
+    def frequencies(self, z: torch.Tensor) -> torch.Tensor:
+        """Q16 logits z [..., A] -> int64 frequencies over those A symbols, each >= 1, summing to 2**24."""
         if self.kernel:
             rows = z.contiguous().view(-1, z.shape[-1])
-            out = rows if in_place and rows.data_ptr() == z.data_ptr() else torch.empty(rows.shape, dtype=torch.int64)
+            out = torch.empty(rows.shape, dtype=torch.int64)
             kernels.frequencies(rows.numpy(), self.t["freq_exp"].numpy(), F - ATT_FRAC, TOTAL, out.numpy())
             return out.view(z.shape)
         fexp = self.t["freq_exp"]
@@ -535,8 +511,7 @@ class Engine:
         Returns per sequence an int64 array [len-1, A]: row i is the distribution of token i+1. With
         sink, nothing is kept or returned: sink(j, i, rows) receives sequence j's rows from row i on,
         in order, a tile at a time (a SmolLM2 chunk's tables are 0.8 GB whole; the range coder needs
-        them a few hundred rows at a time). The rows are valid during the call only: the next tile
-        reuses their memory.
+        them a few hundred rows at a time).
         """
         head = self.alphabet_head(alphabet)
         tables: list[np.ndarray] | None = None
@@ -559,7 +534,7 @@ class Engine:
 
             def emit(z: torch.Tensor, rows: slice, batch: list[int] = batch, T: int = T) -> None:
                 """The tables of flattened rows (b, t), to each sequence's sink, padding left out."""
-                f = self.frequencies(z, in_place=True).cpu().numpy()
+                f = self.frequencies(z).cpu().numpy()
                 r = rows.start
                 while r < rows.stop:
                     b, t = divmod(r, T)
