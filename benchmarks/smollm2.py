@@ -94,6 +94,11 @@ def warm_vs_cold(path: Path, windows: int) -> tuple[float, float, int]:
     return cold, warm, windows * COLD
 
 
+def xz_size(data: bytes) -> int:
+    """Bytes of `xz -9e` on data: the size both tables compare against."""
+    return len(lzma.compress(data, preset=9 | lzma.PRESET_EXTREME))
+
+
 def dev_estimate(corpus: Path, windows: int) -> list[str]:
     """The --dev-estimate table (see the module docstring) as markdown lines."""
     from archiver import contextmix, registry, smollm2
@@ -107,7 +112,7 @@ def dev_estimate(corpus: Path, windows: int) -> list[str]:
     for f in [p for p in split_files(corpus)[1] if p.parent.parent.name == "text"]:
         data = f.read_bytes()
         print(f"dev estimate: {f.name}", file=sys.stderr, flush=True)
-        xz, cm = len(lzma.compress(data, preset=9 | lzma.PRESET_EXTREME)), len(contextmix.compress(data))
+        xz, cm = xz_size(data), len(contextmix.compress(data))
         toks = pred.vocab.symbols("text", data)
         lm = None
         if toks is not None:  # None: not text the tokenizer represents (the archiver codes it with bytes)
@@ -162,7 +167,7 @@ def main() -> None:
             print(f"lmarc --model smollm2: {f.name}", file=sys.stderr)
             r = run_lmarc([f], f.parent, "smollm2", Path(td))  # one archive, extracted and compared
             size = f.stat().st_size
-            xz = len(lzma.compress(f.read_bytes(), preset=9 | lzma.PRESET_EXTREME))
+            xz = xz_size(f.read_bytes())
             lines.append(f"| {f.name} | {size:,} | {xz:,} | {r['size']:,} | {r['size'] / xz:.2f} | "
                          f"{size / 1000 / r['ctime']:.2f} | {size / 1000 / r['dtime']:.2f} |")
             print(lines[-1], file=sys.stderr, flush=True)
