@@ -69,17 +69,21 @@ def _rounded_quotient(total: np.int64, den: np.int64) -> np.int64:  # pragma: no
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def attend(q: np.ndarray, eq: np.ndarray, kt: np.ndarray, ek: np.ndarray, v: np.ndarray, ev: np.ndarray,
+def attend(q: np.ndarray, eq: np.ndarray, kt: np.ndarray, ek: np.ndarray, vt: np.ndarray, ev: np.ndarray,
            p0: int, table: np.ndarray, dots: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover  (compiled)
     """Queries q [B, T, KV, g, hd] at positions p0.. (exponents eq [B, T, KV, g]) over the cached
-    keys kt [B, KV, hd, room] (transposed; exponents ek [B, KV, room]) and values v [B, KV, room,
-    hd] (exponents ev [B, KV, room]): query t sees positions 0..p0+t. Writes the rounded outputs
-    into out [B, T, KV, g, hd].
+    keys kt [B, KV, hd, room] and values vt [B, KV, hd, room] (both transposed; exponents ek, ev
+    [B, KV, room]): query t sees positions 0..p0+t. Writes the rounded outputs into out [B, T, KV,
+    g, hd].
 
     The products q . k_j are summed in dots.dtype: int32 for int8 keys, where every partial sum
     stays below 2**24 (the bound the engine asserts), int64 for the float64 program's keys. Keys
     transposed make the score loop an axpy over positions (no horizontal sums), and 32-bit lanes
-    hold twice the sums of 64-bit ones: about twice the speed of dot products over int64."""
+    hold twice the sums of 64-bit ones: about twice the speed of dot products over int64. Values
+    transposed make the weighted sum a dot product over positions per output column, whose sum
+    stays in a register: the axpy over value rows stored its accumulators at every position and
+    took 25-30% longer. Rows of the room read up to n run best with room close to n (see
+    `Engine` `_Cache`)."""
     B, T, KV, g, hd = q.shape
     for job in numba.prange(B * T * KV):
         b = job // (T * KV)
@@ -99,17 +103,16 @@ def attend(q: np.ndarray, eq: np.ndarray, kt: np.ndarray, ek: np.ndarray, v: np.
             for j in range(n):
                 x[r, j] = np.int64(p[r, j]) << (np.int64(eq[b, t, h, r]) + np.int64(ek[b, h, j]))
             den[r] = _table_row(x[r], n, table, x[r])
-        acc = np.zeros((g, hd), np.int64)
-        for j in range(n):
-            vj = v[b, h, j]
-            sj = np.int64(ev[b, h, j])
+            for j in range(n):
+                x[r, j] <<= np.int64(ev[b, h, j])  # the weight of value row j: e_j << ev_j
+        for d in range(hd):
+            vd = vt[b, h, d]
             for r in range(g):
-                e = x[r, j] << sj
-                for d in range(hd):
-                    acc[r, d] += e * np.int64(vj[d])
-        for r in range(g):
-            for d in range(hd):
-                out[b, t, h, r, d] = _rounded_quotient(acc[r, d], den[r])
+                w = x[r]
+                total = np.int64(0)
+                for j in range(n):
+                    total += w[j] * np.int64(vd[j])
+                out[b, t, h, r, d] = _rounded_quotient(total, den[r])
 
 
 @numba.njit(inline="always")
@@ -363,12 +366,11 @@ def pow2_quantize(x: np.ndarray, bits: int, q: np.ndarray, e: np.ndarray) -> Non
 
 @numba.njit(parallel=True, cache=True, nogil=True)
 def append_kv(kv: np.ndarray, a: int, bits: int, k8: bool, v8: bool, kt: np.ndarray, ek: np.ndarray,
-              v: np.ndarray, ev: np.ndarray) -> None:  # pragma: no cover  (compiled)
+              vt: np.ndarray, ev: np.ndarray) -> None:  # pragma: no cover  (compiled)
     """_Cache.append on the kernel path: the keys and values kv [B, T, 2 KV, hd] (int64; key heads
-    first) of positions a.. into the cache's layout, keys transposed kt [B, KV, hd, room] and values
-    v [B, KV, room, hd], each row pow2-quantized to bits (exponents into ek, ev [B, KV, room]) when
-    k8 (v8), else stored whole with exponent 0. One pass where torch took a quantize, a permute and
-    a strided copy per tensor."""
+    first) of positions a.. into the cache's layout, transposed kt, vt [B, KV, hd, room], each row
+    pow2-quantized to bits (exponents into ek, ev [B, KV, room]) when k8 (v8), else stored whole
+    with exponent 0. One pass where torch took a quantize, a permute and a strided copy per tensor."""
     B, T, KV2, hd = kv.shape
     KV = KV2 // 2
     for job in numba.prange(B * KV):
@@ -385,11 +387,13 @@ def append_kv(kv: np.ndarray, a: int, bits: int, k8: bool, v8: bool, kt: np.ndar
             for d in range(hd):
                 kt[b, h, d, p] = row[d]
             if v8:
-                ev[b, h, p] = _pow2_row(kv[b, t, KV + h], bits, v[b, h, p])
+                ev[b, h, p] = _pow2_row(kv[b, t, KV + h], bits, row)
             else:
                 for d in range(hd):
-                    v[b, h, p, d] = kv[b, t, KV + h, d]
+                    row[d] = kv[b, t, KV + h, d]
                 ev[b, h, p] = 0
+            for d in range(hd):
+                vt[b, h, d, p] = row[d]
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)

@@ -280,21 +280,23 @@ def test_value_digits_equal_the_float64_product():
         R = (S - first) * g
         cache = _Cache(eng, B, S)
         cache._grow(S)
-        cache.v[0][:, :, :S] = torch.randint(-127, 128, (B, KV, S, hd), generator=gen, dtype=torch.int8)
-        cache.v[0][0, 0, 0] = 127  # the largest products
+        rows = torch.randint(-127, 128, (B, KV, S, hd), generator=gen, dtype=torch.int8)
+        rows[0, 0, 0] = 127  # the largest products
+        cache.v[0][..., :S] = rows.transpose(-1, -2)
         cache.vs[0][:, :, :S] = torch.randint(low, top + 1, (B, KV, S), generator=gen, dtype=torch.int8)
         cache.vs[0][0, 0, :2] = torch.tensor([top, low])
         s = torch.randint(-(1 << 20), 1 << 20, (B, KV, R, S), generator=gen).to(torch.float32)
         eq = torch.randint(0, 3, (B, KV, R), generator=gen).numpy()
         ek = cache.ks[0].zero_().numpy()
         den = torch.empty((B, KV, R), dtype=torch.int64)
-        planes, least = eng._value_digits(s, eq, ek, cache.vs[0], cache.v[0], first, g, den)
+        assert torch.equal(cache.value_rows(0, S), rows)
+        planes, least = eng._value_digits(s, eq, ek, cache.vs[0], rows, first, g, den)
         assert least == low and planes.shape[2] == -(-(16 + top - low) // kernels.DIGIT_BITS)
         got = sum(planes[:, :, k].to(torch.int64) << (kernels.DIGIT_BITS * k + low) for k in range(planes.shape[2]))
         e = torch.empty((B, KV, R, S), dtype=torch.float64)
         den2 = torch.empty_like(den)
         kernels.softmax_table(s.numpy(), eq, ek, first, g, eng.att_exp.numpy(), e.numpy(), den2.numpy())
-        values = cache.v[0][:, :, :S].to(torch.float64) * (2.0 ** cache.vs[0][:, :, :S, None].to(torch.float64))
+        values = rows.to(torch.float64) * (2.0 ** cache.vs[0][:, :, :S, None].to(torch.float64))
         want = torch.matmul(e, values)
         assert torch.equal(den, den2)
         assert torch.equal(got, want.to(torch.int64)), top
