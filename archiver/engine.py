@@ -200,10 +200,10 @@ class Engine:
         """fixedpoint.pow2_quantize over the last axis, by the compiled kernel on the kernel path."""
         if not self.kernel:
             return pow2_quantize(x, bits)
-        rows = x.contiguous().view(-1, x.shape[-1])
+        rows = x.reshape(-1, *x.shape[-2:])  # a view for the query heads of qkv rows: no copy
         q = torch.empty(x.shape, dtype=torch.int64)
         e = torch.empty((*x.shape[:-1], 1), dtype=torch.int64)
-        kernels.pow2_quantize(rows.numpy(), bits, q.view(rows.shape).numpy(), e.view(-1).numpy())
+        kernels.pow2_quantize(rows.numpy(), bits, q.view(rows.shape).numpy(), e.view(rows.shape[:-1]).numpy())
         return q, e
 
     def _qkv(self, x: torch.Tensor, m: _Prepared, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -214,8 +214,7 @@ class Engine:
         n = x.shape[0]
         if self.kernel:  # queries and keys are adjacent heads: one pass
             kernels.rope_q10(y.numpy(), H + KV, hd, cos.reshape(n, -1).numpy(), sin.reshape(n, -1).numpy(),
-                             _ROPE_SHIFT, _ROPE_BIAS, self.qk_limit)
-            y[:, (H + KV) * hd :].clamp_(-self.v_limit, self.v_limit)
+                             _ROPE_SHIFT, _ROPE_BIAS, self.qk_limit, self.v_limit)
             return y
         k = slice(H * hd, (H + KV) * hd)
         y[:, : H * hd] = self._rope_q10(y[:, : H * hd].view(n, H, hd), cos, sin).view(n, H * hd)

@@ -6,7 +6,8 @@ Each kernel computes exactly the integers of a torch implementation that every d
 `norm_quantize` the RMSNorm of `Engine._normed_linear`, `silu_mul` those of `Engine._silu_mul`,
 `frequencies` those of `Engine.frequencies`, `pow2_quantize` those of `pow2_quantize` in
 `archiver.fixedpoint`, `append_kv` the cache writes of `_Cache.append`, `rope_q10` those of
-`Engine._rope_q10`, and `gemv` those of `_int_mm` for a few rows (decoding a few chunks).
+`Engine._rope_q10` (and the value clamp of `Engine._qkv`), and `gemv` those of `_int_mm` for a
+few rows (decoding a few chunks).
 `softmax_table` is `attend`'s table step alone, for the engine's GEMM form of attention on long
 chunks (`Engine._attend_gemm`), where GEMMs compute the exact products; `softmax_digits` is
 the same step for int8 values, whose weighted sum is then int8 GEMMs, and `rounded_quotients` is
@@ -368,9 +369,11 @@ def _pow2_row(x: np.ndarray, bits: int, q: np.ndarray) -> np.int64:  # pragma: n
 
 @numba.njit(parallel=True, cache=True, nogil=True)
 def pow2_quantize(x: np.ndarray, bits: int, q: np.ndarray, e: np.ndarray) -> None:  # pragma: no cover
-    """fixedpoint.pow2_quantize of the rows of x [N, k] (int64) into q [N, k] and e [N]."""
+    """fixedpoint.pow2_quantize of the rows x[i, h] of x [N, H, k] (int64; any strides: the query
+    heads of the engine's qkv rows are read in place) into q [N, H, k] and e [N, H]."""
     for i in numba.prange(x.shape[0]):
-        e[i] = _pow2_row(x[i], bits, q[i])
+        for h in range(x.shape[1]):
+            e[i, h] = _pow2_row(x[i, h], bits, q[i, h])
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
@@ -407,13 +410,16 @@ def append_kv(kv: np.ndarray, a: int, bits: int, k8: bool, v8: bool, kt: np.ndar
 
 @numba.njit(parallel=True, cache=True, nogil=True)
 def rope_q10(y: np.ndarray, heads: int, hd: int, cos: np.ndarray, sin: np.ndarray, shift: int, bias: int,
-             limit: int) -> None:  # pragma: no cover  (compiled)
+             limit: int, rest_limit: int) -> None:  # pragma: no cover  (compiled)
     """Engine._rope_q10 in place on the first heads * hd columns of y [N, width] (int64), by the
     rows' cos, sin [N, hd / 2]: (x1 cos - x2 sin + bias) >> shift and (x2 cos + x1 sin + bias) >>
-    shift, clamped to +-limit."""
-    N = y.shape[0]
+    shift, clamped to +-limit; the columns after them (the values, in Engine._qkv) are clamped to
+    +-rest_limit in the same pass."""
+    N, width = y.shape
     half = hd // 2
     for i in numba.prange(N):
+        for j in range(heads * hd, width):
+            y[i, j] = min(rest_limit, max(-rest_limit, y[i, j]))
         for h in range(heads):
             a = h * hd
             for j in range(half):

@@ -180,7 +180,7 @@ def test_silu_kernel_equals_torch_path(model):
 
 def test_rope_kernel_equals_torch_path(model):
     """Rotary positions on query and key heads at every table row, inputs up to 2**44, and the
-    clamp to +-qk_limit on both sides."""
+    clamp to +-qk_limit on both sides; the value columns after them clamped to +-v_limit."""
     kernel, torch_path = Engine(model, path="kernels"), Engine(model, path="torch")
     H, KV, hd = kernel.heads, kernel.kv_heads, kernel.head_dim
     n = model.context
@@ -188,12 +188,15 @@ def test_rope_kernel_equals_torch_path(model):
     x = torch.randint(-(1 << 44), 1 << 44, (n, H + KV, hd), generator=gen)
     x[: n // 2] >>= torch.randint(0, 40, (n // 2, 1, 1), generator=gen)  # small values as well
     cos, sin = (kernel.t[k][:, None, :] for k in ("rope_cos", "rope_sin"))
+    v = torch.randint(-(1 << 44), 1 << 44, (n, KV, hd), generator=gen)
+    v[: n // 2] >>= 24  # below the limit as well
     want = torch.cat([torch_path._rope_q10(x[:, :H].clone(), cos, sin),
-                      torch_path._rope_q10(x[:, H:].clone(), cos, sin)], 1)
-    y = x.view(n, -1).clone()
+                      torch_path._rope_q10(x[:, H:].clone(), cos, sin), v.clamp(-kernel.v_limit, kernel.v_limit)], 1)
+    y = torch.cat([x, v], 1).view(n, -1)
     kernels.rope_q10(y.numpy(), H + KV, hd, cos.reshape(n, -1).numpy(), sin.reshape(n, -1).numpy(),
-                     _ROPE_SHIFT, _ROPE_BIAS, kernel.qk_limit)
-    assert torch.equal(y.view_as(want), want) and (want.abs() == kernel.qk_limit).any()
+                     _ROPE_SHIFT, _ROPE_BIAS, kernel.qk_limit, kernel.v_limit)
+    assert torch.equal(y.view_as(want), want) and (want[:, : H + KV].abs() == kernel.qk_limit).any()
+    assert (want[:, H + KV :].abs() == kernel.v_limit).any() and (want[:, H + KV :].abs() < kernel.v_limit).any()
 
 
 def test_frequency_kernel_equals_torch_path(model):
