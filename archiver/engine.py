@@ -338,9 +338,7 @@ class Engine:
         B, T, KV, g, hd = q.shape
         n = p0 + T
         keys = cache.k[li] if self.int8_keys else cache.k[li][..., :n].to(torch.float64)  # [B, KV, hd, >= n]
-        values = cache.value_rows(li, n)  # [B, KV, n, hd]
-        if not self.int8_values:
-            values = values.to(torch.float64)
+        values = cache.value_rows(li, n, cache.v[li].dtype if self.int8_values else torch.float64)  # [B, KV, n, hd]
         ek = cache.ks[li].numpy()
         table = self.att_exp.numpy()
         out = torch.empty(q.shape, dtype=torch.int64)
@@ -661,11 +659,13 @@ class _Cache:
             self.k[li][:, :, a:b] = k.transpose(1, 2)
         self.vt[li][..., a:b] = v.permute(0, 2, 3, 1)
 
-    def value_rows(self, li: int, n: int) -> torch.Tensor:
-        """The first n positions' values of the kernel path's cache as rows [B, KV, n, hd], the
-        layout a GEMM reads fastest (`_int_mm` took 20% longer on the transposed view): one copy
-        per layer and forward, small next to the products that read it."""
-        return self.v[li][..., :n].transpose(-1, -2).contiguous()
+    def value_rows(self, li: int, n: int, dtype: torch.dtype) -> torch.Tensor:
+        """The first n positions' values of the kernel path's cache as rows [B, KV, n, hd] of dtype,
+        the layout a GEMM reads fastest (`_int_mm` took 20% longer on the transposed view): one
+        copy per layer and forward, converted in the same pass, small next to the products that
+        read it."""
+        v = self.v[li][..., :n].transpose(-1, -2)
+        return torch.empty(v.shape, dtype=dtype, device=v.device).copy_(v)  # .to() keeps a same-dtype view
 
     def keys(self, li: int, b0: int, b1: int, S: int) -> torch.Tensor:
         """The first S keys of chunks b0..b1 as a [n, KV, hd, S] view (torch path)."""

@@ -376,6 +376,22 @@ def pow2_quantize(x: np.ndarray, bits: int, q: np.ndarray, e: np.ndarray) -> Non
             e[i, h] = _pow2_row(x[i, h], bits, q[i, h])
 
 
+@numba.njit(inline="always")
+def _store_column(src: np.ndarray, bits: int, quantize: bool, row: np.ndarray, rows_t: np.ndarray,
+                  exps: np.ndarray, b: int, h: int, p: int) -> None:  # pragma: no cover  (compiled)
+    """One key or value row src (int64) into position p of a transposed cache rows_t [B, KV, hd,
+    room]: pow2-quantized to bits (its exponent into exps [B, KV, room]) when quantize, else whole
+    with exponent 0; row is scratch of src's length."""
+    if quantize:
+        exps[b, h, p] = _pow2_row(src, bits, row)
+    else:
+        for d in range(src.size):
+            row[d] = src[d]
+        exps[b, h, p] = 0
+    for d in range(src.size):
+        rows_t[b, h, d, p] = row[d]
+
+
 @numba.njit(parallel=True, cache=True, nogil=True)
 def append_kv(kv: np.ndarray, a: int, bits: int, k8: bool, v8: bool, kt: np.ndarray, ek: np.ndarray,
               vt: np.ndarray, ev: np.ndarray) -> None:  # pragma: no cover  (compiled)
@@ -389,23 +405,8 @@ def append_kv(kv: np.ndarray, a: int, bits: int, k8: bool, v8: bool, kt: np.ndar
         b, h = job // KV, job % KV
         row = np.empty(hd, np.int64)
         for t in range(T):
-            p = a + t
-            if k8:
-                ek[b, h, p] = _pow2_row(kv[b, t, h], bits, row)
-            else:
-                for d in range(hd):
-                    row[d] = kv[b, t, h, d]
-                ek[b, h, p] = 0
-            for d in range(hd):
-                kt[b, h, d, p] = row[d]
-            if v8:
-                ev[b, h, p] = _pow2_row(kv[b, t, KV + h], bits, row)
-            else:
-                for d in range(hd):
-                    row[d] = kv[b, t, KV + h, d]
-                ev[b, h, p] = 0
-            for d in range(hd):
-                vt[b, h, d, p] = row[d]
+            _store_column(kv[b, t, h], bits, k8, row, kt, ek, b, h, a + t)
+            _store_column(kv[b, t, KV + h], bits, v8, row, vt, ev, b, h, a + t)
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)

@@ -292,7 +292,9 @@ def test_value_digits_equal_the_float64_product():
         eq = torch.randint(0, 3, (B, KV, R), generator=gen).numpy()
         ek = cache.ks[0].zero_().numpy()
         den = torch.empty((B, KV, R), dtype=torch.int64)
-        assert torch.equal(cache.value_rows(0, S), rows)
+        for dtype in (torch.int8, torch.float64):  # as the GEMMs read them, in one pass
+            got = cache.value_rows(0, S, dtype)
+            assert got.dtype == dtype and got.is_contiguous() and torch.equal(got, rows.to(dtype))
         planes, least = eng._value_digits(s, eq, ek, cache.vs[0], rows, first, g, den)
         assert least == low and planes.shape[2] == -(-(16 + top - low) // kernels.DIGIT_BITS)
         got = sum(planes[:, :, k].to(torch.int64) << (kernels.DIGIT_BITS * k + low) for k in range(planes.shape[2]))
