@@ -117,9 +117,7 @@ def looks_random(data: bytes, classic_coded: list[Coded]) -> bool:
     """
     if sum(len(c.payload) for c in classic_coded) < len(data) or len(data) < 4096:
         return False
-    counts = np.bincount(np.frombuffer(data, dtype=np.uint8), minlength=256)
-    p = counts[counts > 0] / len(data)
-    return float(-(p * np.log2(p)).sum()) > 7.9
+    return classic.order0_bits(data) > classic.NEAR_UNIFORM
 
 
 def encode_stream(kind: str, data: bytes, predictor: Predictor | None,
