@@ -125,3 +125,20 @@ def test_near_uniform_blocks_with_structure_are_still_coded(monkeypatch):
     tried = _tried(monkeypatch)
     classic.best(half + half[::-1], geometry=(len(half), 2), kind="audio")
     assert ("cmpcm", 2 * classic.PROBE) in tried and all(c != "cm probe" for c, _ in tried)
+
+
+def test_byte_entropy_is_counted_in_little_memory():
+    """order0_bits over a block of several MiB: the histogram's, not an int64 copy of the input."""
+    import tracemalloc
+
+    rng = np.random.default_rng(2)
+    data = rng.integers(0, 256, 8 << 20, dtype=np.uint8).tobytes() + bytes(1000)
+    counts = np.bincount(np.frombuffer(data, np.uint8), minlength=256)
+    p = counts[counts > 0] / len(data)
+    tracemalloc.start()
+    got = classic.order0_bits(data)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert got == pytest.approx(float(-(p * np.log2(p)).sum()), abs=1e-12)
+    assert peak < 16 << 20  # an int64 copy of the input would be 64 MiB
+    assert classic.order0_bits(bytes(10)) == 0.0
