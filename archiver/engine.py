@@ -32,7 +32,7 @@ from archiver.fixedpoint import (
     rescale_,
     rshift_round,
 )
-from archiver.intmodel import ATT_FRAC, ROPE_FRAC, IntModel, QMatrix
+from archiver.intmodel import ATT_FRAC, ROPE_FRAC, IntModel, QMatrix, query_bits_limit
 
 TOTAL_BITS = 24  # frequency tables sum to 2**24: the floor of 1 per symbol costs < 0.01 bit/token
 TOTAL = 1 << TOTAL_BITS
@@ -116,15 +116,18 @@ class Engine:
         self.head = prep(model.head)
         self.t = {k: v.to(self.device) for k, v in model.tables.items()}
         self.att_exp = self.t["att_exp"].contiguous()
-        self.att_exp64 = self.att_exp.to(torch.float64)  # Q15 integers, exact as float64
+        self.att_exp64 = self.att_exp.to(torch.float64)  # Q15 (or Q11) integers, exact as float64
+        self.att_bits = int(self.att_exp.max()).bit_length()  # every table value is below 2**att_bits
         self._tris: dict[tuple[int, int], torch.Tensor] = {}
         # float64 exactness: |q.k| <= hd * qk_limit**2 < 2**53 and sum(e) * v_limit < 2**53
         self.qk_limit = (1 << ((53 - (self.head_dim - 1).bit_length()) // 2)) - 1
         self.v_limit = (1 << (53 - 15 - (self.context - 1).bit_length())) - 1
         self.int8_keys = c.get("key_cache", "f64") == "int8"
         self.int8_values = c.get("value_cache", "f64") == "int8"
-        # with int8 keys, queries get the bits that keep a key product below 2**24: exact in float32
-        self.q_bits = (((1 << 24) - 1) // (127 * self.head_dim)).bit_length() - 1
+        # with int8 keys, queries get at most the bits that keep a key product below 2**24 (exact in
+        # float32); a model file may ask for fewer ("query_bits": 7 makes each query an int8, see
+        # _int8_scores)
+        self.q_bits = c.get("query_bits", query_bits_limit(self.head_dim))
         assert self.q_bits <= 14, "a query's high half (q >> 7, see _int8_scores) must fit an int8"
 
     # ---- exact building blocks -------------------------------------------------------------
@@ -368,18 +371,22 @@ class Engine:
     def _int8_scores(self, qt: torch.Tensor, keys: torch.Tensor, S: int) -> torch.Tensor:
         """The products q . k_j of query rows qt [B, KV, R, hd] (magnitudes below 2**q_bits) with the
         int8 keys j < S as int8 GEMMs (one chunk's and head's product 2-3 times as fast as a float32
-        GEMM's at 1,024-2,048 keys, though level on a batch of 16 chunks): each query is split
-        into q = 128 hi + lo, hi = q >> 7 (|hi| <= 2**(q_bits - 7)) and lo = q & 127, both int8, and
-        one `_int_mm` per chunk and head takes the hi rows and then the lo rows. Returns those int32
-        products [B, KV, 2R, S]; `kernels._exact_scores` puts each pair together, exactly."""
+        GEMM's at 1,024-2,048 keys, though level on a batch of 16 chunks), one `_int_mm` per chunk
+        and head. Queries of up to 7 bits are int8 already: returns their int32 products [B, KV, R,
+        S]. Wider ones are split into q = 128 hi + lo, hi = q >> 7 (|hi| <= 2**(q_bits - 7)) and lo
+        = q & 127, both int8, and the product takes the hi rows and then the lo rows: returns [B,
+        KV, 2R, S], whose pairs `kernels._exact_scores` puts together, exactly."""
         B, KV, R, hd = qt.shape
-        halves = torch.empty((B, KV, 2 * R, hd), dtype=torch.int8)
-        halves[:, :, :R] = qt >> 7
-        halves[:, :, R:] = qt & 127
-        s = torch.empty((B, KV, 2 * R, S), dtype=torch.int32)
+        if self.q_bits <= 7:
+            rows = qt.to(torch.int8)
+        else:
+            rows = torch.empty((B, KV, 2 * R, hd), dtype=torch.int8)
+            rows[:, :, :R] = qt >> 7
+            rows[:, :, R:] = qt & 127
+        s = torch.empty((B, KV, rows.shape[2], S), dtype=torch.int32)
         for b in range(B):
             for h in range(KV):
-                torch._int_mm(halves[b, h], keys[b, h, :, :S], out=s[b, h])
+                torch._int_mm(rows[b, h], keys[b, h, :, :S], out=s[b, h])
         return s
 
     def _value_digits(self, s: torch.Tensor, eq: np.ndarray, ek: np.ndarray, ev: torch.Tensor, v: torch.Tensor,
@@ -388,14 +395,15 @@ class Engine:
         writes each weight e_j << (ev_j - low) as base-128 digits (low the least exponent: value
         rows are rounded to 7 bits, so the exponents of a trained model start well above 0 and
         their spread is what sets the digits: 3 instead of 4 or 5 on SmolLM2's and the default
-        model's layers), and a chunk's and head's digit planes times the int8 value magnitudes are
-        one `_int_mm` (int32 sums below 127 * 127 * context < 2**31). Returns those products as
-        planes [B, KV, ND, R, hd], plane k counting 2**(low + 7k), and low, for
-        `kernels.rounded_quotients` to put together: the float64 product's integers at int8 GEMM
-        speed. Writes the table values' sums into den [B, KV, R]."""
+        model's layers with the Q15 table, 2 with the 11-bit table of the "att_exp_bits": 11
+        program, see `intmodel.att_exp_table`), and a chunk's and head's digit planes times the
+        int8 value magnitudes are one `_int_mm` (int32 sums below 127 * 127 * context < 2**31).
+        Returns those products as planes [B, KV, ND, R, hd], plane k counting 2**(low + 7k), and
+        low, for `kernels.rounded_quotients` to put together: the float64 product's integers at int8
+        GEMM speed. Writes the table values' sums into den [B, KV, R]."""
         (B, KV, R), S = eq.shape, s.shape[3]  # s may hold split products: 2R rows
         low, top = int(ev[:, :, :S].min()), int(ev[:, :, :S].max())
-        digits = -(-(16 + top - low) // kernels.DIGIT_BITS)  # e_j << (ev_j - low) < 2**(16 + ev_j - low)
+        digits = -(-(self.att_bits + top - low) // kernels.DIGIT_BITS)  # each e_j << (ev_j - low) fits
         d = torch.empty((B, KV, digits, R, S), dtype=torch.int8)
         kernels.softmax_digits(s.numpy(), eq, ek, ev.numpy(), low, first, g, self.att_exp.numpy(), d.numpy(),
                                den.numpy())

@@ -62,6 +62,12 @@ class Layer:
     down: QMatrix
 
 
+def query_bits_limit(head_dim: int) -> int:
+    """The most bits of a query magnitude with the int8 key cache: its products with 7-bit keys stay
+    below 2**24, exact in float32 (11 for head_dim 64). A model file may set fewer ("query_bits")."""
+    return (((1 << 24) - 1) // (127 * head_dim)).bit_length() - 1
+
+
 @dataclass
 class IntModel:
     config: dict
@@ -89,6 +95,13 @@ class IntModel:
             raise ModelError(f"unknown key cache {c['key_cache']!r}: made by a newer lmarc?")
         if c.get("value_cache", "f64") not in ("f64", "int8"):
             raise ModelError(f"unknown value cache {c['value_cache']!r}: made by a newer lmarc?")
+        ab = c.get("att_exp_bits")
+        if ab is not None and not (type(ab) is int and 8 <= ab <= 15 and int(self.tables["att_exp"].max()) < 1 << ab):
+            raise ModelError(f"attention exp table of {ab!r} bits does not match the file: made by a newer lmarc?")
+        qb = c.get("query_bits")
+        if qb is not None and not (c.get("key_cache") == "int8" and type(qb) is int
+                                   and 1 <= qb <= query_bits_limit(c["head_dim"])):
+            raise ModelError(f"query bits {qb!r} do not fit this model's keys: made by a newer lmarc?")
         if c.get("value_cache") == "int8" and 127 * 127 * c["context"] >= 1 << 31:
             raise ModelError("context too long for int32 sums of int8 values")  # Engine._value_digits
         if c["head_dim"] > F32_EXACT_K or c["hidden_size"] > 16384:
@@ -150,13 +163,11 @@ def load(path: Path) -> IntModel:
     return model
 
 
-def _tables(head_dim: int, context: int, rope_theta: float) -> dict[str, torch.Tensor]:
+def _tables(head_dim: int, context: int, rope_theta: float, att_bits: int | None) -> dict[str, torch.Tensor]:
     half = head_dim // 2
     inv_freq = [1.0 / (rope_theta ** (2 * i / head_dim)) for i in range(half)]
     cos = [[round(math.cos(p * f) * (1 << ROPE_FRAC)) for f in inv_freq] for p in range(context)]
     sin = [[round(math.sin(p * f) * (1 << ROPE_FRAC)) for f in inv_freq] for p in range(context)]
-    att = [round(math.exp(-i / (1 << ATT_FRAC)) * (1 << ATT_EXP_FRAC)) for i in range(16 << ATT_FRAC)]
-    att[-1] = 0
     fre = [round(math.exp(-i / (1 << ATT_FRAC)) * (1 << FREQ_EXP_FRAC)) for i in range(24 << ATT_FRAC)]
     fre[-1] = 0
     n = 2 * SIG_RANGE << SIG_STEP_FRAC
@@ -167,10 +178,35 @@ def _tables(head_dim: int, context: int, rope_theta: float) -> dict[str, torch.T
     return {
         "rope_cos": torch.tensor(cos, dtype=i64),
         "rope_sin": torch.tensor(sin, dtype=i64),
-        "att_exp": torch.tensor(att, dtype=i64),
+        "att_exp": att_exp_table(att_bits),
         "freq_exp": torch.tensor(fre, dtype=i64),
         "sigmoid": torch.tensor(sig, dtype=i64),
     }
+
+
+def att_exp_table(bits: int | None = None) -> torch.Tensor:
+    """Attention's exp table, indexed by a score's distance below its row's maximum in steps of
+    2**-ATT_FRAC, 16 nats long, last entry 0. Without bits, Q15 with top entry 2**15 (the first
+    programs); with bits, Q(bits) capped at 2**bits - 1, so that every entry fits that many bits:
+    `Engine._value_digits` writes each weight e_j << (ev_j - low) as base-128 digits, and at 11
+    bits two digits hold every weight of a block whose value exponents span up to 3 (the default
+    model's blocks span 1-3), where Q15 took three."""
+    frac = ATT_EXP_FRAC if bits is None else bits
+    top = (1 << 62) if bits is None else (1 << bits) - 1
+    att = [min(top, round(math.exp(-i / (1 << ATT_FRAC)) * (1 << frac))) for i in range(16 << ATT_FRAC)]
+    att[-1] = 0
+    return torch.tensor(att, dtype=torch.int64)
+
+
+def reprogram(model: IntModel, **program) -> IntModel:
+    """The same weights under other integer program settings (config keys key_cache, value_cache,
+    query_bits, att_exp_bits; None removes one): another model file with its own id, whose
+    arithmetic is the new program's. The attention exp table follows att_exp_bits."""
+    config = {k: v for k, v in {**model.config, **program}.items() if v is not None}
+    tables = {**model.tables, "att_exp": att_exp_table(config.get("att_exp_bits"))}
+    new = IntModel(config, model.embed, model.layers, model.head, tables)
+    new.check_bounds()
+    return new
 
 
 def convert_llama(hf_model, extra: dict | None = None, context: int | None = None) -> IntModel:
@@ -220,7 +256,7 @@ def convert_llama(hf_model, extra: dict | None = None, context: int | None = Non
         "context": ctx,
         **(extra or {}),
     }
-    tables = _tables(head_dim, ctx, rope_theta)
+    tables = _tables(head_dim, ctx, rope_theta, config.get("att_exp_bits"))
     model = IntModel(config, QMatrix.from_float(embed), layers, QMatrix.from_float(head), tables)
     model.check_bounds()
     return model

@@ -42,15 +42,14 @@ def _digest(tables: list[np.ndarray]) -> str:
     return h.hexdigest()
 
 
-PROGRAMS = {"f64": {}, "int8": {"key_cache": "int8"}, "int8-kv": {"key_cache": "int8", "value_cache": "int8"}}
+PROGRAMS = {"f64": {}, "int8": {"key_cache": "int8"}, "int8-kv": {"key_cache": "int8", "value_cache": "int8"},
+            "q7": {"key_cache": "int8", "value_cache": "int8", "query_bits": 7, "att_exp_bits": 11}}
 
 
 def _tiny(program: str) -> intmodel.IntModel:
-    """The tiny model under one of its integer programs (PROGRAMS: the key and value caches): same
-    weights, different integers."""
-    m = intmodel.load(TINY)
-    m.config.update(PROGRAMS[program])
-    return m
+    """The tiny model under one of its integer programs (PROGRAMS: the key and value caches, the
+    query bits, the exp table): same weights, different integers."""
+    return intmodel.reprogram(intmodel.load(TINY), **PROGRAMS[program])
 
 
 @pytest.fixture(scope="module", params=list(PROGRAMS))
@@ -314,17 +313,45 @@ def test_unknown_cache_kind_is_refused(key):
         m.check_bounds()
 
 
-def test_value_digits_equal_the_float64_product():
+@pytest.mark.parametrize("program", [{"query_bits": 7}, {"key_cache": "int8", "query_bits": 14},
+                                     {"key_cache": "int8", "query_bits": 7.0}, {"att_exp_bits": 7}])
+def test_query_bits_and_table_bits_the_program_cannot_hold_are_refused(program):
+    """Query bits need int8 keys and at most the bits that keep products exact (13 for the tiny
+    model's head_dim 16); a table's stated bits must hold its entries."""
+    m = _tiny("f64")
+    m.config.update(program)
+    with pytest.raises(ModelError, match="newer lmarc"):
+        m.check_bounds()
+    m = _tiny("q7")
+    m.tables["att_exp"] = intmodel.att_exp_table()  # a Q15 table under "att_exp_bits": 11
+    with pytest.raises(ModelError, match="exp table"):
+        m.check_bounds()
+
+
+def test_reprogram_keeps_the_weights_and_makes_another_model():
+    """A program is config keys and the exp table: the weights are shared, the file's id is not."""
+    base = intmodel.load(TINY)
+    q7 = intmodel.reprogram(base, **PROGRAMS["q7"])
+    assert q7.embed is base.embed and q7.layers is base.layers and q7.head is base.head
+    assert int(q7.tables["att_exp"].max()) == 2047 and int(base.tables["att_exp"].max()) == 1 << 15
+    assert Engine(q7).q_bits == 7 and Engine(base).q_bits == intmodel.query_bits_limit(base.config["head_dim"])
+    back = intmodel.reprogram(q7, key_cache=None, value_cache=None, query_bits=None, att_exp_bits=None)
+    assert back.config == base.config and torch.equal(back.tables["att_exp"], base.tables["att_exp"])
+
+
+@pytest.mark.parametrize("program", ["int8-kv", "q7"])
+def test_value_digits_equal_the_float64_product(program):
     """Attention's value product for int8 values as int8 GEMMs over base-128 digits of e_j << ev_j
     equals the float64 product of the same table values, for value exponents from 0 to 20 (one to
     six digit planes), some least exponents above 0 (digits counted from there), scores spread over
     the exp table, and blocks after a history; and the last step turns either form into the same
-    rounded quotients, each in its place."""
-    kv = _tiny("int8-kv")
+    rounded quotients, each in its place. With the 11-bit table, exponents spanning up to 3 take
+    two digit planes (three with Q15)."""
+    kv = _tiny(program)
     eng = Engine(kv)
     gen = torch.Generator().manual_seed(3)
     B, KV, g, hd, S = 2, eng.kv_heads, 2, eng.head_dim, 90
-    for low, top, first in ((0, 0, 0), (0, 6, 10), (9, 13, 30), (2, 20, 60), (11, 11, 5)):
+    for low, top, first in ((0, 0, 0), (0, 6, 10), (9, 13, 30), (2, 20, 60), (11, 11, 5), (4, 7, 20)):
         R = (S - first) * g
         cache = _Cache(eng, B, S)
         cache._grow(S)
@@ -341,7 +368,8 @@ def test_value_digits_equal_the_float64_product():
             got = cache.value_rows(0, S, dtype)
             assert got.dtype == dtype and got.is_contiguous() and torch.equal(got, rows.to(dtype))
         planes, least = eng._value_digits(s, eq, ek, cache.vs[0], rows, first, g, den)
-        assert least == low and planes.shape[2] == -(-(16 + top - low) // kernels.DIGIT_BITS)
+        assert least == low and planes.shape[2] == -(-(eng.att_bits + top - low) // kernels.DIGIT_BITS)
+        assert eng.att_bits == (11 if program == "q7" else 16)
         got = sum(planes[:, :, k].to(torch.int64) << (kernels.DIGIT_BITS * k + low) for k in range(planes.shape[2]))
         e = torch.empty((B, KV, R, S), dtype=torch.float64)
         den2 = torch.empty_like(den)
@@ -388,3 +416,7 @@ def test_int8_score_halves_make_the_products():
     s = eng._int8_scores(qt, keys, S)
     assert s.dtype == torch.int32 and s.shape == (B, KV, 2 * R, S)
     assert torch.equal((s[:, :, :R].long() << 7) + s[:, :, R:], qt @ keys[..., :S].long())
+    eng = Engine(_tiny("q7"))  # 7-bit queries are int8 already: one product, not split
+    qt = qt.clamp(-127, 127)
+    s = eng._int8_scores(qt, keys, S)
+    assert s.shape == (B, KV, R, S) and torch.equal(s.long(), qt @ keys[..., :S].long())

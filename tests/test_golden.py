@@ -2,8 +2,9 @@
 bit-exactly on whatever machine runs the tests. golden.lma: the tiny model with float64 keys (the
 first integer program); golden-int8keys.lma: the same weights with the int8 key cache (the default
 model's program until 2026-11-28), which also holds brotli chunks (index version 2);
-golden-int8kv.lma: the same weights with int8 keys and values (today's default model's program),
-which also holds solid cm blocks and a cmpcm chunk.
+golden-int8kv.lma: the same weights with int8 keys and values (the default model's program until
+2026-11-29), which also holds solid cm blocks and a cmpcm chunk; golden-q7.lma: the same again with
+7-bit queries and the 11-bit attention exp table (today's default model's program).
 
 Never regenerate the archives casually: they exist to catch any change of the engine's arithmetic.
 """
@@ -15,7 +16,7 @@ import pytest
 from tests.conftest import FIXTURES
 
 
-@pytest.mark.parametrize("name", ["golden.lma", "golden-int8keys.lma", "golden-int8kv.lma"])
+@pytest.mark.parametrize("name", ["golden.lma", "golden-int8keys.lma", "golden-int8kv.lma", "golden-q7.lma"])
 def test_golden_archive_decodes_bit_exactly(cli, tmp_path, monkeypatch, name):
     monkeypatch.setenv("LMARC_MODEL_PATH", str(FIXTURES))
     arc = FIXTURES / name

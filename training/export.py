@@ -1,5 +1,7 @@
 """Convert a trained transformers checkpoint (or train the tests' tiny model) into the
-integer model file the archiver ships, and report float vs integer cross-entropy on sample streams."""
+integer model file the archiver ships, and report float vs integer cross-entropy on sample streams.
+`--reprogram FILE` writes an integer model file's weights under other integer program settings
+(a new model id), as the default's later programs were made from the first one's weights."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from pathlib import Path
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from archiver import intmodel
 from archiver.intmodel import convert_llama
 from training.data import BOS
 
@@ -53,13 +56,13 @@ def tiny_fixture(seed: int, steps: int = 400, context: int = 128) -> LlamaForCau
     return model.eval()
 
 
-def compare(hf: LlamaForCausalLM, path: Path, corpus: Path, windows: int, seed: int = 0,
+def compare(hf: LlamaForCausalLM | None, path: Path, corpus: Path, windows: int, seed: int = 0,
             baseline: Path | None = None) -> dict:
-    """Bits per byte of the float model and of the exported integer model on the same dev windows,
-    per stream kind: each window is [BOS] + 1023 tokens of a dev stream, exactly as the archiver
-    codes a chunk (1023 bytes, or 1023 BPE tokens of text). With a baseline (another integer model
-    file, e.g. the previous default), the same bytes are also coded by it, chunked by its own
-    vocabulary as the archiver would."""
+    """Bits per byte of the float model (when there is one) and of the exported integer model on
+    the same dev windows, per stream kind: each window is [BOS] + 1023 tokens of a dev stream,
+    exactly as the archiver codes a chunk (1023 bytes, or 1023 BPE tokens of text). With a baseline
+    (another integer model file, e.g. the previous default), the same bytes are also coded by it,
+    chunked by its own vocabulary as the archiver would."""
     import numpy as np
 
     from archiver import intmodel
@@ -90,15 +93,17 @@ def compare(hf: LlamaForCausalLM, path: Path, corpus: Path, windows: int, seed: 
             seqs.append([bos, *vocab.token_ids(s[a : a + n]).tolist()])
             raws.append(vocab.to_bytes(kind, s[a : a + n]))
         total = sum(len(r) for r in raws)
-        with torch.no_grad():
-            logits = hf(torch.tensor(seqs)).logits[:, :-1].double()
-            if alphabet is not None:
-                logits = logits[..., alphabet]
-            tgt = torch.tensor([s[1:] for s in seqs])
-            nats = -torch.log_softmax(logits, -1).gather(-1, tgt[..., None]).sum()
         freqs = eng.score(seqs, alphabet)
         bits = sum(ideal_bits(np.array(s[1:]), f) for s, f in zip(seqs, freqs, strict=True))
-        out[kind] = {"float_bpb": float(nats) / np.log(2) / total, "int_bpb": bits / total}
+        out[kind] = {"int_bpb": bits / total}
+        if hf is not None:
+            with torch.no_grad():
+                logits = hf(torch.tensor(seqs)).logits[:, :-1].double()
+                if alphabet is not None:
+                    logits = logits[..., alphabet]
+                tgt = torch.tensor([s[1:] for s in seqs])
+                nats = -torch.log_softmax(logits, -1).gather(-1, tgt[..., None]).sum()
+            out[kind]["float_bpb"] = float(nats) / np.log(2) / total
         if baseline is not None:
             bn = bm.context - 1
             pieces = []
@@ -115,6 +120,8 @@ def compare(hf: LlamaForCausalLM, path: Path, corpus: Path, windows: int, seed: 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--checkpoint", help="directory written by save_pretrained")
+    ap.add_argument("--reprogram", type=Path, metavar="FILE",
+                    help="an integer model file: write its weights under the program options below")
     ap.add_argument("--tiny-fixture-seed", type=int, help="train and export the tests' tiny model instead")
     ap.add_argument("--name", default="default", help="model name recorded in the file")
     ap.add_argument("--compare", type=Path, metavar="CORPUS", help="also report float vs integer bits/byte on dev")
@@ -125,22 +132,35 @@ def main() -> None:
                     help="the engine's key cache: int8 (faster, same bits/byte) or float64 (the first models)")
     ap.add_argument("--value-cache", choices=["int8", "f64"], default="int8",
                     help="the engine's value cache: int8 (rounded like the keys, same bits/byte) or exact (default-v4)")
+    ap.add_argument("--query-bits", type=int, default=7,
+                    help="bits of a query magnitude with int8 keys: 7 (one int8 GEMM) or 0, the most that stay "
+                         "exact (11 for head_dim 64: the programs before 2026-11-29)")
+    ap.add_argument("--att-exp-bits", type=int, default=11,
+                    help="bits of an attention exp table entry: 11 (two value digits) or 0, the first programs' Q15")
     ap.add_argument("out", type=Path)
     a = ap.parse_args()
-    if a.checkpoint is None:
-        hf = tiny_fixture(a.tiny_fixture_seed)
+    program = dict(key_cache=a.key_cache, value_cache=a.value_cache,
+                   query_bits=(a.query_bits or None) if a.key_cache == "int8" else None,
+                   att_exp_bits=a.att_exp_bits or None)
+    hf = None
+    if a.reprogram is not None:
+        model = intmodel.reprogram(intmodel.load(a.reprogram), **program)
     else:
-        hf = LlamaForCausalLM.from_pretrained(a.checkpoint).eval()
-    model = convert_llama(hf, extra=dict(vocab_config(a.tokenizer), name=a.name, key_cache=a.key_cache,
-                                         value_cache=a.value_cache))
+        if a.checkpoint is None:
+            hf = tiny_fixture(a.tiny_fixture_seed)
+        else:
+            hf = LlamaForCausalLM.from_pretrained(a.checkpoint).eval()
+        model = convert_llama(hf, extra=dict(vocab_config(a.tokenizer), name=a.name,
+                                             **{k: v for k, v in program.items() if v is not None}))
     digest = model.save(a.out)
     print(f"wrote {a.out} ({a.out.stat().st_size} bytes), model id {digest}")
     if a.compare:
         res = compare(hf, a.out, a.compare, a.windows, baseline=a.baseline)
         for kind, r in res.items():
-            gap = r["int_bpb"] / r["float_bpb"] - 1
+            flt = f"float {r['float_bpb']:.4f}  " if "float_bpb" in r else ""
+            gap = f"  ({r['int_bpb'] / r['float_bpb'] - 1:+.2%})" if "float_bpb" in r else ""
             base = f"  baseline {r['baseline_int_bpb']:.4f}" if "baseline_int_bpb" in r else ""
-            print(f"{kind:<7} float {r['float_bpb']:.4f}  integer {r['int_bpb']:.4f} bits/byte  ({gap:+.2%}){base}")
+            print(f"{kind:<7} {flt}integer {r['int_bpb']:.4f} bits/byte{gap}{base}")
         print(json.dumps(res))
 
 
