@@ -112,9 +112,10 @@ def test_incompressible_blocks_are_stored_after_a_probe(monkeypatch):
 
 
 def test_near_uniform_blocks_with_structure_are_still_coded(monkeypatch):
-    """Three blocks whose bytes are near-uniform, which the probe must not mistake for noise: a
-    random walk (cm predicts each byte from the one before), noise written twice (a repeat zstd's
-    fastest level finds) and noise that the audio codec is asked about (its structure is in samples)."""
+    """Blocks whose bytes are near-uniform, which the probe must not mistake for noise: a random
+    walk (cm predicts each byte from the one before), noise written twice, near and 600 KiB apart
+    (a distance past zstd level 1's own window), and noise that the audio codec is asked about (its
+    structure is in samples)."""
     rng = np.random.default_rng(1)
     walk = np.cumsum(rng.integers(0, 48, 2 * classic.PROBE)).astype(np.uint8).tobytes()
     half = rng.integers(0, 256, classic.PROBE, dtype=np.uint8).tobytes()
@@ -122,6 +123,12 @@ def test_near_uniform_blocks_with_structure_are_still_coded(monkeypatch):
     codec, packed = classic.best(walk)
     assert codec == "cm" and len(packed) < 0.8 * len(walk)
     assert classic.best(half + half)[0] != "store"
+    far = rng.integers(0, 256, 600 << 10, dtype=np.uint8).tobytes()
+    real = classic.compress
+    monkeypatch.setattr(classic, "compress", lambda c, d, g=None: d if c == "cm" else real(c, d, g))  # (5 s)
+    codec, packed = classic.best(far + far)
+    assert codec in ("xz", "zstd") and len(packed) < 0.51 * len(far + far)
+    monkeypatch.undo()
     tried = _tried(monkeypatch)
     classic.best(half + half[::-1], geometry=(len(half), 2), kind="audio")
     assert ("cmpcm", 2 * classic.PROBE) in tried and all(c != "cm probe" for c, _ in tried)
