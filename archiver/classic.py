@@ -106,10 +106,11 @@ def order0_bits(data: bytes) -> float:
 def incompressible(data: bytes) -> bool:
     """Whether a large block would come out of every generic codec at its own size: near-uniform
     bytes, no repeat that zstd's fastest level finds anywhere in it, and a probe from its middle
-    that cm shrinks by under 1%. These three cost about 0.5 s for a 4 MiB block of random bytes, on which cm alone
-    takes 17 s, xz 1.7 and zstd -19 0.7 for nothing. Measured on 128 KiB probes: cm takes 0.986
-    of a JPEG's and 0.984 of a Kodak PNG's (so both are still coded: 0.977 in all), 1.003 of
-    random bytes'; gzip files hold repeats (zstd -1: 0.947 of one of the corpus's text)."""
+    that cm shrinks by under 1%. These three cost about 0.5 s for a 4 MiB block of random bytes,
+    on which cm alone takes 17 s, xz 1.7 and zstd -19 0.7 for nothing. Measured on 128 KiB
+    probes: cm takes 0.986 of a JPEG's and 0.984 of a Kodak PNG's (so both are still coded: 0.977
+    in all), 1.003 of random bytes'; gzip files hold repeats (zstd -1: 0.947 of one of the
+    corpus's text)."""
     if len(data) < 2 * PROBE or order0_bits(data) <= NEAR_UNIFORM:
         return False
     if len(_zstd(1, data)) < 0.999 * len(data):
