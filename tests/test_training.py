@@ -1,4 +1,5 @@
-"""The training helpers that a lent GPU depends on: saved streams and entry points without pip."""
+"""The training helpers: saved streams and entry points without pip (what a lent GPU depends on), and
+the export's --reprogram."""
 
 from __future__ import annotations
 
@@ -30,3 +31,16 @@ def test_dist_info_gives_the_same_entry_points_as_the_installed_project(tmp_path
     written = {(ep.name, ep.value) for ep in dist.entry_points if ep.group == "lmarc"}
     installed = {(ep.name, ep.value) for ep in metadata.distribution("lmarc").entry_points if ep.group == "lmarc"}
     assert written == installed and {"raw", "png", "audio", "text"} <= {n for n, _ in written}
+
+
+def test_reprogram_makes_the_q7_fixture_from_the_tiny_model(tmp_path, monkeypatch):
+    """`export --reprogram` with the default program options writes, from the tests' tiny model, the
+    very file the golden-q7 archive was made with (so the export is what made it, byte for byte)."""
+    from archiver.modelfile import file_sha256
+    from tests.conftest import FIXTURES, TINY
+    from training import export
+
+    out = tmp_path / "q7.safetensors"
+    monkeypatch.setattr(sys, "argv", ["export", "--reprogram", str(TINY), str(out)])
+    export.main()
+    assert file_sha256(out) == file_sha256(FIXTURES / "tiny-q7.safetensors")
