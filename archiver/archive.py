@@ -197,7 +197,11 @@ def _store_object(data: bytes, name: str, writer: ArchiveWriter, packer: SolidPa
     fmt, recipe = chosen.format, chosen.split.recipe
     # (a format whose one stream is the file itself was already weighed against these bytes' classic coding)
     if fmt.name != RAW and [s.data for s in chosen.split.streams] != [data]:
-        whole = streamcoder.classic_blocks(data)
+        # Without cm where a stream has its structured codec (an image's rows, an audio stream's
+        # samples): on 120 image and audio files sampled from the corpus the whole file never won,
+        # while its classic coding took as long as the streams' (4.1 s against 4.3), 2.3 s of it cm.
+        structured = any(s.geometry is not None for s in chosen.split.streams)
+        whole = streamcoder.classic_blocks(data, cm=not structured)
         if sum(len(c.payload) for c in whole) < sum(len(c.payload) for _, cs in coded for c in cs):
             fmt, recipe = format_by_name(RAW), {}
             coded = [(Stream("binary", data), whole)]

@@ -94,10 +94,12 @@ class Predictor:
         self.name = model.config.get("name", "")
 
 
-def classic_blocks(data: bytes, geometry: tuple[int, int] | None = None, kind: str | None = None) -> list[Coded]:
-    """The stream in blocks of CLASSIC_BLOCK bytes, each coded with the best classic codec; with a
-    geometry the blocks end on row (image) or channel (audio) boundaries where those fit in a block,
-    else on pixel or sample boundaries, so the structured codecs see whole units."""
+def classic_blocks(data: bytes, geometry: tuple[int, int] | None = None, kind: str | None = None,
+                   cm: bool = True) -> list[Coded]:
+    """The stream in blocks of CLASSIC_BLOCK bytes, each coded with the best classic codec (cm=False:
+    of those but the cm family, see classic.best); with a geometry the blocks end on row (image) or
+    channel (audio) boundaries where those fit in a block, else on pixel or sample boundaries, so
+    the structured codecs see whole units."""
     out = []
     step = CLASSIC_BLOCK
     if geometry is not None:
@@ -105,7 +107,7 @@ def classic_blocks(data: bytes, geometry: tuple[int, int] | None = None, kind: s
         step = CLASSIC_BLOCK // row * row if row <= CLASSIC_BLOCK else CLASSIC_BLOCK // unit * unit
     for i in range(0, len(data), step):
         block = data[i : i + step]
-        codec, payload = classic.best(block, geometry=geometry, kind=kind)
+        codec, payload = classic.best(block, cm, geometry, kind)
         out.append(Coded({"codec": codec, "size": len(block), "tokens": 0}, payload))
     return out
 

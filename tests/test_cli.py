@@ -238,3 +238,27 @@ def test_a_closed_pipe_ends_quietly(tmp_path):
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     p.stdout.close()  # before the first line is written (the interpreter takes a while to start)
     assert p.wait(timeout=120) == 141 and p.stderr.read() == b""
+
+
+def test_a_file_goes_whole_when_its_streams_code_worse_and_structured_ones_skip_cm(cli, tmp_path, monkeypatch):
+    """A file is coded from its plugin's streams unless the classic codecs on its own bytes do
+    better (then it is stored as raw bytes, and still round-trips); for an image or audio file
+    that comparison leaves cm out (its structured codec already beat it on every corpus file
+    sampled, at the cost of a second cm pass)."""
+    from archiver import classic, streamcoder
+
+    wav = SAMPLES / "chord.wav"
+    tried = []
+    real = classic.compress
+    monkeypatch.setattr(classic, "compress", lambda c, d, g=None: tried.append((c, len(d))) or real(c, d, g))
+    cli("add", "-q", "--model", "none", "-a", tmp_path / "a.lma", wav)
+    assert ("xz", wav.stat().st_size) in tried and ("cm", wav.stat().st_size) not in tried
+    assert "wav" in cli("list", tmp_path / "a.lma")[0]
+    monkeypatch.undo()
+    real_encode = streamcoder.encode_stream
+    bloated = lambda *a, **k: [streamcoder.Coded(c.record, c.payload + bytes(1 << 16)) for c in real_encode(*a, **k)]  # noqa: E731
+    monkeypatch.setattr(streamcoder, "encode_stream", bloated)
+    cli("add", "-q", "--model", "none", "-a", tmp_path / "b.lma", wav)
+    assert " raw " in cli("list", tmp_path / "b.lma")[0]
+    cli("extract", "-q", tmp_path / "b.lma", "-C", tmp_path / "out")
+    assert next((tmp_path / "out").rglob("chord.wav")).read_bytes() == wav.read_bytes()
