@@ -317,11 +317,14 @@ def test_unknown_cache_kind_is_refused(key):
                                      {"key_cache": "int8", "query_bits": 7.0}, {"att_exp_bits": 7}])
 def test_query_bits_and_table_bits_the_program_cannot_hold_are_refused(program):
     """Query bits need int8 keys and at most the bits that keep products exact (13 for the tiny
-    model's head_dim 16); a table's stated bits must hold its entries."""
+    model's head_dim 16); table bits must be an integer the table can be stated in."""
     m = _tiny("f64")
     m.config.update(program)
     with pytest.raises(ModelError, match="newer lmarc"):
         m.check_bounds()
+
+
+def test_a_table_that_does_not_fit_its_stated_bits_is_refused():
     m = _tiny("q7")
     m.tables["att_exp"] = intmodel.att_exp_table()  # a Q15 table under "att_exp_bits": 11
     with pytest.raises(ModelError, match="exp table"):

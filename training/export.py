@@ -13,7 +13,6 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from archiver import intmodel
-from archiver.intmodel import convert_llama
 from training.data import BOS
 
 BYTE_VOCAB = {"bos": BOS, "byte_tokens": list(range(256))}
@@ -65,7 +64,6 @@ def compare(hf: LlamaForCausalLM | None, path: Path, corpus: Path, windows: int,
     chunked by its own vocabulary as the archiver would."""
     import numpy as np
 
-    from archiver import intmodel
     from archiver.coder import ideal_bits
     from archiver.engine import Engine
     from archiver.vocab import make_vocab
@@ -150,7 +148,7 @@ def main() -> None:
             hf = tiny_fixture(a.tiny_fixture_seed)
         else:
             hf = LlamaForCausalLM.from_pretrained(a.checkpoint).eval()
-        model = convert_llama(hf, extra=dict(vocab_config(a.tokenizer), name=a.name,
+        model = intmodel.convert_llama(hf, extra=dict(vocab_config(a.tokenizer), name=a.name,
                                              **{k: v for k, v in program.items() if v is not None}))
     digest = model.save(a.out)
     print(f"wrote {a.out} ({a.out.stat().st_size} bytes), model id {digest}")
