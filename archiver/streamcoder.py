@@ -41,12 +41,15 @@ def _decode_memory() -> int:
 DECODE_MEMORY = _decode_memory()
 SCORE_TOKENS = 8192  # tokens scored per engine call: progress moves, memory stays bounded
 SCORE_CELLS = 1 << 27  # and at most this many table entries (1 GiB of int64): large vocabularies
-PROBE_BYTES = 64 << 10  # a stream this long is probed first: a few chunks spread over it are
-PROBE_CHUNKS = 4  # LM-coded, and when they come out larger than the whole-stream classic coding
+PROBE_CHUNKS = 4  # a stream of more chunks than this is probed first: this many spread over it are
+# LM-coded, and when they come out larger than the whole-stream classic coding
+# (per byte, with PROBE_MARGIN) the rest is not scored: the LM would lose anyway. This was for
+# streams of 64 KiB and up only, until a trace of `add` on the dev text showed 10.5 of its 36 s
+# spent scoring three 38-49 KB files whole, which the classic codecs won anyway (dev text 36 -> 26 s,
+# images 90 -> 58 s, audio 124 -> 100 s, the same archives)
 TRACK_BYTES = 64 << 10  # once the LM has been scored on this much of a kind's data in one run
 TRACK_GAIN = 0.01  # and saved less than this share of the classic codings, it is not tried on that kind again
-PROBE_MARGIN = 1.0  # (per byte, with this margin) the rest is not scored: the LM would lose anyway.
-# (1.1 until cm2d: photos, where cm2d beats the LM by ~4%, were scored in full and then discarded)
+PROBE_MARGIN = 1.0  # (1.1 until cm2d: photos, where cm2d beats the LM by ~4%, were scored in full and then discarded)
 PROBE_SHARE = 8  # probing goes on in stages of 4x more chunks until this share (1/8) of them is scored:
 # 4 chunks of a 1.2 MB photo put the LM 12% ahead of cm2d, which won by more than that on the whole
 
@@ -55,8 +58,8 @@ PROBE_SHARE = 8  # probing goes on in stages of 4x more chunks until this share 
 class Track:
     """How the LM has done against the classic codecs on one kind's streams so far in a run.
 
-    Why: a stream under PROBE_BYTES is scored whole before the LM can lose, and a folder of small
-    files is all such streams. With the default model on text (~3.9 bits/byte against cm's ~1.2)
+    Why: a stream of up to PROBE_CHUNKS chunks is scored whole before the LM can lose, and a
+    folder of small files is all such streams. With the default model on text (~3.9 bits/byte against cm's ~1.2)
     that is nearly all of `add`'s time, for nothing. What counts is what the LM saved where it won,
     not its total against the classic codecs: one stream of near-silence, where cm is 2x smaller,
     must not switch the LM off for the recordings after it."""
@@ -155,7 +158,7 @@ def encode_stream(kind: str, data: bytes, predictor: Predictor | None,
     table = v.alphabet(kind)
     width = predictor.model.vocab_size if table is None else len(table)
     group = max(1, min(SCORE_TOKENS // n, SCORE_CELLS // (n * width)))
-    stages = probe_stages(len(pieces)) if len(data) >= PROBE_BYTES else []
+    stages = probe_stages(len(pieces))
     taken = {i for st in stages for i in st}
     rest = [i for i in range(len(pieces)) if i not in taken]
     batches = stages + [rest[g : g + group] for g in range(0, len(rest), group)]

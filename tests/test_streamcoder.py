@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from archiver import classic, intmodel, streamcoder
 from tests.conftest import SAMPLES, TINY
@@ -24,18 +25,21 @@ def test_decode_batches_follow_the_cache_budget(monkeypatch):
     assert max(sizes) == 2 and sum(sizes) == len(lm)
 
 
-def test_a_losing_lm_is_not_run_over_a_whole_long_stream(monkeypatch):
-    """A long stream whose probe chunks lose to the whole-stream classic coding goes classic after
-    scoring only the probe (a long log, coded by xz, costs seconds instead of LM minutes)."""
+@pytest.mark.parametrize("size, repeat", [(2000, 40), (500, 4)])
+def test_a_losing_lm_is_not_run_over_a_whole_stream(monkeypatch, size, repeat):
+    """A stream whose probe chunks lose to the whole-stream classic coding goes classic after
+    scoring only the probe: a long log, coded by xz, costs seconds instead of LM minutes, and so
+    does a small one (16 of the tiny model's chunks here; a 40 KB source file for the default
+    model, which scored 4 chunks of it instead of 39)."""
     pred = streamcoder.Predictor(intmodel.load(TINY))
-    block = np.random.default_rng(0).integers(0, 256, 2000, dtype=np.uint8).tobytes()
-    data = block * 40  # xz finds the repeats; no 127-token chunk can
+    block = np.random.default_rng(0).integers(0, 256, size, dtype=np.uint8).tobytes()
+    data = block * repeat  # xz finds the repeats; no 127-token chunk can
+    assert len(data) > streamcoder.PROBE_CHUNKS * pred.chunk_tokens
     scored = []
     real = pred.engine.score
     monkeypatch.setattr(pred.engine, "score", lambda seqs, *a, **k: scored.append(len(seqs)) or real(seqs, *a, **k))
     done = []
     coded = streamcoder.encode_stream("binary", data, pred, on_progress=done.append)
-    assert len(data) >= streamcoder.PROBE_BYTES
     assert scored == [streamcoder.PROBE_CHUNKS]
     assert coded == streamcoder.classic_blocks(data) and sum(done) == len(data)
 
@@ -83,26 +87,27 @@ def test_probing_does_not_change_what_is_coded(monkeypatch):
     data = (SAMPLES / "weather.json").read_bytes()  # the tiny model beats xz here: chunks are kept
     monkeypatch.setattr(classic, "CODECS", tuple(c for c in classic.CODECS if c != "cm"))  # cm would beat it
     monkeypatch.setattr(streamcoder, "PROBE_MARGIN", 1e9)
-    monkeypatch.setattr(streamcoder, "PROBE_BYTES", 4096)
     probed = streamcoder.encode_stream("text", data, pred)
-    monkeypatch.setattr(streamcoder, "PROBE_BYTES", 10**9)
+    monkeypatch.setattr(streamcoder, "probe_stages", lambda n: [])
     plain = streamcoder.encode_stream("text", data, pred)
     assert [(c.record, c.payload) for c in probed] == [(c.record, c.payload) for c in plain]
     assert len(plain) > 8 and {c.record["codec"] for c in plain} == {"lm"}
 
 
 def test_a_kind_the_lm_keeps_losing_stops_being_scored(monkeypatch):
-    """Small streams are scored whole before the LM can lose; once it has lost on enough of a kind's
-    bytes in one run, the rest of that kind goes straight to the classic codecs (a folder of small
-    text files with the default model). The record is per kind: another kind is still scored."""
+    """Streams of up to PROBE_CHUNKS chunks are scored whole before the LM can lose; once it has lost
+    on enough of a kind's bytes in one run, the rest of that kind goes straight to the classic codecs
+    (a folder of small text files with the default model). The record is per kind: another kind is
+    still scored."""
     pred = streamcoder.Predictor(intmodel.load(TINY))
-    monkeypatch.setattr(streamcoder, "TRACK_BYTES", 6000)
+    monkeypatch.setattr(streamcoder, "TRACK_BYTES", 1000)
     scored = []
     real = pred.engine.score
     monkeypatch.setattr(pred.engine, "score", lambda seqs, *a, **k: scored.append(len(seqs)) or real(seqs, *a, **k))
     rng = np.random.default_rng(1)
-    block = rng.integers(0, 256, 500, dtype=np.uint8).tobytes()
-    files = [block * 4 + bytes([i]) for i in range(8)]  # 2 KB each: xz finds the repeats, the LM cannot
+    block = rng.integers(0, 256, 100, dtype=np.uint8).tobytes()
+    files = [block * 4 + bytes([i]) for i in range(8)]  # 401 bytes each: xz finds the repeats, the LM cannot
+    assert len(files[0]) <= streamcoder.PROBE_CHUNKS * pred.chunk_tokens
     track = streamcoder.Track()
     for i, data in enumerate(files):
         coded = streamcoder.encode_stream("binary", data, pred, track=track)
