@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from archiver import archive as ops
+from archiver import classic
 from archiver.container import ArchiveError
 from archiver.modelfile import ModelError
 from archiver.progress import make_reporter
@@ -19,7 +20,8 @@ DEFAULT_ARCHIVE = "archive.lma"
 
 def _global_options(p: argparse.ArgumentParser, suppress: bool) -> None:
     d = (lambda v: argparse.SUPPRESS) if suppress else (lambda v: v)
-    p.add_argument("--threads", type=int, default=d(None), help="CPU threads for the model (default: torch's)")
+    p.add_argument("--threads", type=int, default=d(None),
+                   help="CPU threads for the model (default: torch's) and the classic codecs (default: every CPU)")
     p.add_argument("--device", choices=["cpu", "cuda"], default=d("cpu"), help="where the model runs")
     p.add_argument("-q", "--quiet", action="store_true", default=d(False), help="print nothing but errors")
     p.add_argument("--no-progress", action="store_true", default=d(False), help="no progress bar")
@@ -122,12 +124,14 @@ def _info(args) -> int:
           "cm2d: image streams, cmpcm: audio streams)")
     dev = torch.device(args.device)
     print(f"engine: exact integer inference, torch {torch.__version__}, device {dev}, "
-          f"GEMM backend {default_backend(dev)}, threads {args.threads or torch.get_num_threads()}, "
+          f"GEMM backend {default_backend(dev)}, threads {args.threads or torch.get_num_threads()} "
+          f"(classic codecs {classic.threads()}), "
           f"cuda available: {torch.cuda.is_available()}")
     return 0
 
 
 def run(args) -> int:
+    classic.set_threads(args.threads)
     settings = ops.Settings(model=getattr(args, "model", "default"), device=args.device, threads=args.threads,
                             solid=getattr(args, "solid", True))
     ui = make_reporter(args.quiet, args.no_progress)

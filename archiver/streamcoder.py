@@ -103,16 +103,14 @@ def classic_blocks(data: bytes, geometry: tuple[int, int] | None = None, kind: s
     of those but the cm family, see classic.best); with a geometry the blocks end on row (image) or
     channel (audio) boundaries where those fit in a block, else on pixel or sample boundaries, so
     the structured codecs see whole units."""
-    out = []
     step = CLASSIC_BLOCK
     if geometry is not None:
         row, unit = max(1, geometry[0]), max(1, geometry[1])
         step = CLASSIC_BLOCK // row * row if row <= CLASSIC_BLOCK else CLASSIC_BLOCK // unit * unit
-    for i in range(0, len(data), step):
-        block = data[i : i + step]
-        codec, payload = classic.best(block, cm, geometry, kind)
-        out.append(Coded({"codec": codec, "size": len(block), "tokens": 0}, payload))
-    return out
+    starts = range(0, len(data), step)
+    chosen = classic.best_each((data[i : i + step] for i in starts), cm, geometry, kind)
+    return [Coded({"codec": codec, "size": min(step, len(data) - i), "tokens": 0}, payload)
+            for i, (codec, payload) in zip(starts, chosen, strict=True)]
 
 
 def looks_random(data: bytes, classic_coded: list[Coded]) -> bool:
@@ -240,24 +238,30 @@ def decode_chunks(kind_chunks: list[tuple[str, dict, bytes]], predictor_for: Cal
     out: list[bytes | None] = [None] * len(kind_chunks)
     lm: dict[str, list[int]] = {}
     blocks = {} if blocks is None else blocks
+    todo: dict[tuple[str, int], tuple[str, bytes, int]] = {}  # the classic decodings, run side by side
     for i, (_kind, rec, payload) in enumerate(kind_chunks):
         if rec["codec"] == "lm":
             lm.setdefault(rec["model"], []).append(i)
-        elif "part" in rec:
-            start, size = rec["part"]
-            if rec["offset"] not in blocks:
-                try:
-                    blocks[rec["offset"]] = classic.decompress(rec["codec"], payload, size)
-                except ValueError as err:
-                    blocks[rec["offset"]] = err
+        elif "part" not in rec:
+            todo[("chunk", i)] = (rec["codec"], payload, rec["size"])
+        elif rec["offset"] not in blocks:
+            todo.setdefault(("block", rec["offset"]), (rec["codec"], payload, rec["part"][1]))
+    for (what, key), data in zip(todo, classic.decompress_each(todo.values()), strict=True):
+        if what == "block":
+            blocks[key] = data
+            continue
+        if isinstance(data, ValueError):
+            raise data
+        out[key] = data
+        if on_progress:
+            on_progress(len(data))
+    for i, (_kind, rec, _payload) in enumerate(kind_chunks):
+        if rec["codec"] != "lm" and "part" in rec:
             block = blocks[rec["offset"]]
             if isinstance(block, ValueError):
                 raise block
+            start = rec["part"][0]
             out[i] = block[start : start + rec["size"]]
-        else:
-            out[i] = classic.decompress(rec["codec"], payload, rec["size"])
-            if on_progress:
-                on_progress(rec["size"])
     for model_id, idxs in lm.items():
         pred = predictor_for(model_id)
         groups: dict[int, list[int]] = {}  # a lockstep batch shares its alphabet: a BPE model's text
