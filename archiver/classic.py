@@ -130,6 +130,11 @@ def compress(codec: str, data: bytes, geometry: tuple[int, int] | None = None) -
     raise ValueError(f"unknown codec {codec!r}")
 
 
+def compress_later(codec: str, data: bytes, geometry: tuple[int, int] | None = None) -> Future:
+    """`compress` on the codec threads: its bytes are the future's result."""
+    return _executor().submit(compress, codec, data, geometry)
+
+
 def decompress(codec: str, data: bytes, size: int) -> bytes:
     """Decompress, refusing to produce more than `size` bytes (hostile archives). Every codec's own
     error type becomes ValueError, which readers report as a damaged member."""

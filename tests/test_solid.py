@@ -107,9 +107,12 @@ def test_a_block_is_written_only_where_it_pays():
     assert [(c["codec"], "part" in c) for c in lm[0]["chunks"]] == [("lm", False)]
 
 
-def test_images_of_one_geometry_share_a_cm2d_block():
+def test_images_of_one_geometry_share_a_cm2d_block(monkeypatch):
     """Four tiles of the sample image, coded as one tall image, cost less than each alone and than
-    a cm block; a tile of another width stays out of that block."""
+    a cm block; a tile of another width stays out of that block. The cm2d block is coded while the
+    cm block of all five is (they meet at a barrier: neither passes it alone)."""
+    import threading
+
     from PIL import Image
 
     from lmarc_plugins.pixels import to_stream
@@ -124,7 +127,18 @@ def test_images_of_one_geometry_share_a_cm2d_block():
         codec, payload = classic.best(s.data, geometry=s.geometry, kind="image")
         members.append(member("image", s.data, codec, payload))
         assert packer.offer(*members[-1], geometry=s.geometry)
+    meet, real, met = threading.Barrier(2, timeout=20), classic.compress, []
+
+    def compress(codec, data, geometry=None):
+        if (codec, len(data)) in (("cm2d", sum(len(s.data) for s in tiles)), ("cm", sum(len(m[1]) for m in members))):
+            met.append(meet.wait())
+        return real(codec, data, geometry)
+
+    monkeypatch.setattr(classic, "compress", compress)
+    monkeypatch.setattr(classic, "_threads", 2)
+    monkeypatch.setattr(classic, "_pool", None)
     packer.flush()
+    assert sorted(met) == [0, 1]
     chunks = [m[0]["chunks"][0] for m in members]
     assert {c["codec"] for c in chunks[:4]} == {"cm2d"} and {c["offset"] for c in chunks[:4]} == {16}
     assert all("part" in c for c in chunks[:4]) and chunks[4]["offset"] != 16
