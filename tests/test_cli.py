@@ -243,17 +243,20 @@ def test_a_closed_pipe_ends_quietly(tmp_path):
 def test_a_file_goes_whole_when_its_streams_code_worse_and_structured_ones_skip_cm(cli, tmp_path, monkeypatch):
     """A file is coded from its plugin's streams unless the classic codecs on its own bytes do
     better (then it is stored as raw bytes, and still round-trips); for an image or audio file
-    that comparison leaves cm out (its structured codec already beat it on every corpus file
-    sampled, at the cost of a second cm pass)."""
-    from archiver import classic, streamcoder
+    larger than WHOLE_CM_MAX that comparison leaves cm out (its structured codec already beat it on
+    every corpus file sampled, at the cost of a second cm pass); a smaller one is tried with cm."""
+    from archiver import archive, classic, streamcoder
 
     wav = SAMPLES / "chord.wav"
     tried = []
     real = classic.compress
     monkeypatch.setattr(classic, "compress", lambda c, d, g=None: tried.append((c, len(d))) or real(c, d, g))
-    cli("add", "-q", "--model", "none", "-a", tmp_path / "a.lma", wav)
-    assert ("xz", wav.stat().st_size) in tried and ("cm", wav.stat().st_size) not in tried
-    assert "wav" in cli("list", tmp_path / "a.lma")[0]
+    for limit, with_cm in ((wav.stat().st_size - 1, False), (wav.stat().st_size, True)):
+        monkeypatch.setattr(archive, "WHOLE_CM_MAX", limit)
+        tried.clear()
+        cli("add", "-q", "--model", "none", "-a", tmp_path / f"a{limit}.lma", wav)
+        assert ("xz", wav.stat().st_size) in tried and (("cm", wav.stat().st_size) in tried) == with_cm
+        assert "wav" in cli("list", tmp_path / f"a{limit}.lma")[0]
     monkeypatch.undo()
     real_encode = streamcoder.encode_stream
     bloated = lambda *a, **k: [streamcoder.Coded(c.record, c.payload + bytes(1 << 16)) for c in real_encode(*a, **k)]  # noqa: E731
