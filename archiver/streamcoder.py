@@ -59,8 +59,8 @@ class Track:
     """How the LM has done against the classic codecs on one kind's streams so far in a run.
 
     Why: a stream of up to PROBE_CHUNKS chunks is scored whole before the LM can lose, and a
-    folder of small files is all such streams. With the default model on text (~3.9 bits/byte against cm's ~1.2)
-    that is nearly all of `add`'s time, for nothing. What counts is what the LM saved where it won,
+    folder of small files is all such streams. With the default model on text (~3.9 bits/byte
+    against cm's ~1.2) that is nearly all of `add`'s time, for nothing. What counts is what the LM saved where it won,
     not its total against the classic codecs: one stream of near-silence, where cm is 2x smaller,
     must not switch the LM off for the recordings after it."""
 

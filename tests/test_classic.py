@@ -180,8 +180,7 @@ def test_work_not_started_is_cancelled_when_the_caller_stops(monkeypatch):
     assert next(gen)[0] != "store"
     gen.close()
     classic._executor().submit(lambda: None).result()  # every trial that was going to run has run
-    assert len(started) <= 3 * 3  # the first blocks' trials, at most: the lookahead of 1 thread
-    assert len(started) < 3 * len(blocks)
+    assert len(started) <= 2 * 3  # the first two blocks' trials at most (of 40 blocks x 3 codecs)
 
 
 def test_damaged_items_are_reported_in_place():
