@@ -222,8 +222,7 @@ def best_each(blocks: Iterable[bytes], cm: bool = True, geometry: tuple[int, int
     def start(data: bytes) -> dict[str, Future]:
         if len(data) < 16 or (cm and shaped is None and incompressible(data)):
             return {}
-        pool = _executor()
-        return {c: pool.submit(compress, c, data, geometry) for c in SLOWEST_FIRST
+        return {c: compress_later(c, data, geometry) for c in SLOWEST_FIRST
                 if not ((c == "brotli" and len(data) > BROTLI_MAX) or (c.startswith("cm") and not cm)
                         or (c in STRUCTURED.values() and c != shaped) or (c == "cm" and shaped))}
 

@@ -1,4 +1,5 @@
-"""Shared fixtures: the tiny test model, the corpus location, and an in-process CLI runner."""
+"""Shared fixtures: the tiny test model, the corpus location, an in-process CLI runner, and the
+classic codecs' thread count."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from archiver import classic
 from archiver.cli import main
 from archiver.container import ArchiveWriter
 from archiver.streamcoder import Coded
@@ -20,6 +22,15 @@ CORPUS = ROOT.parent / "shared" / "corpus"
 @pytest.fixture
 def tiny() -> str:
     return str(TINY)
+
+
+@pytest.fixture
+def codec_threads():
+    """classic.set_threads for one test; the thread count from before (and a pool of that size)
+    afterwards, so no test leaves its pool's threads behind."""
+    before = classic.threads()
+    yield classic.set_threads
+    classic.set_threads(before)
 
 
 @pytest.fixture

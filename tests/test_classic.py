@@ -136,7 +136,7 @@ def test_near_uniform_blocks_with_structure_are_still_coded(monkeypatch):
 
 
 @pytest.mark.parametrize("threads", [1, 3])
-def test_parallel_trials_choose_what_one_thread_chooses(threads, monkeypatch):
+def test_parallel_trials_choose_what_one_thread_chooses(threads, codec_threads):
     """Blocks of text, repeats, a random walk and noise: each block's choice and bytes are those of
     best() on it alone, whatever the thread count, and in order."""
     rng = np.random.default_rng(2)
@@ -144,13 +144,12 @@ def test_parallel_trials_choose_what_one_thread_chooses(threads, monkeypatch):
     blocks = [text, bytes(5000), np.cumsum(rng.integers(0, 48, 40_000)).astype(np.uint8).tobytes(),
               rng.integers(0, 256, 3 * classic.PROBE, dtype=np.uint8).tobytes(), b"tiny", text[::-1] * 3]
     alone = [classic.best(b) for b in blocks]
-    monkeypatch.setattr(classic, "_threads", threads)
-    monkeypatch.setattr(classic, "_pool", None)
+    codec_threads(threads)
     assert list(classic.best_each(iter(blocks))) == alone
     assert len({c for c, _ in alone}) >= 3
 
 
-def test_a_blocks_trials_run_side_by_side(monkeypatch):
+def test_a_blocks_trials_run_side_by_side(monkeypatch, codec_threads):
     """cm and xz of one block meet at a barrier: they can only pass it running at the same time."""
     meet = threading.Barrier(2, timeout=20)
     real = classic.compress
@@ -161,20 +160,18 @@ def test_a_blocks_trials_run_side_by_side(monkeypatch):
         return real(codec, data, geometry)
 
     monkeypatch.setattr(classic, "compress", compress)
-    monkeypatch.setattr(classic, "_threads", 2)
-    monkeypatch.setattr(classic, "_pool", None)
+    codec_threads(2)
     text = (SAMPLES / "notes.txt").read_bytes()
     assert classic.best(text)[0] != "store"
 
 
-def test_work_not_started_is_cancelled_when_the_caller_stops(monkeypatch):
+def test_work_not_started_is_cancelled_when_the_caller_stops(monkeypatch, codec_threads):
     """Ctrl-C (or any error) while blocks are coded: the trials not yet started are dropped, so the
     process can exit after the running ones instead of after every queued one."""
     started = []
     real = classic.compress
     monkeypatch.setattr(classic, "compress", lambda c, d, g=None: started.append(c) or real(c, d, g))
-    monkeypatch.setattr(classic, "_threads", 1)
-    monkeypatch.setattr(classic, "_pool", None)
+    codec_threads(1)
     blocks = [bytes([i]) * 20_000 for i in range(40)]
     gen = classic.best_each(iter(blocks), cm=False)
     assert next(gen)[0] != "store"

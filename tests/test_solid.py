@@ -107,7 +107,7 @@ def test_a_block_is_written_only_where_it_pays():
     assert [(c["codec"], "part" in c) for c in lm[0]["chunks"]] == [("lm", False)]
 
 
-def test_images_of_one_geometry_share_a_cm2d_block(monkeypatch):
+def test_images_of_one_geometry_share_a_cm2d_block(monkeypatch, codec_threads):
     """Four tiles of the sample image, coded as one tall image, cost less than each alone and than
     a cm block; a tile of another width stays out of that block. The cm2d block is coded while the
     cm block of all five is (they meet at a barrier: neither passes it alone)."""
@@ -135,8 +135,7 @@ def test_images_of_one_geometry_share_a_cm2d_block(monkeypatch):
         return real(codec, data, geometry)
 
     monkeypatch.setattr(classic, "compress", compress)
-    monkeypatch.setattr(classic, "_threads", 2)
-    monkeypatch.setattr(classic, "_pool", None)
+    codec_threads(2)
     packer.flush()
     assert sorted(met) == [0, 1]
     chunks = [m[0]["chunks"][0] for m in members]
