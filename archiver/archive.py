@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from archiver import registry, streamcoder
+from archiver import largefile, registry, streamcoder
 from archiver.container import ArchiveError, ArchiveReader, ArchiveWriter
 from archiver.formats import RAW, Stream, join_streams, split_file
 from archiver.modelfile import ModelError
@@ -166,20 +166,32 @@ def _add_one(p: Path, name: str, writer: ArchiveWriter, packer: SolidPacker | No
         res.problems.append(f"{name}: not a regular file, directory or symlink; skipped")
         return None
     try:
-        data = p.read_bytes()
+        if st.st_size >= largefile.LARGE_FILE:  # never read whole: coded as it is read (archiver.largefile)
+            digest, size = largefile.digest(p)
+            store = lambda: largefile.store(p, digest, writer, settings, ui)  # noqa: E731
+        else:
+            data = p.read_bytes()
+            digest, size = hashlib.sha256(data).hexdigest(), len(data)
+            store = lambda: _store_object(data, name, writer, packer, settings, ui)  # noqa: E731
     except OSError as e:
         res.problems.append(f"{name}: cannot read ({e.strerror}); skipped")
         return None
-    digest = hashlib.sha256(data).hexdigest()
-    entry |= {"type": "file", "size": len(data), "sha256": digest}
-    ui.file(name, len(data))
+    entry |= {"type": "file", "size": size, "sha256": digest}
+    ui.file(name, size)
     if digest not in writer.index.objects:
-        writer.index.objects[digest] = _store_object(data, name, writer, packer, settings, ui)
+        try:
+            obj = store()
+        except largefile.ReadError as e:
+            res.problems.append(f"{name}: cannot read ({e}); skipped")
+            return None
+        if obj is None:
+            res.problems.append(f"{name}: changed while it was being read; skipped")
+            return None
+        writer.index.objects[digest] = obj
     else:
-        ui.advance(len(data))
+        ui.advance(size)
     # (streams waiting in a solid block have no chunks yet: the packer reports their bytes when written)
-    ui.file_done(len(data), sum(c["length"] for s in writer.index.objects[digest]["streams"]
-                                for c in s.get("chunks", ())))
+    ui.file_done(size, sum(c["length"] for s in writer.index.objects[digest]["streams"] for c in s.get("chunks", ())))
     return entry
 
 
@@ -249,9 +261,20 @@ def _check_models(reader: ArchiveReader, entries: list[dict], settings: Settings
 
 
 def _decode_files(reader: ArchiveReader, entries: list[dict], settings: Settings, ui: Reporter) \
-        -> Iterator[tuple[dict, bytes | None, str | None]]:
-    """Yield (entry, verified bytes or None, problem) for file entries, decoding in groups."""
-    files = [e for e in entries if e.get("type") == "file"]
+        -> Iterator[tuple[dict, bytes | Iterator[bytes] | None, str | None]]:
+    """Yield (entry, data, problem) for file entries, decoding in groups. data is the verified bytes,
+    or for an object too large to hold (`largefile.is_segmented`) an iterator of its pieces that
+    raises ValueError at its end if they do not verify (see `_write_pieces`); None with a problem."""
+    files = []
+    for e in entries:
+        if e.get("type") != "file":
+            continue
+        obj = reader.index.objects.get(e.get("sha256"))
+        if isinstance(obj, dict) and largefile.is_segmented(obj):
+            yield e, largefile.pieces(reader, e["sha256"], obj, settings, ui), None
+            ui.file_done(int(e.get("size", 0)), 0)
+        else:
+            files.append(e)
     for e, data, problem in _decode_in_groups(reader, files, settings, ui):
         ui.file_done(int(e.get("size", 0)), 0)  # re-sync progress to file bytes (chunks count stream bytes)
         yield e, data, problem
@@ -327,7 +350,12 @@ def test(archive: Path, settings: Settings, ui: Reporter) -> Result:
         _check_models(reader, entries, settings)
         ui.start("testing", sum(int(e.get("size", 0)) for e in entries if e.get("type") == "file"))
         try:
-            for e, _data, problem in _decode_files(reader, entries, settings, ui):
+            for e, data, problem in _decode_files(reader, entries, settings, ui):
+                try:
+                    for _ in _pieces(data if problem is None else b""):
+                        pass
+                except _Damaged as err:
+                    problem = str(err)
                 if problem:
                     res.problems.append(f"{e.get('path')}: {problem}")
                 else:
@@ -367,7 +395,7 @@ def extract(archive: Path, dest: Path, members: list[str] | None, overwrite: boo
                 try:
                     _write_file(dest, e, data, overwrite)
                     res.ok += 1
-                except (ArchiveError, OSError) as err:
+                except (_Damaged, ArchiveError, OSError) as err:
                     res.problems.append(f"{e['path']}: {err}")
             for e in entries:
                 if e.get("type") == "symlink":
@@ -412,12 +440,31 @@ def _apply_meta(target: Path, e: dict) -> None:
         os.utime(target, ns=(mtime, mtime))
 
 
-def _write_file(dest: Path, e: dict, data: bytes, overwrite: bool) -> None:
+class _Damaged(Exception):
+    """A segmented object's pieces did not decode or verify (reported like a damaged file)."""
+
+
+def _pieces(data: bytes | Iterator[bytes]) -> Iterator[bytes]:
+    """The pieces of a file's data from _decode_files: verified bytes are one piece; a segmented
+    object's are verified as they end, and their decoding errors are raised as _Damaged."""
+    if isinstance(data, bytes):
+        yield data
+        return
+    try:
+        yield from data
+    except (ValueError, KeyError, TypeError, ArchiveError) as err:
+        raise _Damaged(f"damaged ({err})") from err
+
+
+def _write_file(dest: Path, e: dict, data: bytes | Iterator[bytes], overwrite: bool) -> None:
+    """Write the file under a temporary name, renamed into place only once all of it was written
+    (and, for a segmented object, verified)."""
     target = _prepare_target(dest, e["path"], overwrite)
     fd, tmp = tempfile.mkstemp(prefix=".lmarc-", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            for piece in _pieces(data):
+                f.write(piece)
         _apply_meta(Path(tmp), e)
         os.replace(tmp, target)
     except BaseException:

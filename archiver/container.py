@@ -357,6 +357,15 @@ class ArchiveWriter:
         """Append coded chunks; returns their chunk table: each record with its payload's location."""
         return [c.record | self.write_chunk(c.payload) for c in coded]
 
+    def drop_since(self, pos: int) -> None:
+        """Take back what was written after pos (a position since the last commit): a file whose
+        chunks were written as it was read, and which then proved unusable, leaves nothing behind."""
+        if not self.start <= pos <= self.pos:
+            raise ValueError("drop_since: not a position written since the last commit")
+        self._f.truncate(pos)
+        self._f.seek(pos)
+        self.pos = pos
+
     def commit(self) -> None:
         raw = self.index.to_bytes()
         self._write(raw)
