@@ -8,13 +8,15 @@ into place once its SHA-256 matched.
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import os
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 from archiver import largefile, registry, streamcoder
 from archiver.container import ArchiveError, ArchiveReader, ArchiveWriter
@@ -93,17 +95,39 @@ def safe_member_path(name: object) -> PurePosixPath:
     return p
 
 
-def _walk(path: Path) -> Iterator[Path]:
+def excluded(name: str, patterns: list[str]) -> bool:
+    """tar's --exclude: a pattern without '/' matches any one component of the stored name (`*.o`,
+    `.git`), one with '/' the name or a directory above it (`src/build`); either way what lies under
+    an excluded directory goes with it. Shell wildcards, case-sensitive."""
+    parts = name.split("/")
+    for pat in patterns:
+        if "/" in pat:
+            pat = pat.strip("/")
+            if any(fnmatch.fnmatchcase("/".join(parts[:i]), pat) for i in range(1, len(parts) + 1)):
+                return True
+        elif any(fnmatch.fnmatchcase(part, pat) for part in parts):
+            return True
+    return False
+
+
+def _walk(path: Path, keep: Callable[[Path], bool]) -> Iterator[Path]:
+    """path and, for a directory, what is under it (links not followed), in name order; a path keep
+    refuses is left out, and a directory it refuses is not entered."""
+    if not keep(path):
+        return
     yield path
     if path.is_dir() and not path.is_symlink():
         for root, dirs, files in os.walk(path, followlinks=False):
-            dirs.sort()
-            for n in sorted(dirs) + sorted(files):
+            dirs[:] = sorted(d for d in dirs if keep(Path(root) / d))
+            for n in dirs + sorted(f for f in files if keep(Path(root) / f)):
                 yield Path(root) / n
 
 
 # ---- add ----------------------------------------------------------------------------------------
-def add(archive: Path, paths: list[str], settings: Settings, ui: Reporter) -> Result:
+def add(archive: Path, paths: list[str], settings: Settings, ui: Reporter, exclude: list[str] | None = None) \
+        -> Result:
+    """Add the paths (directories with what is under them, except names matching an exclude
+    pattern, see `excluded`) to the archive, creating it if needed."""
     res = Result()
     items = []
     for arg in paths:
@@ -112,9 +136,17 @@ def add(archive: Path, paths: list[str], settings: Settings, ui: Reporter) -> Re
             res.problems.append(f"{arg}: no such file or directory")
             continue
         base = archive_name(arg)
-        for p in _walk(top):
+
+        def name_of(p: Path, top: Path = top, base: str = base) -> str:
             rel = p.relative_to(top).as_posix()
-            name = base if rel == "." else (rel if base == "." else f"{base}/{rel}")
+            return base if rel == "." else (rel if base == "." else f"{base}/{rel}")
+
+        def keep(p: Path) -> bool:
+            name = name_of(p)
+            return name == "." or not excluded(name, exclude or [])
+
+        for p in _walk(top, keep):
+            name = name_of(p)
             if name != ".":  # `lmarc add .` stores what is in the directory, not the directory itself
                 items.append((p, name))
     archive_abs = archive.resolve()
@@ -367,7 +399,11 @@ def test(archive: Path, settings: Settings, ui: Reporter) -> Result:
 
 
 def extract(archive: Path, dest: Path, members: list[str] | None, overwrite: bool, settings: Settings,
-            ui: Reporter) -> Result:
+            ui: Reporter, to: BinaryIO | None = None) -> Result:
+    """Restore the entries (or the members and what is under them) under dest; with `to`, write the
+    files' bytes one after another to that stream instead, as `tar -O` does, and nothing to disk."""
+    if to is not None:
+        return _extract_to(archive, to, members, settings, ui)
     res = Result()
     with ArchiveReader(archive) as reader:
         entries = select(reader.index.entries, members)
@@ -406,6 +442,30 @@ def extract(archive: Path, dest: Path, members: list[str] | None, overwrite: boo
                         res.problems.append(f"{e['path']}: {err}")
             for target, e in reversed(dirs):
                 _apply_meta(target, e)
+        finally:
+            ui.stop()
+    return res
+
+
+def _extract_to(archive: Path, to: BinaryIO, members: list[str] | None, settings: Settings, ui: Reporter) -> Result:
+    """The files' bytes to one stream, in archive order, each once it verified (a file too large to
+    hold as it decodes: a damaged one may then have been written in part, and is reported)."""
+    res = Result()
+    with ArchiveReader(archive) as reader:
+        entries = select(reader.index.entries, members)
+        _check_models(reader, entries, settings)
+        ui.start("extracting", sum(int(e.get("size", 0)) for e in entries if e.get("type") == "file"))
+        try:
+            for e, data, problem in _decode_files(reader, entries, settings, ui):
+                try:
+                    if problem:
+                        raise _Damaged(problem)
+                    for piece in _pieces(data):
+                        to.write(piece)
+                    res.ok += 1
+                except _Damaged as err:
+                    res.problems.append(f"{e.get('path')}: {err}")
+            to.flush()
         finally:
             ui.stop()
     return res

@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model name or .safetensors file (default: default; none: classic codecs only, fast)")
     p.add_argument("--no-solid", dest="solid", action="store_false",
                    help="code each file on its own: smaller files share no block (extracting one decodes less)")
+    p.add_argument("-x", "--exclude", action="append", default=[], metavar="PATTERN",
+                   help="leave out names matching this shell pattern (repeatable): without '/' it matches any "
+                        "one part of a name (*.o, .git), with '/' a whole name or a directory above it")
     p.add_argument("paths", nargs="+", metavar="PATH")
 
     p = cmd("extract", "restore files from an archive, byte for byte")
@@ -52,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("members", nargs="*", metavar="MEMBER", help="only these paths (and what is under them)")
     p.add_argument("-C", "--directory", default=".", help="extract into this directory (default: .)")
     p.add_argument("--overwrite", action="store_true", help="replace existing files")
+    p.add_argument("-O", "--to-stdout", action="store_true",
+                   help="write the files' bytes to standard output, one after another, instead of to disk")
 
     p = cmd("list", "list the entries of an archive")
     p.add_argument("archive")
@@ -64,11 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _report(res: ops.Result, verb: str, quiet: bool) -> int:
+def _report(res: ops.Result, verb: str, quiet: bool, out=None) -> int:
     for p in res.problems:
         print(f"lmarc: {p}", file=sys.stderr)
     if not quiet:
-        print(f"{verb} {res.ok} entries" + (f", {len(res.problems)} problems" if res.problems else ""))
+        print(f"{verb} {res.ok} entries" + (f", {len(res.problems)} problems" if res.problems else ""), file=out)
     return 1 if res.problems else 0
 
 
@@ -136,10 +141,11 @@ def run(args) -> int:
                             solid=getattr(args, "solid", True))
     ui = make_reporter(args.quiet, args.no_progress)
     if args.command == "add":
-        return _report(ops.add(Path(args.archive), args.paths, settings, ui), "added", args.quiet)
+        return _report(ops.add(Path(args.archive), args.paths, settings, ui, args.exclude), "added", args.quiet)
     if args.command == "extract":
-        res = ops.extract(Path(args.archive), Path(args.directory), args.members, args.overwrite, settings, ui)
-        return _report(res, "extracted", args.quiet)
+        to = sys.stdout.buffer if args.to_stdout else None
+        res = ops.extract(Path(args.archive), Path(args.directory), args.members, args.overwrite, settings, ui, to)
+        return _report(res, "extracted", args.quiet, sys.stderr if to else None)  # stdout carries the bytes
     if args.command == "test":
         res = ops.test(Path(args.archive), settings, ui)
         code = _report(res, "tested", args.quiet)

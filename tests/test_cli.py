@@ -265,3 +265,52 @@ def test_a_file_goes_whole_when_its_streams_code_worse_and_structured_ones_skip_
     assert " raw " in cli("list", tmp_path / "b.lma")[0]
     cli("extract", "-q", tmp_path / "b.lma", "-C", tmp_path / "out")
     assert next((tmp_path / "out").rglob("chord.wav")).read_bytes() == wav.read_bytes()
+
+
+@pytest.mark.parametrize(("name", "patterns", "out"), [
+    ("proj/.git/config", [".git"], True),
+    ("proj/src/a.o", ["*.o"], True),
+    ("proj/src/a.c", ["*.o"], False),
+    ("proj/build/x/y.bin", ["proj/build"], True),
+    ("proj/builder/y.bin", ["proj/build"], False),
+    ("proj/build", ["proj/build/"], True),
+    ("other/proj/build/y", ["proj/build"], False),  # a pattern with '/' matches from the top
+    ("proj/README", ["readme"], False),  # case-sensitive
+])
+def test_exclude_patterns_follow_tar(name, patterns, out):
+    from archiver.archive import excluded
+
+    assert excluded(name, patterns) is out
+
+
+def test_add_exclude_leaves_out_names_and_what_is_under_them(cli, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for f in ["proj/.git/config", "proj/src/a.c", "proj/src/a.o", "proj/build/out.bin", "proj/keep.txt"]:
+        (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / f).write_bytes(f.encode())
+    walked = []
+    walk = os.walk
+    monkeypatch.setattr(os, "walk", lambda top, **kw: (walked.append(r) or (r, d, f) for r, d, f in walk(top, **kw)))
+    cli("add", "-a", "a.lma", "--model", "none", "-x", ".git", "--exclude", "*.o", "-x", "proj/build", "proj")
+    names = [e["path"] for e in json.loads(cli("list", "a.lma", "--json")[0])]
+    assert names == ["proj", "proj/src", "proj/keep.txt", "proj/src/a.c"]
+    assert not any(".git" in r or "build" in r for r in walked)  # excluded directories are not entered
+
+
+def test_extract_to_stdout_writes_only_the_bytes(tmp_path, monkeypatch, capsysbinary):
+    from archiver.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "one.txt").write_bytes(b"first file\n")
+    (tmp_path / "two.bin").write_bytes(bytes(range(256)))
+    assert main(["add", "-a", "a.lma", "--model", "none", "one.txt", "two.bin"]) == 0
+    capsysbinary.readouterr()
+    os.mkdir("out")
+    monkeypatch.chdir("out")
+    assert main(["extract", "-O", "../a.lma"]) == 0
+    out, err = capsysbinary.readouterr()
+    assert out == b"first file\n" + bytes(range(256))
+    assert b"extracted 2 entries" in err
+    assert os.listdir(".") == []
+    assert main(["extract", "../a.lma", "two.bin", "--to-stdout", "-q"]) == 0
+    assert capsysbinary.readouterr() == (bytes(range(256)), b"")
