@@ -57,11 +57,26 @@ def threads() -> int:
     return _threads
 
 
-def _executor() -> ThreadPoolExecutor:
+_unfinished: set[Future] = set()  # every submitted job until it is done (or cancelled): see busy()
+
+
+def _submit(fn: Callable, *args) -> Future:
+    """fn(*args) on the pool's threads."""
     global _pool
     if _pool is None:
         _pool = ThreadPoolExecutor(_threads, thread_name_prefix="lmarc-codec")
-    return _pool
+    fut = _pool.submit(fn, *args)
+    _unfinished.add(fut)
+    fut.add_done_callback(_unfinished.discard)
+    return fut
+
+
+def busy() -> bool:
+    """Whether a job is still running on the pool's threads: after Ctrl-C or an error, a codec trial
+    that had started runs on (a compiled codec cannot be stopped), and the interpreter waits for
+    it at exit, up to cm's time on a block (about 16 s). The command line then exits without
+    waiting (`cli.entry`): the archive was already rolled back, and the trial's result is unwanted."""
+    return any(not f.done() for f in list(_unfinished))
 
 
 def _in_order(jobs: Iterable, start: Callable[[Any], dict[str, Future]], finish: Callable) -> Iterator:
@@ -132,7 +147,7 @@ def compress(codec: str, data: bytes, geometry: tuple[int, int] | None = None) -
 
 def compress_later(codec: str, data: bytes, geometry: tuple[int, int] | None = None) -> Future:
     """`compress` on the codec threads: its bytes are the future's result."""
-    return _executor().submit(compress, codec, data, geometry)
+    return _submit(compress, codec, data, geometry)
 
 
 def decompress(codec: str, data: bytes, size: int) -> bytes:
@@ -242,7 +257,7 @@ def decompress_each(items: Iterable[tuple[str, bytes, int]]) -> Iterator[bytes |
     raising it, so the caller can tell which one it was."""
 
     def start(item: tuple[str, bytes, int]) -> dict[str, Future]:
-        return {"out": _executor().submit(decompress, *item)}
+        return {"out": _submit(decompress, *item)}
 
     def finish(_item: tuple[str, bytes, int], job: dict[str, Future]) -> bytes | ValueError:
         try:

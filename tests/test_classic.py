@@ -176,8 +176,19 @@ def test_work_not_started_is_cancelled_when_the_caller_stops(monkeypatch, codec_
     gen = classic.best_each(iter(blocks), cm=False)
     assert next(gen)[0] != "store"
     gen.close()
-    classic._executor().submit(lambda: None).result()  # every trial that was going to run has run
+    classic._submit(lambda: None).result()  # every trial that was going to run has run
     assert len(started) <= 2 * 3  # the first two blocks' trials at most (of 40 blocks x 3 codecs)
+    assert not classic.busy()
+
+
+def test_busy_while_a_job_runs(codec_threads):
+    codec_threads(2)
+    go = threading.Event()
+    fut = classic._submit(go.wait)
+    assert classic.busy()
+    go.set()
+    fut.result()
+    assert not classic.busy()
 
 
 def test_damaged_items_are_reported_in_place():

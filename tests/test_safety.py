@@ -195,6 +195,27 @@ def test_ctrl_c_during_add_says_so_and_changes_nothing(two_adds, tmp_path):
     assert arc.read_bytes() == arc0.read_bytes()
 
 
+def test_ctrl_c_does_not_wait_for_a_running_codec(tmp_path):
+    """A 4 MiB block's cm trial takes 10-16 s here; Ctrl-C in the middle of it ends the process
+    at once (it waited for the trial to finish: 8-10 s)."""
+    words = (SAMPLES / "notes.txt").read_text().split()
+    rng = random.Random(0)
+    src = tmp_path / "words.txt"
+    src.write_text(" ".join(rng.choice(words) for _ in range(700_000))[: 4 << 20])
+    arc = tmp_path / "w.lma"
+    p = subprocess.Popen([*LMARC, "add", "-a", str(arc), "--model", "none", str(src)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    time.sleep(4)
+    assert p.poll() is None, "the add ended before the interrupt"
+    t = time.monotonic()
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    assert time.monotonic() - t < 4, "exit waited for the codec trial"
+    assert p.returncode in (130, 2) and "interrupted" in err and one_clean_line(err)
+    assert not arc.exists()
+
+
 def test_full_disk_gives_clear_error_and_readable_archive(two_adds, tmp_path):
     arc0, _ = two_adds
     arc = tmp_path / "f.lma"
