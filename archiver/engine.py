@@ -225,10 +225,9 @@ class Engine:
         y[:, (H + KV) * hd :].clamp_(-self.v_limit, self.v_limit)
         return y
 
-    def _attend(self, q: torch.Tensor, kv: torch.Tensor, cache: _Cache, li: int, p0: int) -> torch.Tensor:
-        """Causal softmax attention of q [B, T, H, hd] (Q10, at positions p0..) over the history and
-        the new keys and values kv [B, T, 2 KV, hd], which go into the cache first; returns the Q16
-        outputs [B, T, H * hd].
+    def _attend(self, q: torch.Tensor, cache: _Cache, li: int, p0: int) -> torch.Tensor:
+        """Causal softmax attention of q [B, T, H, hd] (Q10, at positions p0..) over the history;
+        returns the Q16 outputs [B, T, H * hd].
 
         Scores: x = (q.k) / 2**12, every partial sum a multiple of 2**-12 below 2**40, so the float64
         product is exact in any order. With the float64 key cache, the integer products of queries and
@@ -245,8 +244,7 @@ class Engine:
         rounded outputs, so the whole chain stays in cache.
         """
         if self.kernel:
-            return self._attend_kernel(q, kv, cache, li, p0)
-        cache.append(li, kv)
+            return self._attend_kernel(q, cache, li, p0)
         B, T, H, hd = q.shape
         KV = self.kv_heads
         g = H // KV
@@ -310,9 +308,8 @@ class Engine:
                 out[b0:b1, a:b].view(nt, b - a, KV, g, hd).copy_(o.view(shape).transpose(1, 2))
         return out
 
-    def _attend_kernel(self, q: torch.Tensor, kv: torch.Tensor, cache: _Cache, li: int, p0: int) -> torch.Tensor:
-        """_attend's program run by the compiled integer kernel over the integer cache (CPU); the
-        kernel stores the new keys and values itself (see `kernels.attend`)."""
+    def _attend_kernel(self, q: torch.Tensor, cache: _Cache, li: int, p0: int) -> torch.Tensor:
+        """_attend's program run by the compiled integer kernel over the integer cache (CPU)."""
         B, T, H, hd = q.shape
         shape = (B, T, self.kv_heads, H // self.kv_heads)
         if self.int8_keys:
@@ -321,14 +318,11 @@ class Engine:
         else:
             eq = torch.zeros(shape, dtype=torch.int64)
         if T >= GEMM_QUERIES:
-            cache.append(li, kv)
             return self._attend_gemm(q.view(*shape, hd), eq, cache, li, p0).view(B, T, H * hd)
-        cache.reserve(T)
         out = torch.empty((*shape, hd), dtype=torch.int64)
         dots = np.empty(0, np.int32 if self.int8_keys else np.int64)
-        kernels.attend(q.contiguous().view(*shape, hd).numpy(), eq.numpy(), kv.numpy(), KEY8_BITS, self.int8_keys,
-                       self.int8_values, cache.k[li].numpy(), cache.ks[li].numpy(), cache.v[li].numpy(),
-                       cache.vs[li].numpy(), p0, self.att_exp.numpy(), dots, out.numpy())
+        kernels.attend(q.contiguous().view(*shape, hd).numpy(), eq.numpy(), cache.k[li].numpy(), cache.ks[li].numpy(),
+                       cache.v[li].numpy(), cache.vs[li].numpy(), p0, self.att_exp.numpy(), dots, out.numpy())
         return out.view(B, T, H * hd)
 
     def _attend_gemm(self, q: torch.Tensor, eq: torch.Tensor, cache: _Cache, li: int, p0: int) -> torch.Tensor:
@@ -465,7 +459,8 @@ class Engine:
         for li, (qkv_m, o_m, gu_m, down_m) in enumerate(self.layers):
             qkv = self._rowwise(lambda t, r, m=qkv_m: self._qkv(t, m, cos[r], sin[r]), x, qkv)
             split = qkv.view(B, T, H + 2 * KV, hd)
-            att = self._attend(split[:, :, :H], split[:, :, H:], cache, li, p0).view(B * T, H * hd)
+            cache.append(li, split[:, :, H:])
+            att = self._attend(split[:, :, :H], cache, li, p0).view(B * T, H * hd)
             self._rowwise(lambda t, r, m=o_m: self._linear(t, m, into=x[r]), att)
             self._rowwise(lambda t, r, gm=gu_m, dm=down_m: self._mlp(t, gm, dm, into=x[r]), x)
         cache.length = p0 + T
@@ -645,20 +640,13 @@ class _Cache:
                 store[li] = new
         self.room = room
 
-    def reserve(self, n: int) -> int:
-        """Room for n positions after length (each layer's are written by append or by the attention
-        kernel); returns the first."""
-        a, b = self.length, self.length + n
+    def append(self, li: int, kv: torch.Tensor) -> None:
+        """Store the keys and values kv [B, T, 2 KV, hd] (key heads first) at positions length..length+T."""
+        a, b = self.length, self.length + kv.shape[1]
         if b > self.capacity:
             raise ValueError("sequence longer than the model context")
         if b > self.room:
             self._grow(b)
-        return a
-
-    def append(self, li: int, kv: torch.Tensor) -> None:
-        """Store the keys and values kv [B, T, 2 KV, hd] (key heads first) at positions length..length+T."""
-        a = self.reserve(kv.shape[1])
-        b = a + kv.shape[1]
         if self.engine.kernel:
             kernels.append_kv(kv.numpy(), a, KEY8_BITS, self.int8_keys, self.engine.int8_values, self.k[li].numpy(),
                               self.ks[li].numpy(), self.v[li].numpy(), self.vs[li].numpy())

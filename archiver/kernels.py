@@ -72,19 +72,13 @@ def _rounded_quotient(total: np.int64, den: np.int64) -> np.int64:  # pragma: no
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def attend(q: np.ndarray, eq: np.ndarray, kv: np.ndarray, bits: int, k8: bool, v8: bool, kt: np.ndarray,
-           ek: np.ndarray, vt: np.ndarray, ev: np.ndarray, p0: int, table: np.ndarray, dots: np.ndarray,
-           out: np.ndarray) -> None:  # pragma: no cover  (compiled)
+def attend(q: np.ndarray, eq: np.ndarray, kt: np.ndarray, ek: np.ndarray, vt: np.ndarray, ev: np.ndarray,
+           p0: int, table: np.ndarray, dots: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover  (compiled)
     """Queries q [B, T, KV, g, hd] at positions p0.. (exponents eq [B, T, KV, g]) over the cached
     keys kt [B, KV, hd, room] and values vt [B, KV, hd, room] (both transposed; exponents ek, ev
-    [B, KV, room]): query t sees positions 0..p0+t. First stores the new keys and values kv [B, T,
-    2 KV, hd] at positions p0.. as `append_kv` does (bits, k8, v8 as there). Writes the rounded
-    outputs into out [B, T, KV, g, hd].
+    [B, KV, room]): query t sees positions 0..p0+t. Writes the rounded outputs into out [B, T, KV,
+    g, hd].
 
-    Storing the new positions here, by the job that reads them next, saves `append_kv`'s pass: its
-    writes, one per cached row of each key and value head, each missed every cache level (the rows
-    were last read a whole step earlier), 7% of a decode step at batch 256; here the score loop
-    brings those lines in anyway.
     The products q . k_j are summed in dots.dtype: int32 for int8 keys, where every partial sum
     stays below 2**24 (the bound the engine asserts), int64 for the float64 program's keys. Keys
     transposed make the score loop an axpy over positions (no horizontal sums), and 32-bit lanes
@@ -95,42 +89,39 @@ def attend(q: np.ndarray, eq: np.ndarray, kv: np.ndarray, bits: int, k8: bool, v
     (`_value_sums32`: 10% less attention time a decode step at batch 256). Rows of the room read
     up to n run best with room close to n (see `Engine` `_Cache`)."""
     B, T, KV, g, hd = q.shape
-    for job in numba.prange(B * KV):
-        b, h = job // KV, job % KV
-        row = np.empty(hd, np.int64)
-        for t in range(T):
-            _store_column(kv[b, t, h], bits, k8, row, kt, ek, b, h, p0 + t)
-            _store_column(kv[b, t, KV + h], bits, v8, row, vt, ev, b, h, p0 + t)
-        for t in range(T):
-            n = p0 + t + 1
-            p = np.zeros((g, n), dots.dtype)
-            for d in range(hd):
-                kd = kt[b, h, d]
-                for r in range(g):
-                    qd = q[b, t, h, r, d]
-                    for j in range(n):
-                        p[r, j] = p[r, j] + qd * kd[j]  # stored in dots.dtype: exact by the bound above
-            x = np.empty((g, n), np.int64)
-            den = np.zeros(g, np.int64)
-            low = np.int64(ev[b, h, 0])  # the least value exponent: weights are taken relative to it
-            for j in range(1, n):
-                low = min(low, np.int64(ev[b, h, j]))
-            heavy = np.int64(0)  # the greatest sum of one row's weights
-            x32 = np.empty((g, n), np.int32)  # the weights truncated to 32 bits: used when they fit
+    for job in numba.prange(B * T * KV):
+        b = job // (T * KV)
+        t = (job // KV) % T
+        h = job % KV
+        n = p0 + t + 1
+        p = np.zeros((g, n), dots.dtype)
+        for d in range(hd):
+            kd = kt[b, h, d]
             for r in range(g):
+                qd = q[b, t, h, r, d]
                 for j in range(n):
-                    x[r, j] = np.int64(p[r, j]) << (np.int64(eq[b, t, h, r]) + np.int64(ek[b, h, j]))
-                den[r] = _table_row(x[r], n, table, x[r])
-                w = np.int64(0)
-                for j in range(n):
-                    x[r, j] <<= np.int64(ev[b, h, j]) - low  # the weight of value row j: e_j << (ev_j - low)
-                    x32[r, j] = x[r, j]
-                    w += x[r, j]
-                heavy = max(heavy, w)
-            if vt.itemsize == 1 and heavy < NARROW_WEIGHTS:
-                _value_sums32(x32, vt[b, h], n, low, den, out[b, t, h])
-            else:
-                _value_sums64(x, vt[b, h], n, low, den, out[b, t, h])
+                    p[r, j] = p[r, j] + qd * kd[j]  # stored in dots.dtype: exact by the bound above
+        x = np.empty((g, n), np.int64)
+        den = np.zeros(g, np.int64)
+        low = np.int64(ev[b, h, 0])  # the least value exponent: weights are taken relative to it
+        for j in range(1, n):
+            low = min(low, np.int64(ev[b, h, j]))
+        heavy = np.int64(0)  # the greatest sum of one row's weights
+        x32 = np.empty((g, n), np.int32)  # the weights truncated to 32 bits: used when they fit
+        for r in range(g):
+            for j in range(n):
+                x[r, j] = np.int64(p[r, j]) << (np.int64(eq[b, t, h, r]) + np.int64(ek[b, h, j]))
+            den[r] = _table_row(x[r], n, table, x[r])
+            w = np.int64(0)
+            for j in range(n):
+                x[r, j] <<= np.int64(ev[b, h, j]) - low  # the weight of value row j: e_j << (ev_j - low)
+                x32[r, j] = x[r, j]
+                w += x[r, j]
+            heavy = max(heavy, w)
+        if vt.itemsize == 1 and heavy < NARROW_WEIGHTS:
+            _value_sums32(x32, vt[b, h], n, low, den, out[b, t, h])
+        else:
+            _value_sums64(x, vt[b, h], n, low, den, out[b, t, h])
 
 
 @numba.njit(inline="always")
