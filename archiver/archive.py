@@ -292,24 +292,30 @@ def _check_models(reader: ArchiveReader, entries: list[dict], settings: Settings
                         raise LmarcError(str(err)) from None
 
 
+def _file_bytes(entries: list[dict]) -> int:
+    """The bytes of the file entries: the progress bar's total."""
+    return sum(int(e.get("size", 0)) for e in entries if e.get("type") == "file")
+
+
 def _decode_files(reader: ArchiveReader, entries: list[dict], settings: Settings, ui: Reporter) \
         -> Iterator[tuple[dict, bytes | Iterator[bytes] | None, str | None]]:
-    """Yield (entry, data, problem) for file entries, decoding in groups. data is the verified bytes,
-    or for an object too large to hold (`largefile.is_segmented`) an iterator of its pieces that
-    raises ValueError at its end if they do not verify (see `_write_pieces`); None with a problem."""
-    files = []
-    for e in entries:
-        if e.get("type") != "file":
+    """Yield (entry, data, problem) for file entries in order, decoding in groups. data is the
+    verified bytes, or for an object too large to hold (`largefile.is_segmented`) an iterator of its
+    pieces that verifies them as it ends (read it through `_pieces`); None with a problem."""
+    files = [e for e in entries if e.get("type") == "file"]
+    group: list[dict] = []
+    for e in [*files, None]:
+        obj = None if e is None else reader.index.objects.get(e.get("sha256"))
+        if e is not None and not (isinstance(obj, dict) and largefile.is_segmented(obj)):
+            group.append(e)
             continue
-        obj = reader.index.objects.get(e.get("sha256"))
-        if isinstance(obj, dict) and largefile.is_segmented(obj):
+        for f, data, problem in _decode_in_groups(reader, group, settings, ui):  # the files before it
+            ui.file_done(int(f.get("size", 0)), 0)  # re-sync progress to file bytes (chunks count stream bytes)
+            yield f, data, problem
+        group = []
+        if e is not None:
             yield e, largefile.pieces(reader, e["sha256"], obj, settings, ui), None
             ui.file_done(int(e.get("size", 0)), 0)
-        else:
-            files.append(e)
-    for e, data, problem in _decode_in_groups(reader, files, settings, ui):
-        ui.file_done(int(e.get("size", 0)), 0)  # re-sync progress to file bytes (chunks count stream bytes)
-        yield e, data, problem
 
 
 def _decode_in_groups(reader: ArchiveReader, files: list[dict], settings: Settings, ui: Reporter) \
@@ -380,11 +386,11 @@ def test(archive: Path, settings: Settings, ui: Reporter) -> Result:
     with ArchiveReader(archive) as reader:
         entries = reader.index.entries
         _check_models(reader, entries, settings)
-        ui.start("testing", sum(int(e.get("size", 0)) for e in entries if e.get("type") == "file"))
+        ui.start("testing", _file_bytes(entries))
         try:
             for e, data, problem in _decode_files(reader, entries, settings, ui):
                 try:
-                    for _ in _pieces(data if problem is None else b""):
+                    for _ in _pieces(data) if problem is None else ():
                         pass
                 except _Damaged as err:
                     problem = str(err)
@@ -412,7 +418,7 @@ def extract(archive: Path, dest: Path, members: list[str] | None, overwrite: boo
         _check_models(reader, entries, settings)
         dest.mkdir(parents=True, exist_ok=True)
         dest = dest.resolve()
-        ui.start("extracting", sum(int(e.get("size", 0)) for e in entries if e.get("type") == "file"))
+        ui.start("extracting", _file_bytes(entries))
         try:
             dirs = []
             for e in entries:
@@ -454,17 +460,18 @@ def _extract_to(archive: Path, to: BinaryIO, members: list[str] | None, settings
     with ArchiveReader(archive) as reader:
         entries = select(reader.index.entries, members)
         _check_models(reader, entries, settings)
-        ui.start("extracting", sum(int(e.get("size", 0)) for e in entries if e.get("type") == "file"))
+        ui.start("extracting", _file_bytes(entries))
         try:
             for e, data, problem in _decode_files(reader, entries, settings, ui):
                 try:
-                    if problem:
-                        raise _Damaged(problem)
-                    for piece in _pieces(data):
+                    for piece in _pieces(data) if problem is None else ():
                         to.write(piece)
-                    res.ok += 1
                 except _Damaged as err:
-                    res.problems.append(f"{e.get('path')}: {err}")
+                    problem = str(err)
+                if problem:
+                    res.problems.append(f"{e.get('path')}: {problem}")
+                else:
+                    res.ok += 1
             to.flush()
         finally:
             ui.stop()

@@ -163,3 +163,17 @@ def test_drop_since_refuses_positions_before_the_last_commit(tmp_path):
             w.drop_since(mark - 1)
     finally:
         w.close()
+
+
+def test_to_stdout_keeps_archive_order_around_a_large_file(tmp_path, big, monkeypatch, capsysbinary):
+    from archiver.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    data = _content(2 * LIMIT, seed=5)
+    big("big", data)
+    (tmp_path / "a.txt").write_bytes(b"before\n")
+    (tmp_path / "z.txt").write_bytes(b"after\n")
+    assert main(["add", "-a", "x.lma", "--model", "none", "a.txt", "big", "z.txt"]) == 0
+    capsysbinary.readouterr()
+    assert main(["extract", "-O", "-q", "x.lma"]) == 0
+    assert capsysbinary.readouterr().out == b"before\n" + data + b"after\n"
