@@ -265,17 +265,20 @@ def _store_object(data: bytes, name: str, writer: ArchiveWriter, packer: SolidPa
 
 
 # ---- reading ------------------------------------------------------------------------------------
-def select(entries: list[dict], members: list[str] | None) -> list[dict]:
-    if not members:
-        return list(entries)
-    wanted = [archive_name(m) for m in members]
-    chosen = [e for e in entries if any(e.get("path") == w or str(e.get("path", "")).startswith(w + "/")
-                                        for w in wanted)]
-    missing = [m for m, w in zip(members, wanted, strict=True)
-               if not any(e["path"] == w or e["path"].startswith(w + "/") for e in chosen)]
-    if missing:
-        raise LmarcError(f"not in the archive: {', '.join(missing)}")
-    return chosen
+def select(entries: list[dict], members: list[str] | None, exclude: list[str] | None = None) -> list[dict]:
+    """The entries named by members (each with what is under it; all when none), less those an
+    exclude pattern matches (`excluded`). A member not in the archive is an error; one that is
+    there but excluded is not."""
+    chosen = list(entries)
+    if members:
+        wanted = [archive_name(m) for m in members]
+        chosen = [e for e in entries if any(e.get("path") == w or str(e.get("path", "")).startswith(w + "/")
+                                            for w in wanted)]
+        missing = [m for m, w in zip(members, wanted, strict=True)
+                   if not any(e["path"] == w or e["path"].startswith(w + "/") for e in chosen)]
+        if missing:
+            raise LmarcError(f"not in the archive: {', '.join(missing)}")
+    return [e for e in chosen if not (exclude and excluded(str(e.get("path", "")), exclude))]
 
 
 def _check_models(reader: ArchiveReader, entries: list[dict], settings: Settings) -> None:
@@ -405,14 +408,15 @@ def test(archive: Path, settings: Settings, ui: Reporter) -> Result:
 
 
 def extract(archive: Path, dest: Path, members: list[str] | None, overwrite: bool, settings: Settings,
-            ui: Reporter, to: BinaryIO | None = None) -> Result:
-    """Restore the entries (or the members and what is under them) under dest; with `to`, write the
-    files' bytes one after another to that stream instead, as `tar -O` does, and nothing to disk."""
-    if to is not None:
-        return _extract_to(archive, to, members, settings, ui)
+            ui: Reporter, to: BinaryIO | None = None, exclude: list[str] | None = None) -> Result:
+    """Restore the entries (or the members and what is under them, less what exclude matches) under
+    dest; with `to`, write the files' bytes one after another to that stream instead, as `tar -O`
+    does, and nothing to disk."""
     res = Result()
     with ArchiveReader(archive) as reader:
-        entries = select(reader.index.entries, members)
+        entries = select(reader.index.entries, members, exclude)
+        if to is not None:
+            return _extract_to(reader, entries, to, settings, ui)
         for e in entries:
             safe_member_path(e.get("path"))
         _check_models(reader, entries, settings)
@@ -453,28 +457,27 @@ def extract(archive: Path, dest: Path, members: list[str] | None, overwrite: boo
     return res
 
 
-def _extract_to(archive: Path, to: BinaryIO, members: list[str] | None, settings: Settings, ui: Reporter) -> Result:
+def _extract_to(reader: ArchiveReader, entries: list[dict], to: BinaryIO, settings: Settings,
+                ui: Reporter) -> Result:
     """The files' bytes to one stream, in archive order, each once it verified (a file too large to
     hold as it decodes: a damaged one may then have been written in part, and is reported)."""
     res = Result()
-    with ArchiveReader(archive) as reader:
-        entries = select(reader.index.entries, members)
-        _check_models(reader, entries, settings)
-        ui.start("extracting", _file_bytes(entries))
-        try:
-            for e, data, problem in _decode_files(reader, entries, settings, ui):
-                try:
-                    for piece in _pieces(data) if problem is None else ():
-                        to.write(piece)
-                except _Damaged as err:
-                    problem = str(err)
-                if problem:
-                    res.problems.append(f"{e.get('path')}: {problem}")
-                else:
-                    res.ok += 1
-            to.flush()
-        finally:
-            ui.stop()
+    _check_models(reader, entries, settings)
+    ui.start("extracting", _file_bytes(entries))
+    try:
+        for e, data, problem in _decode_files(reader, entries, settings, ui):
+            try:
+                for piece in _pieces(data) if problem is None else ():
+                    to.write(piece)
+            except _Damaged as err:
+                problem = str(err)
+            if problem:
+                res.problems.append(f"{e.get('path')}: {problem}")
+            else:
+                res.ok += 1
+        to.flush()
+    finally:
+        ui.stop()
     return res
 
 

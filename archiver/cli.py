@@ -34,6 +34,11 @@ def build_parser() -> argparse.ArgumentParser:
     _global_options(parser, suppress=False)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    def exclude(p: argparse.ArgumentParser) -> None:
+        p.add_argument("-x", "--exclude", action="append", default=[], metavar="PATTERN",
+                       help="leave out names matching this shell pattern (repeatable): without '/' it matches any "
+                            "one part of a name (*.o, .git), with '/' a whole name or a directory above it")
+
     def cmd(name: str, help_: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_, description=help_)
         _global_options(p, suppress=True)
@@ -45,9 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model name or .safetensors file (default: default; none: classic codecs only, fast)")
     p.add_argument("--no-solid", dest="solid", action="store_false",
                    help="code each file on its own: smaller files share no block (extracting one decodes less)")
-    p.add_argument("-x", "--exclude", action="append", default=[], metavar="PATTERN",
-                   help="leave out names matching this shell pattern (repeatable): without '/' it matches any "
-                        "one part of a name (*.o, .git), with '/' a whole name or a directory above it")
+    exclude(p)
     p.add_argument("paths", nargs="+", metavar="PATH")
 
     p = cmd("extract", "restore files from an archive, byte for byte")
@@ -57,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace existing files")
     p.add_argument("-O", "--to-stdout", action="store_true",
                    help="write the files' bytes to standard output, one after another, instead of to disk")
+    exclude(p)
 
     p = cmd("list", "list the entries of an archive")
     p.add_argument("archive")
@@ -144,7 +148,8 @@ def run(args) -> int:
         return _report(ops.add(Path(args.archive), args.paths, settings, ui, args.exclude), "added", args.quiet)
     if args.command == "extract":
         to = sys.stdout.buffer if args.to_stdout else None
-        res = ops.extract(Path(args.archive), Path(args.directory), args.members, args.overwrite, settings, ui, to)
+        res = ops.extract(Path(args.archive), Path(args.directory), args.members, args.overwrite, settings, ui, to,
+                          args.exclude)
         return _report(res, "extracted", args.quiet, sys.stderr if to else None)  # stdout carries the bytes
     if args.command == "test":
         res = ops.test(Path(args.archive), settings, ui)

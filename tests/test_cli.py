@@ -314,3 +314,16 @@ def test_extract_to_stdout_writes_only_the_bytes(tmp_path, monkeypatch, capsysbi
     assert os.listdir(".") == []
     assert main(["extract", "../a.lma", "two.bin", "--to-stdout", "-q"]) == 0
     assert capsysbinary.readouterr() == (bytes(range(256)), b"")
+
+
+def test_extract_exclude_leaves_out_members(cli, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for f in ["proj/src/a.c", "proj/src/a.o", "proj/doc/x.txt"]:
+        (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / f).write_bytes(f.encode())
+    cli("add", "-a", "a.lma", "--model", "none", "proj")
+    cli("extract", "a.lma", "-C", "out", "-x", "*.o", "--exclude", "proj/doc")
+    assert sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*")) == [
+        "proj", "proj/src", "proj/src/a.c"]
+    cli("extract", "a.lma", "proj/doc", "-C", "out2", "-x", "proj/doc")  # named but excluded: nothing, no error
+    assert not (tmp_path / "out2" / "proj").exists()
