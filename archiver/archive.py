@@ -385,25 +385,34 @@ def _decode_group(reader, group, settings, ui, blocks):
 
 
 def test(archive: Path, settings: Settings, ui: Reporter) -> Result:
-    res = Result()
     with ArchiveReader(archive) as reader:
         entries = reader.index.entries
-        _check_models(reader, entries, settings)
-        ui.start("testing", _file_bytes(entries))
-        try:
-            for e, data, problem in _decode_files(reader, entries, settings, ui):
-                try:
-                    for _ in _pieces(data) if problem is None else ():
-                        pass
-                except _Damaged as err:
-                    problem = str(err)
-                if problem:
-                    res.problems.append(f"{e.get('path')}: {problem}")
-                else:
-                    res.ok += 1
-        finally:
-            ui.stop()
+        res = _verify_files(reader, entries, settings, ui, "testing", lambda _piece: None)
         res.ok += sum(1 for e in entries if e.get("type") != "file")
+    return res
+
+
+def _verify_files(reader: ArchiveReader, entries: list[dict], settings: Settings, ui: Reporter, verb: str,
+                  write: Callable[[bytes], object]) -> Result:
+    """Decode the file entries and verify them, handing each file's bytes to write a piece at a
+    time (`test` drops them, `extract -O` writes them out); a problem per damaged file. A file too
+    large to hold is verified as its last piece ends: a damaged one may have been written in part."""
+    res = Result()
+    _check_models(reader, entries, settings)
+    ui.start(verb, _file_bytes(entries))
+    try:
+        for e, data, problem in _decode_files(reader, entries, settings, ui):
+            try:
+                for piece in _pieces(data) if problem is None else ():
+                    write(piece)
+            except _Damaged as err:
+                problem = str(err)
+            if problem:
+                res.problems.append(f"{e.get('path')}: {problem}")
+            else:
+                res.ok += 1
+    finally:
+        ui.stop()
     return res
 
 
@@ -415,8 +424,10 @@ def extract(archive: Path, dest: Path, members: list[str] | None, overwrite: boo
     res = Result()
     with ArchiveReader(archive) as reader:
         entries = select(reader.index.entries, members, exclude)
-        if to is not None:
-            return _extract_to(reader, entries, to, settings, ui)
+        if to is not None:  # the files' bytes one after another, in archive order, each once verified
+            res = _verify_files(reader, entries, settings, ui, "extracting", to.write)
+            to.flush()
+            return res
         for e in entries:
             safe_member_path(e.get("path"))
         _check_models(reader, entries, settings)
@@ -454,30 +465,6 @@ def extract(archive: Path, dest: Path, members: list[str] | None, overwrite: boo
                 _apply_meta(target, e)
         finally:
             ui.stop()
-    return res
-
-
-def _extract_to(reader: ArchiveReader, entries: list[dict], to: BinaryIO, settings: Settings,
-                ui: Reporter) -> Result:
-    """The files' bytes to one stream, in archive order, each once it verified (a file too large to
-    hold as it decodes: a damaged one may then have been written in part, and is reported)."""
-    res = Result()
-    _check_models(reader, entries, settings)
-    ui.start("extracting", _file_bytes(entries))
-    try:
-        for e, data, problem in _decode_files(reader, entries, settings, ui):
-            try:
-                for piece in _pieces(data) if problem is None else ():
-                    to.write(piece)
-            except _Damaged as err:
-                problem = str(err)
-            if problem:
-                res.problems.append(f"{e.get('path')}: {problem}")
-            else:
-                res.ok += 1
-        to.flush()
-    finally:
-        ui.stop()
     return res
 
 
