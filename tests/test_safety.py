@@ -196,12 +196,13 @@ def test_ctrl_c_during_add_says_so_and_changes_nothing(two_adds, tmp_path):
 
 
 def test_ctrl_c_does_not_wait_for_a_running_codec(tmp_path):
-    """A 4 MiB block's cm trial takes 10-16 s here; Ctrl-C in the middle of it ends the process
-    at once (it waited for the trial to finish: 8-10 s)."""
+    """A 4 MiB block's cm trial takes 10-16 s here; Ctrl-C in the middle of the first of two ends
+    the process at once (it waited for the trial to finish: 8-10 s). Two blocks, so that a machine
+    several times as fast is still coding when the interrupt comes."""
     words = (SAMPLES / "notes.txt").read_text().split()
     rng = random.Random(0)
     src = tmp_path / "words.txt"
-    src.write_text(" ".join(rng.choice(words) for _ in range(700_000))[: 4 << 20])
+    src.write_text(" ".join(rng.choice(words) for _ in range(1_400_000))[: 8 << 20])
     arc = tmp_path / "w.lma"
     p = subprocess.Popen([*LMARC, "add", "-a", str(arc), "--model", "none", str(src)],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
