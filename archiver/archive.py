@@ -13,13 +13,13 @@ import hashlib
 import os
 import stat
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
 from archiver import largefile, registry, streamcoder
-from archiver.container import ArchiveError, ArchiveReader, ArchiveWriter
+from archiver.container import ArchiveError, ArchiveReader, ArchiveWriter, Index
 from archiver.formats import RAW, Stream, join_streams, split_file
 from archiver.modelfile import ModelError
 from archiver.plugins import format_by_name
@@ -60,6 +60,20 @@ class Settings:
         """The fallback for streams the chosen model cannot code: the chosen model if byte-level."""
         main = self.predictor()
         return main if len(main.vocab.kinds) > 1 else self._named(registry.DEFAULT)
+
+    def encode(self, kind: str, data: bytes, on_progress, geometry: tuple[int, int] | None = None) \
+            -> list[streamcoder.Coded]:
+        """`streamcoder.encode_stream` of one stream with this run's model for its kind (none for
+        stored streams or `--model none`), the byte model as fallback, and the kind's Track."""
+        pred = None if kind == "stored" or self.model == registry.NONE else self.predictor_for(kind)
+        track = self.tracks.setdefault(kind, streamcoder.Track())
+        return streamcoder.encode_stream(kind, data, pred, on_progress, self.byte_predictor, geometry, track)
+
+    def name_models(self, index: Index, records: Iterable[dict]) -> None:
+        """Record in the index the name of each model the LM chunks among records used (id -> name:
+        the hint when a reader lacks it)."""
+        for mid in {r["model"] for r in records if r["codec"] == "lm"}:
+            index.models[mid] = self.predictor(mid).name
 
     def _named(self, name: str) -> Predictor:
         return self._get(f"name:{name}", lambda: registry.load(name), name)
@@ -235,10 +249,7 @@ def _store_object(data: bytes, name: str, writer: ArchiveWriter, packer: SolidPa
     scale = len(data) / max(1, sum(len(s.data) for s in chosen.split.streams))  # progress in file bytes
     coded = []
     for s in chosen.split.streams:  # text to a text model, the rest (and text it cannot tokenize) to bytes
-        pred = None if s.kind == "stored" or settings.model == registry.NONE else settings.predictor_for(s.kind)
-        track = settings.tracks.setdefault(s.kind, streamcoder.Track())
-        coded.append((s, streamcoder.encode_stream(s.kind, s.data, pred, lambda n: ui.advance(round(n * scale)),
-                                                   settings.byte_predictor, s.geometry, track)))
+        coded.append((s, settings.encode(s.kind, s.data, lambda n: ui.advance(round(n * scale)), s.geometry)))
     fmt, recipe = chosen.format, chosen.split.recipe
     # (a format whose one stream is the file itself was already weighed against these bytes' classic coding)
     if fmt.name != RAW and [s.data for s in chosen.split.streams] != [data]:
@@ -253,8 +264,7 @@ def _store_object(data: bytes, name: str, writer: ArchiveWriter, packer: SolidPa
         if sum(len(c.payload) for c in whole) < sum(len(c.payload) for _, cs in coded for c in cs):
             fmt, recipe = format_by_name(RAW), {}
             coded = [(Stream("binary", data), whole)]
-    for mid in {c.record["model"] for _, cs in coded for c in cs if c.record["codec"] == "lm"}:
-        writer.index.models[mid] = settings.predictor(mid).name  # id -> name: the hint when it is missing
+    settings.name_models(writer.index, (c.record for _, cs in coded for c in cs))
     streams = []
     for s, cs in coded:
         rec = {"kind": s.kind, "size": len(s.data)}
@@ -272,10 +282,13 @@ def select(entries: list[dict], members: list[str] | None, exclude: list[str] | 
     chosen = list(entries)
     if members:
         wanted = [archive_name(m) for m in members]
-        chosen = [e for e in entries if any(e.get("path") == w or str(e.get("path", "")).startswith(w + "/")
-                                            for w in wanted)]
-        missing = [m for m, w in zip(members, wanted, strict=True)
-                   if not any(e["path"] == w or e["path"].startswith(w + "/") for e in chosen)]
+
+        def under(e: dict, w: str) -> bool:
+            path = str(e.get("path", ""))
+            return path == w or path.startswith(w + "/")
+
+        chosen = [e for e in entries if any(under(e, w) for w in wanted)]
+        missing = [m for m, w in zip(members, wanted, strict=True) if not any(under(e, w) for e in chosen)]
         if missing:
             raise LmarcError(f"not in the archive: {', '.join(missing)}")
     return [e for e in chosen if not (exclude and excluded(str(e.get("path", "")), exclude))]

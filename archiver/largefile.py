@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from archiver import registry, streamcoder
+from archiver import streamcoder
 from archiver.container import ArchiveReader, ArchiveWriter
 from archiver.formats import RAW
 from archiver.plugins import format_by_name
@@ -49,8 +49,6 @@ def store(path: Path, sha256: str, writer: ArchiveWriter, settings: Settings, ui
     returns the object, or None (its chunks taken back) if the bytes read are not those `digest`
     read before: the file changed in between, and its entry would not match its data."""
     fmt = format_by_name(RAW)
-    pred = None if settings.model == registry.NONE else settings.predictor_for("binary")
-    track = settings.tracks.setdefault("binary", streamcoder.Track())
     mark = writer.pos
     chunks: list[dict] = []
     h, n = hashlib.sha256(), 0
@@ -65,14 +63,11 @@ def store(path: Path, sha256: str, writer: ArchiveWriter, settings: Settings, ui
                 break
             h.update(segment)
             n += len(segment)
-            coded = streamcoder.encode_stream("binary", segment, pred, ui.advance, settings.byte_predictor,
-                                              None, track)
-            chunks += writer.write_coded(coded)
+            chunks += writer.write_coded(settings.encode("binary", segment, ui.advance))
     if h.hexdigest() != sha256:
         writer.drop_since(mark)
         return None
-    for mid in {c["model"] for c in chunks if c["codec"] == "lm"}:
-        writer.index.models[mid] = settings.predictor(mid).name
+    settings.name_models(writer.index, chunks)
     return {"format": fmt.name, "format_version": fmt.version, "recipe": {},
             "streams": [{"kind": "binary", "size": n, "chunks": chunks}]}
 
