@@ -1,4 +1,4 @@
-"""The archive operations behind the CLI: add, extract, test, list.
+"""The archive operations behind the CLI: add, extract, test, list, delete, compact.
 
 Data flows one way: file -> format plugin (streams) -> stream coder (predictor + range coder or
 classic codec) -> container. Extraction runs it backwards and trusts nothing it reads: paths are
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
-from archiver import largefile, registry, streamcoder
+from archiver import largefile, registry, rewrite, streamcoder
 from archiver.container import ArchiveError, ArchiveReader, ArchiveWriter, Index
 from archiver.formats import RAW, Stream, join_streams, split_file
 from archiver.modelfile import ModelError
@@ -552,6 +552,33 @@ def _write_symlink(dest: Path, e: dict, overwrite: bool) -> None:
         raise ArchiveError(f"refusing symlink that points outside the destination ({link})")
     target = _prepare_target(dest, e["path"], overwrite)
     os.symlink(link, target)
+
+
+# ---- delete, compact ------------------------------------------------------------------------------
+def delete(archive: Path, members: list[str], ui: Reporter) -> rewrite.Rewritten:
+    """Remove the members (each with what is under it) and rewrite the archive without the room
+    they and anything else no entry references took (`archiver.rewrite`)."""
+
+    def choose(entries: list[dict]) -> list[dict]:
+        gone = {id(e) for e in select(entries, members)}
+        return [e for e in entries if id(e) not in gone]
+
+    return _rewrite(archive, choose, ui)
+
+
+def compact(archive: Path, ui: Reporter) -> rewrite.Rewritten:
+    """Rewrite the archive with every entry but without what none references: the data of files
+    re-added with new content, and the superseded indexes every add leaves behind."""
+    return _rewrite(archive, list, ui)
+
+
+def _rewrite(archive: Path, choose: Callable[[list[dict]], list[dict]], ui: Reporter) -> rewrite.Rewritten:
+    try:
+        return rewrite.rewrite(archive, choose, ui)
+    except KeyboardInterrupt:
+        raise LmarcError("interrupted: the archive is as it was") from None
+    except OSError as e:
+        raise LmarcError(f"cannot rewrite {archive}: {e.strerror or e}; the archive is as it was") from e
 
 
 def _stored_share(chunk: dict) -> float:

@@ -62,6 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write the files' bytes to standard output, one after another, instead of to disk")
     exclude(p)
 
+    p = cmd("delete", "remove entries (and what is under them) from an archive, and the room they took")
+    p.add_argument("archive")
+    p.add_argument("members", nargs="+", metavar="MEMBER")
+
+    p = cmd("compact", "rewrite an archive without the room of replaced files and superseded indexes")
+    p.add_argument("archive")
+
     p = cmd("list", "list the entries of an archive")
     p.add_argument("archive")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -157,6 +164,14 @@ def run(args) -> int:
         if not code and not args.quiet:
             print("all entries OK")
         return code
+    if args.command in ("delete", "compact"):
+        path = Path(args.archive)
+        done = ops.delete(path, args.members, ui) if args.command == "delete" else ops.compact(path, ui)
+        if not args.quiet:
+            verb = f"deleted {done.entries_before - done.entries_after} entries" if args.command == "delete" \
+                else f"compacted {done.entries_after} entries"
+            print(f"{verb}; archive {done.bytes_before:,} -> {done.bytes_after:,} bytes")
+        return 0
     if args.command == "list":
         return _list(args)
     return _info(args)

@@ -301,12 +301,17 @@ class ArchiveWriter:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.index = Index()
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as e:
-            raise ArchiveError(f"cannot open archive {path} for writing: {e.strerror}") from e
-        self._f = os.fdopen(fd, "r+b", buffering=0)  # unbuffered: a failed write fails here, not at close
-        self._lock()
+        deadline = time.monotonic() + LOCK_TIMEOUT
+        while True:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as e:
+                raise ArchiveError(f"cannot open archive {path} for writing: {e.strerror}") from e
+            self._f = os.fdopen(fd, "r+b", buffering=0)  # unbuffered: a failed write fails here, not at close
+            self._lock(deadline)
+            if self._still_at_path():
+                break
+            self._unlock_close()  # a delete or compact put a new file there while we waited: lock that one
         size = os.fstat(fd).st_size
         if size == 0:
             self._write(HEADER)
@@ -326,8 +331,7 @@ class ArchiveWriter:
         self._f.truncate(self.start)
         self.pos = self.start
 
-    def _lock(self) -> None:
-        deadline = time.monotonic() + LOCK_TIMEOUT
+    def _lock(self, deadline: float) -> None:
         while True:
             try:
                 fcntl.flock(self._f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -337,6 +341,15 @@ class ArchiveWriter:
                     self._f.close()
                     raise ArchiveError(f"{self.path} is locked by another lmarc process") from None
                 time.sleep(0.1)
+
+    def _still_at_path(self) -> bool:
+        """Whether the locked file is still the one the path names (`archiver.rewrite` replaces it)."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        mine = os.fstat(self._f.fileno())
+        return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
 
     def _write(self, data: bytes) -> None:
         view = memoryview(data)

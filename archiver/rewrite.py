@@ -1,0 +1,102 @@
+"""Rewrite an archive keeping only what some of its entries reference: `lmarc delete` and `compact`.
+
+The format is append-only (`add` never rewrites a byte), so a deleted entry, a file re-added with
+new content and every superseded index still take room. A rewrite copies the payloads the kept
+entries reference, each once and in their old order, into a new file beside the archive (nothing
+is decoded or coded again, so it runs at disk speed and needs no model), writes one index, and
+renames the new file over the old only when all of it is on disk. Until then the archive is
+untouched: an interrupt, a full disk or a damaged payload leaves it as it was. The archive stays
+locked throughout, and an `add` that was waiting for the lock appends to the new file
+(`ArchiveWriter` reopens a path that was replaced while it waited).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from archiver.container import ArchiveError, ArchiveReader, ArchiveWriter, Index
+from archiver.progress import Reporter
+
+
+@dataclass
+class Rewritten:
+    entries_before: int
+    entries_after: int
+    bytes_before: int
+    bytes_after: int
+
+
+def rewrite(archive: Path, choose: Callable[[list[dict]], list[dict]], ui: Reporter) -> Rewritten:
+    """Replace the archive by one holding the entries `choose` keeps of its current ones (called
+    under the lock), their objects' payloads and the names of the models those use."""
+    ArchiveReader(archive).close()  # a missing or damaged archive is an error here, never created
+    lock = ArchiveWriter(archive)  # held until the new file is in place: no add can slip in between
+    try:
+        old = lock.index
+        entries = choose(old.entries)
+        digests = {e["sha256"] for e in entries if e.get("type") == "file"}
+        objects = {k: v for k, v in old.objects.items() if k in digests}
+        chunks = [c for o in objects.values() for s in o["streams"] for c in s["chunks"]]
+        regions = sorted({(c["offset"], c["length"]) for c in chunks})  # solid parts share one payload
+        models = {c["model"] for c in chunks if c["codec"] == "lm"}
+        fd, tmp = tempfile.mkstemp(prefix=f".{archive.name}.", suffix=".tmp", dir=archive.parent)
+        os.close(fd)
+        try:
+            os.chmod(tmp, os.stat(archive).st_mode & 0o7777)
+            out = ArchiveWriter(tmp)
+            try:
+                moved = _copy(archive, out, regions, chunks, ui)
+                out.index = Index(entries, {k: _relocated(v, moved) for k, v in objects.items()},
+                                  {m: n for m, n in old.models.items() if m in models})
+                out.commit()
+            finally:
+                out.close()
+            os.replace(tmp, archive)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        _sync_dir(archive.parent)
+        return Rewritten(len(old.entries), len(entries), lock.start, os.stat(archive).st_size)
+    finally:
+        lock.close()
+
+
+def _copy(archive: Path, out: ArchiveWriter, regions: list[tuple[int, int]], chunks: list[dict], ui: Reporter) \
+        -> dict[int, int]:
+    """Append each payload region to out, checking its CRC on the way (a damaged payload is refused,
+    not carried over); old offset -> new offset."""
+    record = {c["offset"]: c for c in chunks}
+    moved = {}
+    ui.start("copying", sum(n for _, n in regions))
+    try:
+        with ArchiveReader(archive) as reader:
+            for off, _length in regions:
+                try:
+                    payload = reader.read_chunk(record[off])
+                except ArchiveError as e:
+                    raise ArchiveError(f"{e} at offset {off}: a kept entry is damaged; the archive is as it "
+                                       "was (delete that entry too, or extract what you can first)") from None
+                moved[off] = out.write_chunk(payload)["offset"]
+                ui.advance(len(payload))
+    finally:
+        ui.stop()
+    return moved
+
+
+def _relocated(obj: dict, moved: dict[int, int]) -> dict:
+    """The object with its chunks' offsets in the new file."""
+    streams = [s | {"chunks": [c | {"offset": moved[c["offset"]]} for c in s["chunks"]]} for s in obj["streams"]]
+    return obj | {"streams": streams}
+
+
+def _sync_dir(path: Path) -> None:
+    """Make the rename durable (the new file's bytes were synced by its commit)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,205 @@
+"""`lmarc delete` and `compact` (archiver.rewrite): the kept entries come back byte for byte, the
+room of everything else is gone, and a failure at any point leaves the archive as it was."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from archiver import rewrite
+from archiver.container import HEADER_LEN, TRAILER, ArchiveReader, ArchiveWriter
+from archiver.progress import Reporter
+from tests.conftest import SAMPLES
+
+
+@pytest.fixture
+def tree(tmp_path) -> Path:
+    """The samples, a subdirectory and a symlink, under tmp_path/s."""
+    s = tmp_path / "s"
+    shutil.copytree(SAMPLES, s)
+    (s / "sub").mkdir()
+    (s / "sub" / "deep.txt").write_text("a file under a directory that is deleted with it\n" * 20)
+    (s / "link").symlink_to("notes.txt")
+    return s
+
+
+def _archive(cli, tiny, tmp_path: Path, tree: Path) -> Path:
+    arc = tmp_path / "a.lma"
+    os.chdir(tmp_path)
+    cli("add", "-q", "--no-progress", "-a", arc, "--model", tiny, "s")
+    return arc
+
+
+def _no_dead_bytes(arc: Path) -> None:
+    """The file is the header, the payloads its entries reference (each once), one index and its trailer."""
+    with ArchiveReader(arc) as r:
+        chunks = [c for o in r.index.objects.values() for s in o["streams"] for c in s["chunks"]]
+        payload = sum(n for _, n in {(c["offset"], c["length"]) for c in chunks})
+        assert r.data_end == HEADER_LEN + payload
+        assert r.end == arc.stat().st_size and r.end - r.data_end - TRAILER.size > 0
+        assert set(r.index.objects) == {e["sha256"] for e in r.index.entries if e["type"] == "file"}
+
+
+def _extracted_equal(cli, arc: Path, tmp_path: Path, tree: Path, gone: set[str]) -> None:
+    out = tmp_path / "out"
+    shutil.rmtree(out, ignore_errors=True)
+    cli("extract", "-q", "--no-progress", "-C", out, arc)
+    want = {p.relative_to(tree.parent).as_posix() for p in [tree, *tree.rglob("*")]} - gone
+    got = {p.relative_to(out).as_posix() for p in out.rglob("*")}
+    assert got == want
+    for name in want:
+        src, dst = tree.parent / name, out / name
+        if src.is_symlink():
+            assert os.readlink(dst) == os.readlink(src)
+        elif src.is_file():
+            assert dst.read_bytes() == src.read_bytes(), name
+
+
+def test_delete_keeps_the_rest_byte_for_byte_and_frees_the_room(cli, tiny, tmp_path, tree):
+    arc = _archive(cli, tiny, tmp_path, tree)
+    before = arc.stat().st_size
+    with ArchiveReader(arc) as r:
+        lm = {e["path"] for e in r.index.entries if e["type"] == "file" and any(
+            c["codec"] == "lm" for s in r.index.objects[e["sha256"]]["streams"] for c in s["chunks"])}
+        assert len(r.index.models) == 1 and {"s/notes.txt", "s/records.bin"} <= lm
+    out, _ = cli("delete", arc, "s/notes.txt", "s/sub/")
+    assert out == f"deleted 3 entries; archive {before:,} -> {arc.stat().st_size:,} bytes\n"
+    assert arc.stat().st_size < before
+    _no_dead_bytes(arc)
+    _extracted_equal(cli, arc, tmp_path, tree, {"s/notes.txt", "s/sub", "s/sub/deep.txt"})
+    cli("test", "-q", arc)
+
+    cli("delete", "-q", arc, *sorted(lm - {"s/notes.txt"}))  # the last entries the model coded
+    with ArchiveReader(arc) as r:
+        assert r.index.models == {}  # a reader is no longer told it needs the model
+        assert not any(c["codec"] == "lm" for o in r.index.objects.values() for s in o["streams"] for c in s["chunks"])
+    _no_dead_bytes(arc)
+    cli("test", "-q", arc)
+
+
+def test_a_solid_block_stays_while_a_member_of_it_does(cli, tiny, tmp_path, tree):
+    arc = _archive(cli, tiny, tmp_path, tree)
+    with ArchiveReader(arc) as r:
+        parts = {e["path"] for e in r.index.entries if e["type"] == "file" and any(
+            "part" in c for s in r.index.objects[e["sha256"]]["streams"] for c in s["chunks"])}
+    assert {"s/chord.wav", "s/gradient.png"} <= parts  # their header streams share a cm block
+    cli("delete", "-q", arc, "s/chord.wav")
+    _no_dead_bytes(arc)
+    _extracted_equal(cli, arc, tmp_path, tree, {"s/chord.wav"})
+
+
+def test_compact_leaves_what_one_add_of_the_last_contents_would(cli, tmp_path):
+    """A file added, changed and added again, then added unchanged: three indexes and two versions.
+    Compacted, the archive is byte for byte the one a single add of the final file makes."""
+    os.chdir(tmp_path)
+    f = tmp_path / "f.txt"
+    f.write_bytes((SAMPLES / "notes.txt").read_bytes())
+    cli("add", "-q", "-a", "a.lma", "--model", "none", "f.txt")
+    f.write_bytes((SAMPLES / "weather.json").read_bytes())
+    cli("add", "-q", "-a", "a.lma", "--model", "none", "f.txt")
+    cli("add", "-q", "-a", "a.lma", "--model", "none", "f.txt")
+    cli("add", "-q", "-a", "fresh.lma", "--model", "none", "f.txt")
+    grown = (tmp_path / "a.lma").stat().st_size
+    (tmp_path / "a.lma").chmod(0o600)
+    out, _ = cli("compact", "a.lma")
+    assert out == f"compacted 1 entries; archive {grown:,} -> {(tmp_path / 'fresh.lma').stat().st_size:,} bytes\n"
+    assert (tmp_path / "a.lma").read_bytes() == (tmp_path / "fresh.lma").read_bytes()
+    assert (tmp_path / "a.lma").stat().st_mode & 0o777 == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.lma", "f.txt", "fresh.lma"]  # no temporary left
+
+
+def test_a_damaged_kept_payload_is_refused_and_the_archive_unchanged(cli, tiny, tmp_path, tree):
+    arc = _archive(cli, tiny, tmp_path, tree)
+    with ArchiveReader(arc) as r:
+        e = next(e for e in r.index.entries if e["path"] == "s/README.md")
+        c = r.index.objects[e["sha256"]]["streams"][0]["chunks"][0]
+    raw = bytearray(arc.read_bytes())
+    raw[c["offset"]] ^= 0x40
+    arc.write_bytes(raw)
+    _, err = cli("delete", arc, "s/notes.txt", code=2)
+    assert "CRC mismatch" in err and "the archive is as it was" in err
+    assert arc.read_bytes() == raw
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.lma", "s"]
+    cli("delete", "-q", arc, "s/README.md")  # deleting the damaged entry itself carries nothing damaged
+    cli("test", "-q", arc)
+
+
+@pytest.mark.parametrize("failure, message", [(KeyboardInterrupt, "interrupted: the archive is as it was"),
+                                              (OSError(28, "No space left on device"), "No space left on device")])
+def test_a_rewrite_that_fails_midway_changes_nothing(cli, tiny, tmp_path, tree, monkeypatch, failure, message):
+    arc = _archive(cli, tiny, tmp_path, tree)
+    raw = arc.read_bytes()
+    write, calls = ArchiveWriter.write_chunk, []
+
+    def failing(self, payload):
+        calls.append(1)
+        if len(calls) == 3:
+            raise failure
+        return write(self, payload)
+
+    monkeypatch.setattr(ArchiveWriter, "write_chunk", failing)
+    _, err = cli("compact", arc, code=2)
+    assert message in err and len(calls) == 3
+    assert arc.read_bytes() == raw
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.lma", "s"]
+
+
+def test_missing_members_or_archive_are_errors_that_change_nothing(cli, tiny, tmp_path, tree):
+    arc = _archive(cli, tiny, tmp_path, tree)
+    raw = arc.read_bytes()
+    _, err = cli("delete", arc, "s/notes.txt", "s/nothere", code=2)
+    assert "not in the archive: s/nothere" in err and arc.read_bytes() == raw
+    _, err = cli("compact", tmp_path / "none.lma", code=2)
+    assert "cannot open archive" in err and not (tmp_path / "none.lma").exists()
+
+
+@pytest.mark.parametrize("how", ["replaced", "removed"])
+def test_a_writer_waiting_for_the_lock_follows_a_replaced_archive(cli, tiny, tmp_path, tree, how):
+    """An add that waits while a rewrite holds the lock must append to the new file, not to the old
+    one the rename unlinked (where its files would be lost); the same when a failed first add
+    removed the archive it had created."""
+    arc = _archive(cli, tiny, tmp_path, tree)
+    other = tmp_path / "other.lma"
+    w = ArchiveWriter(other)
+    w.index.entries.append({"path": "x", "type": "dir"})
+    w.commit()
+    w.close()
+    holder = ArchiveWriter(arc)
+    got = {}
+    waiter = threading.Thread(target=lambda: got.setdefault("w", ArchiveWriter(arc)))
+    waiter.start()
+    time.sleep(0.3)
+    if how == "replaced":
+        os.replace(other, arc)
+    else:
+        arc.unlink()
+    holder.close()
+    waiter.join(10)
+    w = got["w"]
+    try:
+        assert os.fstat(w._f.fileno()).st_ino == arc.stat().st_ino
+        assert w.index.entries == ([{"path": "x", "type": "dir"}] if how == "replaced" else [])
+        w.index.entries.append({"path": "y", "type": "dir"})
+        w.commit()
+    finally:
+        w.close()
+    with ArchiveReader(arc) as r:
+        assert [e["path"] for e in r.index.entries] == (["x", "y"] if how == "replaced" else ["y"])
+
+
+def test_rewrite_copies_each_shared_payload_once(tmp_path, cli):
+    """Two entries of the same content share one object, and solid parts share one payload: both
+    are copied once (the structure check in _no_dead_bytes counts every region once)."""
+    os.chdir(tmp_path)
+    for name in ("a.txt", "b.txt"):
+        (tmp_path / name).write_bytes((SAMPLES / "notes.txt").read_bytes())
+    cli("add", "-q", "-a", "x.lma", "--model", "none", "a.txt", "b.txt")
+    done = rewrite.rewrite(tmp_path / "x.lma", list, Reporter())
+    assert (done.entries_before, done.entries_after) == (2, 2) and done.bytes_after == done.bytes_before
+    _no_dead_bytes(tmp_path / "x.lma")
+
