@@ -169,6 +169,7 @@ def add(archive: Path, paths: list[str], settings: Settings, ui: Reporter, exclu
     writer = ArchiveWriter(archive)
     packer = SolidPacker(writer, lambda n: ui.file_done(0, n), settings.tracks) if settings.solid else None
     committed = False
+    before = (list(writer.index.entries), dict(writer.index.objects), dict(writer.index.models))
     try:
         ui.start("adding", total)
         by_name = {e["path"]: i for i, e in enumerate(writer.index.entries)}
@@ -184,8 +185,10 @@ def add(archive: Path, paths: list[str], settings: Settings, ui: Reporter, exclu
             res.ok += 1
         if packer:
             packer.flush()
-        writer.commit()
-        committed = True
+        index = writer.index
+        if writer.created or writer.pos > writer.start or (index.entries, index.objects, index.models) != before:
+            writer.commit()  # (an add that changed nothing appends no index: the archive stays as it was)
+            committed = True
     except KeyboardInterrupt:
         raise LmarcError("interrupted: nothing was added, the archive is as it was") from None
     except OSError as e:
@@ -588,11 +591,12 @@ def _stored_share(chunk: dict) -> float:
     return chunk.get("length", 0)
 
 
-def listing(archive: Path) -> list[dict]:
+def listing(archive: Path, members: list[str] | None = None) -> tuple[list[dict], int]:
+    """A row per entry (or per member and what is under it), and the bytes `compact` would free."""
     with ArchiveReader(archive) as reader:
         idx = reader.index
         rows = []
-        for e in idx.entries:
+        for e in select(idx.entries, members):
             obj = idx.objects.get(e.get("sha256", ""), {}) if e.get("type") == "file" else {}
             chunks = [c for s in obj.get("streams", []) for c in s.get("chunks", [])]
             stored = round(sum(_stored_share(c) for c in chunks))
@@ -604,4 +608,4 @@ def listing(archive: Path) -> list[dict]:
                 "codec": "+".join(codecs) if codecs else None, "mode": e.get("mode"), "mtime_ns": e.get("mtime"),
                 "sha256": e.get("sha256"), "link": e.get("link"),
             })
-        return rows
+        return rows, rewrite.unreferenced(reader)

@@ -64,13 +64,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = cmd("delete", "remove entries (and what is under them) from an archive, and the room they took")
     p.add_argument("archive")
-    p.add_argument("members", nargs="+", metavar="MEMBER")
+    p.add_argument("members", nargs="*", metavar="MEMBER", help="these paths and what is under them")
 
     p = cmd("compact", "rewrite an archive without the room of replaced files and superseded indexes")
     p.add_argument("archive")
 
     p = cmd("list", "list the entries of an archive")
     p.add_argument("archive")
+    p.add_argument("members", nargs="*", metavar="MEMBER", help="only these paths (and what is under them)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = cmd("test", "decode everything and verify checksums without writing anything")
@@ -97,7 +98,7 @@ def _human(n: int) -> str:
 
 
 def _list(args) -> int:
-    rows = ops.listing(Path(args.archive))
+    rows, free = ops.listing(Path(args.archive), args.members)
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
@@ -109,6 +110,8 @@ def _list(args) -> int:
     total, stored = sum(r["size"] for r in rows), sum(r["stored"] for r in rows)
     if total:
         print(f"{total:>10} {stored:>10} {stored / total:>7.1%}  {len(rows)} entries")
+    if free:
+        print(f"`lmarc compact` would free {free:,} bytes or more (replaced data, old indexes)")
     return 0
 
 
@@ -180,10 +183,12 @@ def run(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
-    if rest and args.command == "extract" and not any(r.startswith("-") for r in rest):
+    if rest and hasattr(args, "members") and not any(r.startswith("-") for r in rest):
         args.members += rest  # members after options, as in `lmarc extract a.lma -C out notes.txt`
     elif rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if args.command == "delete" and not args.members:
+        parser.error("delete: name at least one MEMBER")
     if args.device == "cuda":
         import torch
 

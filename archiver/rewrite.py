@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from archiver.container import ArchiveError, ArchiveReader, ArchiveWriter, Index
+from archiver.container import HEADER_LEN, ArchiveError, ArchiveReader, ArchiveWriter, Index
 from archiver.progress import Reporter
 
 
@@ -40,8 +40,8 @@ def rewrite(archive: Path, choose: Callable[[list[dict]], list[dict]], ui: Repor
         entries = choose(old.entries)
         digests = {e["sha256"] for e in entries if e.get("type") == "file"}
         objects = {k: v for k, v in old.objects.items() if k in digests}
-        chunks = [c for o in objects.values() for s in o["streams"] for c in s["chunks"]]
-        regions = sorted({(c["offset"], c["length"]) for c in chunks})  # solid parts share one payload
+        chunks = _chunks(objects)
+        regions = _regions(chunks)
         models = {c["model"] for c in chunks if c["codec"] == "lm"}
         fd, tmp = tempfile.mkstemp(prefix=f".{archive.name}.", suffix=".tmp", dir=archive.parent)
         os.close(fd)
@@ -63,6 +63,23 @@ def rewrite(archive: Path, choose: Callable[[list[dict]], list[dict]], ui: Repor
         return Rewritten(len(old.entries), len(entries), lock.start, os.stat(archive).st_size)
     finally:
         lock.close()
+
+
+def unreferenced(reader: ArchiveReader) -> int:
+    """The bytes of the file a compact would free at least: payloads no entry references, superseded
+    indexes and trailers, and the debris of an add that was killed (the new index, without the
+    objects no entry references, is smaller too)."""
+    referenced = sum(n for _, n in _regions(_chunks(reader.index.objects)))
+    return reader.size - HEADER_LEN - referenced - (reader.end - reader.data_end)
+
+
+def _chunks(objects: dict[str, dict]) -> list[dict]:
+    return [c for o in objects.values() for s in o["streams"] for c in s["chunks"]]
+
+
+def _regions(chunks: list[dict]) -> list[tuple[int, int]]:
+    """The payloads the chunks lie in, each once (solid parts share one), in file order."""
+    return sorted({(c["offset"], c["length"]) for c in chunks})
 
 
 def _copy(archive: Path, out: ArchiveWriter, regions: list[tuple[int, int]], chunks: list[dict], ui: Reporter) \

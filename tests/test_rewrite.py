@@ -43,6 +43,7 @@ def _no_dead_bytes(arc: Path) -> None:
         assert r.data_end == HEADER_LEN + payload
         assert r.end == arc.stat().st_size and r.end - r.data_end - TRAILER.size > 0
         assert set(r.index.objects) == {e["sha256"] for e in r.index.entries if e["type"] == "file"}
+        assert rewrite.unreferenced(r) == 0
 
 
 def _extracted_equal(cli, arc: Path, tmp_path: Path, tree: Path, gone: set[str]) -> None:
@@ -203,3 +204,28 @@ def test_rewrite_copies_each_shared_payload_once(tmp_path, cli):
     assert (done.entries_before, done.entries_after) == (2, 2) and done.bytes_after == done.bytes_before
     _no_dead_bytes(tmp_path / "x.lma")
 
+
+
+def test_list_tells_what_compact_would_free_and_an_unchanged_add_appends_nothing(cli, tmp_path):
+    os.chdir(tmp_path)
+    f = tmp_path / "f.txt"
+    f.write_bytes((SAMPLES / "notes.txt").read_bytes())
+    (tmp_path / "g.txt").write_text("another file\n")
+    cli("add", "-q", "-a", "a.lma", "--model", "none", "f.txt", "g.txt")
+    raw = (tmp_path / "a.lma").read_bytes()
+    out, _ = cli("list", "a.lma")
+    assert "compact" not in out
+    cli("add", "-q", "-a", "a.lma", "--model", "none", "f.txt", "g.txt")
+    assert (tmp_path / "a.lma").read_bytes() == raw  # the same files again: no new index
+    f.write_bytes(f.read_bytes() + b"one more line\n")
+    cli("add", "-q", "-a", "a.lma", "--model", "none", "f.txt")
+    grown = (tmp_path / "a.lma").stat().st_size
+    with ArchiveReader(tmp_path / "a.lma") as r:
+        free = rewrite.unreferenced(r)
+    assert free > 0
+    out, _ = cli("list", "a.lma", "f.txt")
+    assert [line.split()[-1] for line in out.splitlines()[1:-1]] == ["f.txt", "entries"]
+    assert out.splitlines()[-1] == f"`lmarc compact` would free {free:,} bytes or more (replaced data, old indexes)"
+    cli("compact", "-q", "a.lma")
+    assert (tmp_path / "a.lma").stat().st_size <= grown - free  # (and the index no longer names the old data)
+    assert "compact" not in cli("list", "a.lma")[0]

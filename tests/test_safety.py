@@ -66,7 +66,7 @@ def ops_list(path: Path) -> list[str] | None:
     from archiver.container import ArchiveError
 
     try:
-        return [r["path"] for r in listing(path)]
+        return [r["path"] for r in listing(path)[0]]
     except ArchiveError:
         return None
 
