@@ -34,6 +34,7 @@ def rewrite(archive: Path, choose: Callable[[list[dict]], list[dict]], ui: Repor
     """Replace the archive by one holding the entries `choose` keeps of its current ones (called
     under the lock), their objects' payloads and the names of the models those use."""
     ArchiveReader(archive).close()  # a missing or damaged archive is an error here, never created
+    archive = Path(os.path.realpath(archive))  # through a symlink: replace the file, not the link
     lock = ArchiveWriter(archive)  # held until the new file is in place: no add can slip in between
     try:
         old = lock.index
@@ -46,7 +47,7 @@ def rewrite(archive: Path, choose: Callable[[list[dict]], list[dict]], ui: Repor
         fd, tmp = tempfile.mkstemp(prefix=f".{archive.name}.", suffix=".tmp", dir=archive.parent)
         os.close(fd)
         try:
-            os.chmod(tmp, os.stat(archive).st_mode & 0o7777)
+            _same_owner_and_mode(Path(tmp), os.stat(archive))
             out = ArchiveWriter(tmp)
             try:
                 moved = _copy(archive, out, regions, chunks, ui)
@@ -108,6 +109,15 @@ def _relocated(obj: dict, moved: dict[int, int]) -> dict:
     """The object with its chunks' offsets in the new file."""
     streams = [s | {"chunks": [c | {"offset": moved[c["offset"]]} for c in s["chunks"]]} for s in obj["streams"]]
     return obj | {"streams": streams}
+
+
+def _same_owner_and_mode(path: Path, like: os.stat_result) -> None:
+    """Give the new file the old one's permissions and, where allowed (root), its owner."""
+    try:
+        os.chown(path, like.st_uid, like.st_gid)
+    except PermissionError:
+        pass  # not ours to give away: the file stays the rewriting user's, as a copy would
+    os.chmod(path, like.st_mode & 0o7777)
 
 
 def _sync_dir(path: Path) -> None:

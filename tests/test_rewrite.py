@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from archiver import rewrite
+from archiver.archive import listing
 from archiver.container import HEADER_LEN, TRAILER, ArchiveReader, ArchiveWriter
 from archiver.progress import Reporter
 from tests.conftest import SAMPLES
@@ -229,3 +230,16 @@ def test_list_tells_what_compact_would_free_and_an_unchanged_add_appends_nothing
     cli("compact", "-q", "a.lma")
     assert (tmp_path / "a.lma").stat().st_size <= grown - free  # (and the index no longer names the old data)
     assert "compact" not in cli("list", "a.lma")[0]
+
+
+def test_a_symlinked_archive_is_rewritten_where_it_lies(cli, tmp_path):
+    os.chdir(tmp_path)
+    (tmp_path / "f.txt").write_text("kept\n")
+    (tmp_path / "g.txt").write_text("deleted\n")
+    (tmp_path / "store").mkdir()
+    cli("add", "-q", "-a", "store/real.lma", "--model", "none", "f.txt", "g.txt")
+    (tmp_path / "link.lma").symlink_to("store/real.lma")
+    cli("delete", "-q", "link.lma", "g.txt")
+    assert (tmp_path / "link.lma").is_symlink()
+    assert [r["path"] for r in listing(tmp_path / "store" / "real.lma")[0]] == ["f.txt"]
+    assert sorted(p.name for p in (tmp_path / "store").iterdir()) == ["real.lma"]
