@@ -400,8 +400,10 @@ def _decode_group(reader, group, settings, ui, blocks):
         yield e, data, None
 
 
-def test(archive: Path, settings: Settings, ui: Reporter) -> Result:
-    with ArchiveReader(archive) as reader:
+def test(archive: Path, settings: Settings, ui: Reporter, version: int | None = None) -> Result:
+    """Decode and verify every entry (of the archive as its `version`th add left it, see
+    `ArchiveReader`), writing nothing."""
+    with ArchiveReader(archive, version) as reader:
         entries = reader.index.entries
         res = _verify_files(reader, entries, settings, ui, "testing", lambda _piece: None)
         res.ok += sum(1 for e in entries if e.get("type") != "file")
@@ -433,12 +435,13 @@ def _verify_files(reader: ArchiveReader, entries: list[dict], settings: Settings
 
 
 def extract(archive: Path, dest: Path, members: list[str] | None, overwrite: bool, settings: Settings,
-            ui: Reporter, to: BinaryIO | None = None, exclude: list[str] | None = None) -> Result:
+            ui: Reporter, to: BinaryIO | None = None, exclude: list[str] | None = None,
+            version: int | None = None) -> Result:
     """Restore the entries (or the members and what is under them, less what exclude matches) under
     dest; with `to`, write the files' bytes one after another to that stream instead, as `tar -O`
-    does, and nothing to disk."""
+    does, and nothing to disk. `version`: the archive as its nth add left it (`ArchiveReader`)."""
     res = Result()
-    with ArchiveReader(archive) as reader:
+    with ArchiveReader(archive, version) as reader:
         entries = select(reader.index.entries, members, exclude)
         if to is not None:  # the files' bytes one after another, in archive order, each once verified
             res = _verify_files(reader, entries, settings, ui, "extracting", to.write)
@@ -591,9 +594,10 @@ def _stored_share(chunk: dict) -> float:
     return chunk.get("length", 0)
 
 
-def listing(archive: Path, members: list[str] | None = None) -> tuple[list[dict], int]:
-    """A row per entry (or per member and what is under it), and the bytes `compact` would free."""
-    with ArchiveReader(archive) as reader:
+def listing(archive: Path, members: list[str] | None = None, version: int | None = None) -> tuple[list[dict], int]:
+    """A row per entry (or per member and what is under it), and the bytes `compact` would free
+    (of the archive as its `version`th add left it: `ArchiveReader`)."""
+    with ArchiveReader(archive, version) as reader:
         idx = reader.index
         rows = []
         for e in select(idx.entries, members):
@@ -609,3 +613,13 @@ def listing(archive: Path, members: list[str] | None = None) -> tuple[list[dict]
                 "sha256": e.get("sha256"), "link": e.get("link"),
             })
         return rows, rewrite.unreferenced(reader)
+
+
+def versions(archive: Path) -> list[dict]:
+    """A row per committed add, the first first: what `--until N` reads (`ArchiveReader`)."""
+    with ArchiveReader(archive, 1) as reader:
+        rows = []
+        for n, (_, _, end) in enumerate(reader.versions, 1):
+            entries = reader.index_at(n).entries
+            rows.append({"version": n, "entries": len(entries), "size": _file_bytes(entries), "archive_bytes": end})
+        return rows

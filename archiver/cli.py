@@ -39,6 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="leave out names matching this shell pattern (repeatable): without '/' it matches any "
                             "one part of a name (*.o, .git), with '/' a whole name or a directory above it")
 
+    def until(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--until", type=int, metavar="N",
+                       help="the archive as its Nth add left it (1: the first; `list --versions` shows them)")
+
     def cmd(name: str, help_: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_, description=help_)
         _global_options(p, suppress=True)
@@ -61,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-O", "--to-stdout", action="store_true",
                    help="write the files' bytes to standard output, one after another, instead of to disk")
     exclude(p)
+    until(p)
 
     p = cmd("delete", "remove entries (and what is under them) from an archive, and the room they took")
     p.add_argument("archive")
@@ -73,9 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("archive")
     p.add_argument("members", nargs="*", metavar="MEMBER", help="only these paths (and what is under them)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--versions", action="store_true",
+                   help="one line per add the archive holds (until a compact): what --until can read")
+    until(p)
 
     p = cmd("test", "decode everything and verify checksums without writing anything")
     p.add_argument("archive")
+    until(p)
 
     cmd("info", "show installed plugins, models and the inference engine")
     return parser
@@ -98,7 +107,9 @@ def _human(n: int) -> str:
 
 
 def _list(args) -> int:
-    rows, free = ops.listing(Path(args.archive), args.members)
+    if args.versions:
+        return _versions(args)
+    rows, free = ops.listing(Path(args.archive), args.members, args.until)
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
@@ -110,8 +121,19 @@ def _list(args) -> int:
     total, stored = sum(r["size"] for r in rows), sum(r["stored"] for r in rows)
     if total:
         print(f"{total:>10} {stored:>10} {stored / total:>7.1%}  {len(rows)} entries")
-    if free:
+    if free and args.until is None:
         print(f"`lmarc compact` would free {free:,} bytes or more (replaced data, old indexes)")
+    return 0
+
+
+def _versions(args) -> int:
+    rows = ops.versions(Path(args.archive))
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    print(f"{'version':>7} {'entries':>8} {'size':>12} {'archive':>12}")
+    for r in rows:
+        print(f"{r['version']:>7} {r['entries']:>8} {r['size']:>12} {r['archive_bytes']:>12}")
     return 0
 
 
@@ -159,10 +181,10 @@ def run(args) -> int:
     if args.command == "extract":
         to = sys.stdout.buffer if args.to_stdout else None
         res = ops.extract(Path(args.archive), Path(args.directory), args.members, args.overwrite, settings, ui, to,
-                          args.exclude)
+                          args.exclude, args.until)
         return _report(res, "extracted", args.quiet, sys.stderr if to else None)  # stdout carries the bytes
     if args.command == "test":
-        res = ops.test(Path(args.archive), settings, ui)
+        res = ops.test(Path(args.archive), settings, ui, args.until)
         code = _report(res, "tested", args.quiet)
         if not code and not args.quiet:
             print("all entries OK")

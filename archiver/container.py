@@ -13,6 +13,7 @@ A reader takes the last valid trailer: an `add` killed half-way leaves the previ
 from __future__ import annotations
 
 import fcntl
+import itertools
 import json
 import lzma
 import mmap
@@ -20,6 +21,7 @@ import os
 import struct
 import time
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -220,13 +222,14 @@ def validate_index(index: Index, data_end: int) -> None:
         bad("model table")
 
 
-def _find_trailer(mm, size: int) -> tuple[int, int, int]:
-    """(index offset, index length, end of archive) of the last valid trailer."""
+def _trailers(mm, size: int) -> Iterator[tuple[int, int, int]]:
+    """(index offset, index length, end) of each valid trailer, the last first: one per committed
+    add. A trailer's add appended after the one before, so the next one back ends before its index."""
     end = size
     while end >= HEADER_LEN + TRAILER.size:
         pos = mm.rfind(TRAILER_MAGIC, HEADER_LEN, end - TRAILER.size + len(TRAILER_MAGIC))
         if pos < 0:
-            break
+            return
         raw = mm[pos : pos + TRAILER.size]
         magic, off, length, icrc, tcrc = TRAILER.unpack(raw)
         if (
@@ -236,43 +239,61 @@ def _find_trailer(mm, size: int) -> tuple[int, int, int]:
             and length <= MAX_INDEX
             and zlib.crc32(mm[off:pos]) == icrc
         ):
-            return off, length, pos + TRAILER.size
-        end = pos + TRAILER.size - 1
-    raise ArchiveError("no valid index found: the archive is truncated or damaged")
+            yield off, length, pos + TRAILER.size
+            end = off
+        else:
+            end = pos + TRAILER.size - 1
 
 
 class ArchiveReader:
-    """Read-only view of an archive: its index, and bounds- and CRC-checked chunk payloads."""
+    """Read-only view of an archive: its index, and bounds- and CRC-checked chunk payloads.
 
-    def __init__(self, path: str | Path):
+    `version` n reads the archive as its nth add left it (1 the first): an add never rewrites what
+    is there, so until a `compact` every earlier index and the data it names are still in the file.
+    Finding them reads the whole file, so only a reader given a version lists them all in
+    `versions` (index offset, index length, end), the first add's first; others, only the last."""
+
+    def __init__(self, path: str | Path, version: int | None = None):
         self.path = Path(path)
         self._last: tuple[tuple[int, int] | None, bytes | ArchiveError] = (None, b"")  # the last payload read
         try:
             self._f = open(self.path, "rb")
         except OSError as e:
             raise ArchiveError(f"cannot open archive {path}: {e.strerror}") from e
-        self.size = os.fstat(self._f.fileno()).st_size
-        if self._f.read(HEADER_LEN)[:8] != MAGIC:
-            self._f.close()
-            raise ArchiveError(f"{path} is not an lmarc archive")
-        self._f.seek(0)
-        head = self._f.read(HEADER_LEN)
-        (version,) = struct.unpack("<H", head[8:10])
-        if version != VERSION:
-            self._f.close()
-            raise ArchiveError(f"archive format version {version} is not supported (this lmarc reads {VERSION})")
-        if self.size < HEADER_LEN + TRAILER.size:
-            self._f.close()
-            raise ArchiveError("archive is truncated")
-        with mmap.mmap(self._f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-            off, length, self.end = _find_trailer(mm, self.size)
-            self.index = Index.from_bytes(bytes(mm[off : off + length]))
-        self.data_end = off
         try:
-            validate_index(self.index, off)
+            self._open(version)
         except ArchiveError:
             self._f.close()
             raise
+
+    def _open(self, version: int | None) -> None:
+        self.size = os.fstat(self._f.fileno()).st_size
+        head = self._f.read(HEADER_LEN)
+        if head[:8] != MAGIC:
+            raise ArchiveError(f"{self.path} is not an lmarc archive")
+        (fmt,) = struct.unpack("<H", head[8:10])
+        if fmt != VERSION:
+            raise ArchiveError(f"archive format version {fmt} is not supported (this lmarc reads {VERSION})")
+        if self.size < HEADER_LEN + TRAILER.size:
+            raise ArchiveError("archive is truncated")
+        with mmap.mmap(self._f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            found = _trailers(mm, self.size)
+            self.versions = [*found][::-1] if version is not None else [*itertools.islice(found, 1)]
+        if not self.versions:
+            raise ArchiveError("no valid index found: the archive is truncated or damaged")
+        if version is not None and not 1 <= version <= len(self.versions):
+            raise ArchiveError(f"the archive has versions 1 to {len(self.versions)}, not {version}")
+        n = len(self.versions) if version is None else version
+        self.index = self.index_at(n)
+        self.data_end, _, self.end = self.versions[n - 1]
+
+    def index_at(self, n: int) -> Index:
+        """The index of `versions`' nth (1 the first), checked against the data before it."""
+        off, length, _ = self.versions[n - 1]
+        self._f.seek(off)
+        index = Index.from_bytes(self._f.read(length))
+        validate_index(index, off)
+        return index
 
     def read_chunk(self, chunk: dict) -> bytes:
         off, length = chunk["offset"], chunk["length"]
