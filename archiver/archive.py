@@ -623,3 +623,25 @@ def versions(archive: Path) -> list[dict]:
             entries = reader.index_at(n).entries
             rows.append({"version": n, "entries": len(entries), "size": _file_bytes(entries), "archive_bytes": end})
         return rows
+
+
+def summary(archive: Path) -> dict:
+    """What the archive holds and needs (`lmarc info ARCHIVE`): entries by type, file and stored
+    bytes, the stored bytes per codec, each model its LM chunks use (installed or not), and what a
+    compact would free. Reads the index only: no model is loaded."""
+    with ArchiveReader(archive) as reader:
+        idx = reader.index
+        types = {t: sum(1 for e in idx.entries if e.get("type") == t) for t in ("file", "dir", "symlink")}
+        chunks = rewrite.chunks_of(idx.objects)
+        codecs: dict[str, int] = {}
+        for c in {(c["offset"], c["length"]): c for c in chunks}.values():  # each payload once
+            codecs[c["codec"]] = codecs.get(c["codec"], 0) + c["length"]
+        models = []
+        for mid in sorted({c["model"] for c in chunks if c["codec"] == "lm"}):
+            found = registry.locate(mid, idx.models.get(mid))
+            models.append({"id": mid, "name": idx.models.get(mid), "installed": str(found) if found else None,
+                           "install": registry.install_hint(idx.models.get(mid)).removeprefix("; ") or None})
+        return {"archive": str(archive), "bytes": reader.size, "index_version": idx.version, "entries": types,
+                "file_bytes": _file_bytes(idx.entries), "stored_bytes": sum(codecs.values()),
+                "codecs": dict(sorted(codecs.items(), key=lambda kv: -kv[1])), "models": models,
+                "compact_frees": rewrite.unreferenced(reader)}

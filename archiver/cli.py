@@ -86,7 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("archive")
     until(p)
 
-    cmd("info", "show installed plugins, models and the inference engine")
+    p = cmd("info", "show installed plugins, models and the inference engine; with an archive, what it holds "
+                    "and which models it needs")
+    p.add_argument("archive", nargs="?")
+    p.add_argument("--json", action="store_true", help="machine-readable output (with an archive)")
     return parser
 
 
@@ -137,7 +140,31 @@ def _versions(args) -> int:
     return 0
 
 
+def _archive_info(args) -> int:
+    info = ops.summary(Path(args.archive))
+    if args.json:
+        print(json.dumps(info, indent=1))
+        return 0
+    n = info["entries"]
+    print(f"archive: {info['archive']}, {info['bytes']:,} bytes (index version {info['index_version']})")
+    print(f"entries: {n['file']} files, {n['dir']} directories, {n['symlink']} symlinks; "
+          f"{info['file_bytes']:,} bytes of files stored in {info['stored_bytes']:,}")
+    print("codecs: " + (", ".join(f"{c} {b:,} bytes" for c, b in info["codecs"].items()) or "-"))
+    for m in info["models"] or [{"id": None}]:
+        if m["id"] is None:
+            print("models: none needed")
+            continue
+        where = f"installed: {m['installed']}" if m["installed"] else \
+            "NOT INSTALLED" + (f" ({m['install']})" if m["install"] else "")
+        print(f"model: {m['name'] or '?'} (id {m['id'][:16]}), {where}")
+    if info["compact_frees"]:
+        print(f"`lmarc compact` would free {info['compact_frees']:,} bytes or more")
+    return 0
+
+
 def _info(args) -> int:
+    if args.archive:
+        return _archive_info(args)
     import torch
 
     from archiver import registry

@@ -80,12 +80,19 @@ def _file_id(path: Path, mtime_ns: int) -> str:
     return file_sha256(path)
 
 
-def by_id(model_id: str, hint: str | None = None) -> IntModel:
-    """The installed model with this content hash; a clear error naming it when there is none."""
+def locate(model_id: str, hint: str | None = None) -> Path | None:
+    """The installed file of the model with this content hash (hint: the name an archive recorded
+    for it), or None; without loading it, and without making a provided model."""
     f = _ids().get(model_id)
     if f is None and hint and hint.endswith(".safetensors") and Path(hint).is_file():
         if file_sha256(Path(hint)) == model_id:  # added with --model FILE: same file still there
             f = Path(hint)
+    return f
+
+
+def by_id(model_id: str, hint: str | None = None) -> IntModel:
+    """The installed model with this content hash; a clear error naming it when there is none."""
+    f = locate(model_id, hint)
     if f is None and hint in PROVIDED:
         try:
             made = _provided(hint, model_id)  # first use here: convert it now

@@ -41,7 +41,7 @@ def rewrite(archive: Path, choose: Callable[[list[dict]], list[dict]], ui: Repor
         entries = choose(old.entries)
         digests = {e["sha256"] for e in entries if e.get("type") == "file"}
         objects = {k: v for k, v in old.objects.items() if k in digests}
-        chunks = _chunks(objects)
+        chunks = chunks_of(objects)
         regions = _regions(chunks)
         models = {c["model"] for c in chunks if c["codec"] == "lm"}
         fd, tmp = tempfile.mkstemp(prefix=f".{archive.name}.", suffix=".tmp", dir=archive.parent)
@@ -70,11 +70,12 @@ def unreferenced(reader: ArchiveReader) -> int:
     """The bytes of the file a compact would free at least: payloads no entry references, superseded
     indexes and trailers, and the debris of an add that was killed (the new index, without the
     objects no entry references, is smaller too)."""
-    referenced = sum(n for _, n in _regions(_chunks(reader.index.objects)))
+    referenced = sum(n for _, n in _regions(chunks_of(reader.index.objects)))
     return reader.size - HEADER_LEN - referenced - (reader.end - reader.data_end)
 
 
-def _chunks(objects: dict[str, dict]) -> list[dict]:
+def chunks_of(objects: dict[str, dict]) -> list[dict]:
+    """Every chunk record of the objects (solid parts of one block each have their own)."""
     return [c for o in objects.values() for s in o["streams"] for c in s["chunks"]]
 
 

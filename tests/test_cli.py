@@ -187,17 +187,41 @@ def test_cuda_without_a_gpu_is_a_clear_error(cli):
     assert err == "lmarc: --device cuda: no CUDA device is available\n"
 
 
-def test_listing_does_not_load_torch():
-    """`lmarc list` must answer in a blink: torch (2+ s to import) loads only when a model runs."""
+@pytest.mark.parametrize("command", [["list"], ["list", "--versions"], ["info"]])
+def test_listing_does_not_load_torch(command):
+    """`lmarc list` and `info ARCHIVE` must answer in a blink: torch (2+ s to import) loads only
+    when a model runs."""
     import subprocess
     import sys
 
     from tests.conftest import FIXTURES
 
-    code = ("import sys; from archiver.cli import main; rc = main(['list', sys.argv[1]]);"
+    code = ("import sys; from archiver.cli import main; rc = main(sys.argv[1:]);"
             " sys.exit(rc or ('torch' in sys.modules and 9))")  # fmt: skip
-    run = subprocess.run([sys.executable, "-c", code, str(FIXTURES / "golden.lma")], capture_output=True, text=True)
+    run = subprocess.run([sys.executable, "-c", code, *command, str(FIXTURES / "golden.lma")], capture_output=True,
+                         text=True)
     assert run.returncode == 0, run.stderr + "torch was imported" * (run.returncode == 9)
+
+
+def test_info_on_an_archive_names_the_models_it_needs(cli, tiny, tmp_path):
+    """`info ARCHIVE` says what an archive holds and, before any extraction is tried, whether the
+    models its LM chunks need are installed."""
+    model = tmp_path / "mine.safetensors"
+    model.write_bytes(Path(tiny).read_bytes())
+    arc = tmp_path / "a.lma"
+    cli("add", "-q", "-a", arc, "--model", model, SAMPLES / "notes.txt", SAMPLES / "records.bin")
+    info = json.loads(cli("info", "--json", arc)[0])
+    assert info["entries"] == {"file": 2, "dir": 0, "symlink": 0}
+    assert info["file_bytes"] == sum((SAMPLES / n).stat().st_size for n in ("notes.txt", "records.bin"))
+    assert sum(info["codecs"].values()) == info["stored_bytes"] and "lm" in info["codecs"]
+    assert [(m["name"], m["installed"]) for m in info["models"]] == [(str(model), str(model))]
+    model.unlink()
+    out, _ = cli("info", arc)
+    assert f"model: {model} (id " in out and "NOT INSTALLED" in out
+    cli("extract", "-C", tmp_path / "out", arc, code=2)  # as info said
+    none = tmp_path / "none.lma"
+    cli("add", "-q", "-a", none, "--model", "none", SAMPLES / "notes.txt")
+    assert "models: none needed" in cli("info", none)[0]
 
 
 def test_every_shipped_model_is_found_by_its_id():
