@@ -101,21 +101,18 @@ def _report(res: ops.Result, verb: str, quiet: bool, out=None) -> int:
     return 1 if res.problems else 0
 
 
-def _human(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
+def _print_json(obj: object) -> int:
+    print(json.dumps(obj, indent=1))
+    return 0
 
 
 def _list(args) -> int:
     if args.versions:
-        return _versions(args)
+        versions = ops.versions(Path(args.archive))
+        return _print_json(versions) if args.json else _versions_table(versions)
     rows, free = ops.listing(Path(args.archive), args.members, args.until)
     if args.json:
-        print(json.dumps(rows, indent=1))
-        return 0
+        return _print_json(rows)
     print(f"{'size':>10} {'stored':>10} {'ratio':>7}  {'plugin':<10} {'codec':<12} path")
     for r in rows:
         ratio = f"{r['ratio']:.1%}" if r["ratio"] is not None else "-"
@@ -129,22 +126,14 @@ def _list(args) -> int:
     return 0
 
 
-def _versions(args) -> int:
-    rows = ops.versions(Path(args.archive))
-    if args.json:
-        print(json.dumps(rows, indent=1))
-        return 0
+def _versions_table(rows: list[dict]) -> int:
     print(f"{'version':>7} {'entries':>8} {'size':>12} {'archive':>12}")
     for r in rows:
         print(f"{r['version']:>7} {r['entries']:>8} {r['size']:>12} {r['archive_bytes']:>12}")
     return 0
 
 
-def _archive_info(args) -> int:
-    info = ops.summary(Path(args.archive))
-    if args.json:
-        print(json.dumps(info, indent=1))
-        return 0
+def _archive_info(info: dict) -> int:
     n = info["entries"]
     print(f"archive: {info['archive']}, {info['bytes']:,} bytes (index version {info['index_version']})")
     print(f"entries: {n['file']} files, {n['dir']} directories, {n['symlink']} symlinks; "
@@ -164,7 +153,8 @@ def _archive_info(args) -> int:
 
 def _info(args) -> int:
     if args.archive:
-        return _archive_info(args)
+        info = ops.summary(Path(args.archive))
+        return _print_json(info) if args.json else _archive_info(info)
     import torch
 
     from archiver import registry
