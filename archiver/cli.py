@@ -55,7 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-solid", dest="solid", action="store_false",
                    help="code each file on its own: smaller files share no block (extracting one decodes less)")
     exclude(p)
-    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("-T", "--files-from", metavar="FILE",
+                   help="also add the paths listed in FILE, one per line ('-': standard input), as tar -T does")
+    p.add_argument("--null", action="store_true", help="--files-from's paths end with NUL, not newline (find -print0)")
+    p.add_argument("paths", nargs="*", metavar="PATH")
 
     p = cmd("extract", "restore files from an archive, byte for byte")
     p.add_argument("archive")
@@ -188,13 +191,23 @@ def _info(args) -> int:
     return 0
 
 
+def _listed_paths(source: str, null: bool) -> list[str]:
+    """The paths in a --files-from file (or standard input), as the file system names them: bytes
+    that are not UTF-8 come back as os.fsdecode makes them, as they do from the command line."""
+    raw = sys.stdin.buffer.read() if source == "-" else Path(source).read_bytes()
+    return [os.fsdecode(p) for p in raw.split(b"\0" if null else b"\n") if p]
+
+
 def run(args) -> int:
     classic.set_threads(args.threads)
     settings = ops.Settings(model=getattr(args, "model", "default"), device=args.device, threads=args.threads,
                             solid=getattr(args, "solid", True))
     ui = make_reporter(args.quiet, args.no_progress)
     if args.command == "add":
-        return _report(ops.add(Path(args.archive), args.paths, settings, ui, args.exclude), "added", args.quiet)
+        paths = args.paths + (_listed_paths(args.files_from, args.null) if args.files_from else [])
+        if not paths:
+            raise ops.LmarcError("add: name at least one PATH (or --files-from FILE)")
+        return _report(ops.add(Path(args.archive), paths, settings, ui, args.exclude), "added", args.quiet)
     if args.command == "extract":
         to = sys.stdout.buffer if args.to_stdout else None
         res = ops.extract(Path(args.archive), Path(args.directory), args.members, args.overwrite, settings, ui, to,

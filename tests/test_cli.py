@@ -351,3 +351,22 @@ def test_extract_exclude_leaves_out_members(cli, tmp_path, monkeypatch):
         "proj", "proj/src", "proj/src/a.c"]
     cli("extract", "a.lma", "proj/doc", "-C", "out2", "-x", "proj/doc")  # named but excluded: nothing, no error
     assert not (tmp_path / "out2" / "proj").exists()
+
+
+def test_files_from_a_list_or_standard_input(cli, tmp_path, monkeypatch):
+    """`add -T FILE` adds the paths FILE lists, one per line, `-T -` those on standard input and
+    `--null` NUL-separated ones (`find -print0`): names with spaces or bytes that are not UTF-8."""
+    import io
+
+    monkeypatch.chdir(tmp_path)
+    names = [b"plain.txt", b"with space.txt", b"caf\xe9.txt"]
+    for n in names:
+        Path(os.fsdecode(n)).write_bytes(b"content of " + n)
+    Path("list").write_bytes(b"\n".join(names[:2]) + b"\n")
+    cli("add", "-q", "-a", "a.lma", "--model", "none", "-T", "list")
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(names[2] + b"\0" + names[0] + b"\0")))
+    cli("add", "-q", "-a", "a.lma", "--model", "none", "--null", "-T", "-")
+    rows = json.loads(cli("list", "--json", "a.lma")[0])
+    assert sorted(r["path"] for r in rows) == sorted(os.fsdecode(n) for n in names)
+    _, err = cli("add", "-a", "a.lma", code=2)
+    assert "name at least one PATH" in err
