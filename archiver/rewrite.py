@@ -2,12 +2,14 @@
 
 The format is append-only (`add` never rewrites a byte), so a deleted entry, a file re-added with
 new content and every superseded index still take room. A rewrite copies the payloads the kept
-entries reference, each once and in their old order, into a new file beside the archive (nothing
-is decoded or coded again, so it runs at disk speed and needs no model), writes one index, and
-renames the new file over the old only when all of it is on disk. Until then the archive is
-untouched: an interrupt, a full disk or a damaged payload leaves it as it was. The archive stays
-locked throughout, and an `add` that was waiting for the lock appends to the new file
-(`ArchiveWriter` reopens a path that was replaced while it waited).
+entries reference, each once and in their old order, into a new file beside the archive, writes one
+index, and renames the new file over the old only when all of it is on disk. Payloads are copied as
+they are (disk speed), except a solid block that kept entries use only part of: that is decoded and
+its kept members coded again with its codec, as 7z does (a few seconds per 4 MiB block with cm; no
+model is needed, as blocks are never LM-coded). Until the rename the archive is untouched: an
+interrupt, a full disk or a damaged payload leaves it as it was. The archive stays locked
+throughout, and an `add` that was waiting for the lock appends to the new file (`ArchiveWriter`
+reopens a path that was replaced while it waited).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from archiver import classic, contextmix, imagemix
 from archiver.container import HEADER_LEN, ArchiveError, ArchiveReader, ArchiveWriter, Index
 from archiver.progress import Reporter
 
@@ -84,32 +87,83 @@ def _regions(chunks: list[dict]) -> list[tuple[int, int]]:
     return sorted({(c["offset"], c["length"]) for c in chunks})
 
 
+@dataclass
+class _Repacked:
+    """A solid block re-coded without the members no kept entry references."""
+
+    codec: str
+    payload: bytes
+    size: int  # decoded bytes
+    starts: dict[tuple[int, int], int]  # a kept part's (start, size) in the old block -> its start in this one
+
+
+def _repack(codec: str, payload: bytes, size: int, kept: list[tuple[int, int]]) -> _Repacked | None:
+    """The block decoded, its kept parts (start, size), in their order, coded again with its codec
+    (cm2d with its rows, cmpcm as one long channel, as the packer made them) and checked by decoding
+    them back; None when that is no smaller. No model: solid blocks are never LM-coded."""
+    data = classic.decompress(codec, payload, size)
+    starts, pos = {}, 0
+    for start, n in kept:
+        starts[(start, n)] = pos
+        pos += n
+    rest = b"".join(data[a : a + n] for a, n in kept)
+    geometry = None
+    if codec == "cm2d":
+        geometry = contextmix.read_header("cm2d", imagemix.HEADER, payload, size)
+    elif codec == "cmpcm":
+        geometry = (len(rest), 2)  # (the packer's cmpcm blocks are one channel of 16-bit samples)
+    out = classic.compress(codec, rest, geometry)
+    if len(out) >= len(payload):
+        return None
+    if classic.decompress(codec, out, len(rest)) != rest:
+        raise ArchiveError(f"re-coding a solid block with {codec} did not round-trip; the archive is as it was")
+    return _Repacked(codec, out, len(rest), starts)
+
+
 def _copy(archive: Path, out: ArchiveWriter, regions: list[tuple[int, int]], chunks: list[dict], ui: Reporter) \
-        -> dict[int, int]:
+        -> dict[int, dict]:
     """Append each payload region to out, checking its CRC on the way (a damaged payload is refused,
-    not carried over); old offset -> new offset."""
+    not carried over); a solid block that kept entries use only part of is re-coded without the
+    rest (`_repack`), as 7z does. Returns old offset -> the new location record, with the
+    `_Repacked` block under "repacked"."""
     record = {c["offset"]: c for c in chunks}
+    kept: dict[int, set[tuple[int, int]]] = {}
+    for c in chunks:
+        if "part" in c:
+            kept.setdefault(c["offset"], set()).add((c["part"][0], c["size"]))
     moved = {}
     ui.start("copying", sum(n for _, n in regions))
     try:
         with ArchiveReader(archive) as reader:
             for off, _length in regions:
+                c = record[off]
                 try:
-                    payload = reader.read_chunk(record[off])
-                except ArchiveError as e:
+                    payload = reader.read_chunk(c)
+                    parts = sorted(kept.get(off, ()))
+                    block = c["part"][1] if "part" in c else 0
+                    packed = _repack(c["codec"], payload, block, parts) \
+                        if sum(n for _, n in parts) < block else None
+                except (ArchiveError, ValueError) as e:
                     raise ArchiveError(f"{e} at offset {off}: a kept entry is damaged; the archive is as it "
                                        "was (delete that entry too, or extract what you can first)") from None
-                moved[off] = out.write_chunk(payload)["offset"]
+                moved[off] = out.write_chunk(packed.payload if packed else payload) | {"repacked": packed}
                 ui.advance(len(payload))
     finally:
         ui.stop()
     return moved
 
 
-def _relocated(obj: dict, moved: dict[int, int]) -> dict:
-    """The object with its chunks' offsets in the new file."""
-    streams = [s | {"chunks": [c | {"offset": moved[c["offset"]]} for c in s["chunks"]]} for s in obj["streams"]]
-    return obj | {"streams": streams}
+def _relocated(obj: dict, moved: dict[int, dict]) -> dict:
+    """The object with its chunks' locations in the new file (and a re-coded block's codec and parts)."""
+
+    def chunk(c: dict) -> dict:
+        loc = moved[c["offset"]]
+        new = c | {k: loc[k] for k in ("offset", "length", "crc32")}
+        if (packed := loc["repacked"]) is not None:
+            new |= {"codec": packed.codec, "part": [packed.starts[(c["part"][0], c["size"])], packed.size]}
+        return new
+
+    return obj | {"streams": [s | {"chunks": [chunk(c) for c in s["chunks"]]} for s in obj["streams"]]}
 
 
 def _same_owner_and_mode(path: Path, like: os.stat_result) -> None:

@@ -10,11 +10,14 @@ import shutil
 import tempfile
 import threading
 import time
+import wave
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from PIL import Image
 
 from archiver import rewrite
 from archiver.archive import Settings, compact, delete, extract, listing
@@ -89,15 +92,59 @@ def test_delete_keeps_the_rest_byte_for_byte_and_frees_the_room(cli, tiny, tmp_p
     cli("test", "-q", arc)
 
 
-def test_a_solid_block_stays_while_a_member_of_it_does(cli, tiny, tmp_path, tree):
-    arc = _archive(cli, tiny, tmp_path, tree)
+def _blocks(arc: Path) -> dict[str, tuple[str, int, int]]:
+    """Each solid member's path -> (codec, payload length, block size) of its block."""
     with ArchiveReader(arc) as r:
-        parts = {e["path"] for e in r.index.entries if e["type"] == "file" and any(
-            "part" in c for s in r.index.objects[e["sha256"]]["streams"] for c in s["chunks"])}
-    assert {"s/chord.wav", "s/gradient.png"} <= parts  # their header streams share a cm block
+        return {e["path"]: (c["codec"], c["length"], c["part"][1]) for e in r.index.entries if e["type"] == "file"
+                for s in r.index.objects[e["sha256"]]["streams"] for c in s["chunks"] if "part" in c}
+
+
+def test_a_solid_block_is_coded_again_without_the_deleted_members(cli, tiny, tmp_path, tree):
+    """As 7z does: a block that kept entries use only part of is re-coded with its codec."""
+    arc = _archive(cli, tiny, tmp_path, tree)
+    before = _blocks(arc)
+    assert before["s/chord.wav"] == before["s/gradient.png"]  # their header streams share a cm block
     cli("delete", "-q", arc, "s/chord.wav")
+    codec, length, size = _blocks(arc)["s/gradient.png"]
+    assert codec == before["s/gradient.png"][0] and length < before["s/gradient.png"][1] and size < before[
+        "s/gradient.png"][2]
     _no_dead_bytes(arc)
     _extracted_equal(cli, arc, tmp_path, tree, {"s/chord.wav"})
+
+
+def test_image_and_audio_blocks_keep_their_structured_codecs(cli, tmp_path):
+    """A cm2d block (icons of one size, one tall image) and a cmpcm block (recordings, one long
+    channel) re-coded without half their members: still cm2d and cmpcm, and every kept file exact."""
+    os.chdir(tmp_path)
+    d = tmp_path / "media"
+    d.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(4):
+        y, x = np.mgrid[0:24, 0:24]
+        px = np.stack([(x * (5 + i)) % 256, (y * 7) % 256, (x + y + 40 * i) % 256], -1).astype(np.uint8)
+        Image.fromarray(px).save(d / f"icon{i}.png")
+        t = np.arange(6000)
+        samples = (3000 * np.sin(t * (0.05 + 0.01 * i)) + rng.normal(0, 30, t.size)).astype("<i2")
+        with wave.open(str(d / f"tone{i}.wav"), "wb") as w:
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(8000)
+            w.writeframes(samples.tobytes())
+    cli("add", "-q", "-a", "m.lma", "--model", "none", "media")
+    before = _blocks(tmp_path / "m.lma")
+    assert {before[f"media/icon{i}.png"][0] for i in range(4)} == {"cm2d"}
+    assert {before[f"media/tone{i}.wav"][0] for i in range(4)} == {"cmpcm"}
+    cli("delete", "-q", "m.lma", "media/icon1.png", "media/icon2.png", "media/tone0.wav", "media/tone3.wav")
+    after = _blocks(tmp_path / "m.lma")
+    for kept, gone in (("media/icon0.png", "media/icon1.png"), ("media/tone1.wav", "media/tone0.wav")):
+        assert after[kept][0] == before[kept][0] and after[kept][1] < before[kept][1]
+        assert gone not in after
+    _no_dead_bytes(tmp_path / "m.lma")
+    out = tmp_path / "out"
+    cli("extract", "-q", "-C", out, "m.lma")
+    assert sorted(p.name for p in (out / "media").iterdir()) == ["icon0.png", "icon3.png", "tone1.wav", "tone2.wav"]
+    for p in (out / "media").iterdir():
+        assert p.read_bytes() == (d / p.name).read_bytes()
 
 
 def test_compact_leaves_what_one_add_of_the_last_contents_would(cli, tmp_path):
