@@ -14,6 +14,7 @@ reopens a path that was replaced while it waited).
 
 from __future__ import annotations
 
+import glob
 import os
 import tempfile
 from collections.abc import Callable
@@ -23,6 +24,8 @@ from pathlib import Path
 from archiver import classic, contextmix, imagemix
 from archiver.container import HEADER_LEN, ArchiveError, ArchiveReader, ArchiveWriter, Index
 from archiver.progress import Reporter
+
+TMP_SUFFIX = ".lmarc-tmp"  # the new archive's name until it is complete: .NAME.RANDOM.lmarc-tmp
 
 
 @dataclass
@@ -47,7 +50,9 @@ def rewrite(archive: Path, choose: Callable[[list[dict]], list[dict]], ui: Repor
         chunks = chunks_of(objects)
         regions = _regions(chunks)
         models = {c["model"] for c in chunks if c["codec"] == "lm"}
-        fd, tmp = tempfile.mkstemp(prefix=f".{archive.name}.", suffix=".tmp", dir=archive.parent)
+        for stale in archive.parent.glob(f".{glob.escape(archive.name)}.*{TMP_SUFFIX}"):
+            stale.unlink(missing_ok=True)  # a rewrite killed before its rename (we hold the lock: none runs)
+        fd, tmp = tempfile.mkstemp(prefix=f".{archive.name}.", suffix=TMP_SUFFIX, dir=archive.parent)
         os.close(fd)
         try:
             _same_owner_and_mode(Path(tmp), os.stat(archive))

@@ -165,6 +165,10 @@ def test_compact_leaves_what_one_add_of_the_last_contents_would(cli, tmp_path):
     assert (tmp_path / "a.lma").read_bytes() == (tmp_path / "fresh.lma").read_bytes()
     assert (tmp_path / "a.lma").stat().st_mode & 0o777 == 0o600
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.lma", "f.txt", "fresh.lma"]  # no temporary left
+    (tmp_path / ".a.lma.x1y2.lmarc-tmp").write_bytes(b"the debris of a compact killed before its rename")
+    (tmp_path / ".b.lma.x1y2.lmarc-tmp").write_bytes(b"another archive's: not ours to remove")
+    cli("compact", "-q", "a.lma")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".b.lma.x1y2.lmarc-tmp", "a.lma", "f.txt", "fresh.lma"]
 
 
 def test_a_damaged_kept_payload_is_refused_and_the_archive_unchanged(cli, tiny, tmp_path, tree):
