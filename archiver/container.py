@@ -12,7 +12,6 @@ A reader takes the last valid trailer: an `add` killed half-way leaves the previ
 
 from __future__ import annotations
 
-import fcntl
 import itertools
 import json
 import lzma
@@ -29,6 +28,11 @@ from typing import TYPE_CHECKING
 from archiver import contextmix
 from archiver.classic import CODECS
 from archiver.formats import KINDS
+
+try:
+    import fcntl
+except ImportError:  # Windows: archives can be read there, not written (see ArchiveWriter._lock)
+    fcntl = None
 
 if TYPE_CHECKING:
     from archiver.streamcoder import Coded
@@ -322,6 +326,9 @@ class ArchiveWriter:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.index = Index()
+        if fcntl is None:
+            raise ArchiveError("this platform has no flock, which lmarc needs to write an archive safely: here it "
+                               "can list, test and extract archives, not add to them")
         deadline = time.monotonic() + LOCK_TIMEOUT
         while True:
             try:

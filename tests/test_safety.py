@@ -312,3 +312,19 @@ def test_index_of_many_entries_is_coded_with_cm_or_xz(monkeypatch):
     assert raw[:3] == XZ_INDEX and Index.from_bytes(raw) == index
     with pytest.raises(ArchiveError, match="unreadable"):
         Index.from_bytes(raw[:-5])
+
+
+def test_without_flock_archives_are_read_and_never_written(tmp_path):
+    """Where fcntl does not exist (Windows), lmarc must still list, test and extract archives; adding
+    fails with a clear message and creates nothing."""
+    code = ("import sys; sys.modules['fcntl'] = None; from archiver.cli import main;"
+            " sys.exit(main(sys.argv[1:]))")  # fmt: skip
+    env = dict(os.environ, LMARC_MODEL_PATH=str(TINY.parent))
+    golden = TINY.parent / "golden.lma"
+    for args in (["list", golden], ["test", golden], ["extract", "-C", tmp_path / "out", golden]):
+        r = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, env=env)
+        assert r.returncode == 0, r.stderr
+    r = subprocess.run([sys.executable, "-c", code, "add", "-a", str(tmp_path / "new.lma"), "--model", "none",
+                        str(SAMPLES / "notes.txt")], capture_output=True, text=True, env=env)
+    assert r.returncode == 2 and "has no flock" in r.stderr and one_clean_line(r.stderr)
+    assert not (tmp_path / "new.lma").exists()
