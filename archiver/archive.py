@@ -616,12 +616,17 @@ def listing(archive: Path, members: list[str] | None = None, version: int | None
 
 
 def versions(archive: Path) -> list[dict]:
-    """A row per committed add, the first first: what `--until N` reads (`ArchiveReader`)."""
+    """A row per committed add, the first first: what `--until N` reads (`ArchiveReader`), with the
+    entries that add brought in (`added`) and those whose content or type it replaced (`changed`)."""
     with ArchiveReader(archive, 1) as reader:
-        rows = []
+        rows, seen = [], {}
         for n, (_, _, end) in enumerate(reader.versions, 1):
             entries = reader.index_at(n).entries
-            rows.append({"version": n, "entries": len(entries), "size": _file_bytes(entries), "archive_bytes": end})
+            now = {e.get("path"): (e.get("type"), e.get("sha256"), e.get("link")) for e in entries}
+            rows.append({"version": n, "entries": len(entries), "added": len(now.keys() - seen.keys()),
+                         "changed": sum(1 for k, v in now.items() if k in seen and seen[k] != v),
+                         "size": _file_bytes(entries), "archive_bytes": end})
+            seen = now
         return rows
 
 

@@ -130,9 +130,10 @@ def _list(args) -> int:
 
 
 def _versions_table(rows: list[dict]) -> int:
-    print(f"{'version':>7} {'entries':>8} {'size':>12} {'archive':>12}")
+    print(f"{'version':>7} {'entries':>8} {'added':>7} {'changed':>7} {'size':>12} {'archive':>12}")
     for r in rows:
-        print(f"{r['version']:>7} {r['entries']:>8} {r['size']:>12} {r['archive_bytes']:>12}")
+        print(f"{r['version']:>7} {r['entries']:>8} {r['added']:>7} {r['changed']:>7} {r['size']:>12} "
+              f"{r['archive_bytes']:>12}")
     return 0
 
 

@@ -33,7 +33,8 @@ def three_adds(cli, tmp_path) -> tuple[Path, list[bytes]]:
 def test_each_add_is_a_version_that_reads_as_it_was(cli, three_adds):
     arc, contents = three_adds
     rows = json.loads(cli("list", "--versions", "--json", arc)[0])
-    assert [(r["version"], r["entries"]) for r in rows] == [(1, 1), (2, 1), (3, 2)]
+    assert [(r["version"], r["entries"], r["added"], r["changed"]) for r in rows] == [(1, 1, 1, 0), (2, 1, 0, 1),
+                                                                                     (3, 2, 1, 1)]
     assert [r["size"] for r in rows[:2]] == [len(contents[0]), len(contents[1])]
     assert rows[0]["archive_bytes"] < rows[1]["archive_bytes"] < rows[2]["archive_bytes"] == arc.stat().st_size
     for n, data in enumerate(contents, 1):
