@@ -102,11 +102,11 @@ class _Repacked:
     starts: dict[tuple[int, int], int]  # a kept part's (start, size) in the old block -> its start in this one
 
 
-def _repack(codec: str, payload: bytes, size: int, kept: list[tuple[int, int]]) -> _Repacked | None:
-    """The block decoded, its kept parts (start, size), in their order, coded again with its codec
-    (cm2d with its rows, cmpcm as one long channel, as the packer made them) and checked by decoding
-    them back; None when that is no smaller. No model: solid blocks are never LM-coded."""
-    data = classic.decompress(codec, payload, size)
+def _repack(codec: str, payload: bytes, data: bytes, kept: list[tuple[int, int]]) -> _Repacked | None:
+    """The kept parts (start, size) of a block (payload, decoded: data), in their order, coded again
+    with its codec (cm2d with its rows, cmpcm as one long channel, as the packer made them) and
+    checked by decoding them back; None when that is no smaller. No model: solid blocks are never
+    LM-coded."""
     starts, pos = {}, 0
     for start, n in kept:
         starts[(start, n)] = pos
@@ -114,7 +114,7 @@ def _repack(codec: str, payload: bytes, size: int, kept: list[tuple[int, int]]) 
     rest = b"".join(data[a : a + n] for a, n in kept)
     geometry = None
     if codec == "cm2d":
-        geometry = contextmix.read_header("cm2d", imagemix.HEADER, payload, size)
+        geometry = contextmix.read_header("cm2d", imagemix.HEADER, payload, len(data))
     elif codec == "cmpcm":
         geometry = (len(rest), 2)  # (the packer's cmpcm blocks are one channel of 16-bit samples)
     out = classic.compress(codec, rest, geometry)
@@ -142,15 +142,16 @@ def _copy(archive: Path, out: ArchiveWriter, regions: list[tuple[int, int]], chu
         with ArchiveReader(archive) as reader:
             for off, _length in regions:
                 c = record[off]
+                parts = sorted(kept.get(off, ()))
+                block = c["part"][1] if "part" in c else 0
+                repack = sum(n for _, n in parts) < block  # a block that kept entries use only part of
                 try:
                     payload = reader.read_chunk(c)
-                    parts = sorted(kept.get(off, ()))
-                    block = c["part"][1] if "part" in c else 0
-                    packed = _repack(c["codec"], payload, block, parts) \
-                        if sum(n for _, n in parts) < block else None
+                    data = classic.decompress(c["codec"], payload, block) if repack else b""
                 except (ArchiveError, ValueError) as e:
                     raise ArchiveError(f"{e} at offset {off}: a kept entry is damaged; the archive is as it "
                                        "was (delete that entry too, or extract what you can first)") from None
+                packed = _repack(c["codec"], payload, data, parts) if repack else None
                 moved[off] = out.write_chunk(packed.payload if packed else payload) | {"repacked": packed}
                 ui.advance(len(payload))
     finally:
