@@ -28,10 +28,24 @@ def _global_options(p: argparse.ArgumentParser, suppress: bool) -> None:
     p.add_argument("--debug", action="store_true", default=d(False), help="show tracebacks")
 
 
+def _version() -> str:
+    """This lmarc's release, and the archive format and index versions it writes and reads."""
+    from importlib import metadata
+
+    from archiver.container import INDEX_VERSIONS, VERSION
+
+    try:
+        release = metadata.version("lmarc")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        release = "(not installed)"
+    return f"lmarc {release} (archive format {VERSION}, index versions {INDEX_VERSIONS[0]}-{INDEX_VERSIONS[-1]})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lmarc",
                                      description="Lossless archiver whose compressor is a language model.")
     _global_options(parser, suppress=False)
+    parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def exclude(p: argparse.ArgumentParser) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from archiver.cli import main
 from tests.conftest import SAMPLES
 
 SAMPLE_FILES = ["notes.txt", "gradient.png", "chord.wav", "records.bin", "weather.json"]
@@ -322,8 +324,6 @@ def test_add_exclude_leaves_out_names_and_what_is_under_them(cli, tmp_path, monk
 
 
 def test_extract_to_stdout_writes_only_the_bytes(tmp_path, monkeypatch, capsysbinary):
-    from archiver.cli import main
-
     monkeypatch.chdir(tmp_path)
     (tmp_path / "one.txt").write_bytes(b"first file\n")
     (tmp_path / "two.bin").write_bytes(bytes(range(256)))
@@ -370,3 +370,10 @@ def test_files_from_a_list_or_standard_input(cli, tmp_path, monkeypatch):
     assert sorted(r["path"] for r in rows) == sorted(os.fsdecode(n) for n in names)
     _, err = cli("add", "-a", "a.lma", code=2)
     assert "name at least one PATH" in err
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert re.fullmatch(r"lmarc \S+ \(archive format 1, index versions 1-\d+\)\n", capsys.readouterr().out)
