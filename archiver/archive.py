@@ -173,8 +173,9 @@ def add(archive: Path, paths: list[str], settings: Settings, ui: Reporter, exclu
     try:
         ui.start("adding", total)
         by_name = {e["path"]: i for i, e in enumerate(writer.index.entries)}
+        inodes: dict[tuple[int, int], dict] = {}  # files of several names (hard links): the first one's entry
         for p, name in items:
-            entry = _add_one(p, name, writer, packer, settings, ui, res)
+            entry = _add_one(p, name, writer, packer, settings, ui, res, inodes)
             if entry is None:
                 continue
             if name in by_name:
@@ -204,7 +205,7 @@ def add(archive: Path, paths: list[str], settings: Settings, ui: Reporter, exclu
 
 
 def _add_one(p: Path, name: str, writer: ArchiveWriter, packer: SolidPacker | None, settings: Settings, ui: Reporter,
-             res: Result) -> dict | None:
+             res: Result, inodes: dict[tuple[int, int], dict]) -> dict | None:
     st = p.lstat()
     entry = {"path": name, "mode": stat.S_IMODE(st.st_mode), "mtime": st.st_mtime_ns}
     if stat.S_ISLNK(st.st_mode):
@@ -214,6 +215,12 @@ def _add_one(p: Path, name: str, writer: ArchiveWriter, packer: SolidPacker | No
     if not stat.S_ISREG(st.st_mode):
         res.problems.append(f"{name}: not a regular file, directory or symlink; skipped")
         return None
+    first = inodes.get((st.st_dev, st.st_ino)) if st.st_nlink > 1 else None
+    if first is not None and first["path"] != name:  # another name of a file this add stored: not read again
+        ui.file(name, first["size"])
+        ui.advance(first["size"])
+        ui.file_done(first["size"], 0)
+        return entry | {"type": "file", "size": first["size"], "sha256": first["sha256"], "hardlink": first["path"]}
     try:
         if st.st_size >= largefile.LARGE_FILE:  # never read whole: coded as it is read (archiver.largefile)
             digest, size = largefile.digest(p)
@@ -241,6 +248,8 @@ def _add_one(p: Path, name: str, writer: ArchiveWriter, packer: SolidPacker | No
         ui.advance(size)
     # (streams waiting in a solid block have no chunks yet: the packer reports their bytes when written)
     ui.file_done(size, sum(c["length"] for s in writer.index.objects[digest]["streams"] for c in s.get("chunks", ())))
+    if st.st_nlink > 1:
+        inodes[(st.st_dev, st.st_ino)] = entry
     return entry
 
 
@@ -452,7 +461,14 @@ def extract(archive: Path, dest: Path, members: list[str] | None, overwrite: boo
         _check_models(reader, entries, settings)
         dest.mkdir(parents=True, exist_ok=True)
         dest = dest.resolve()
-        ui.start("extracting", _file_bytes(entries))
+        # another name of a file extracted here, with its content (tar's hard link), is linked to it;
+        # one whose first name is not extracted, or whose checksum differs, is written as a file
+        firsts = {e.get("path"): e.get("sha256") for e in entries if e.get("type") == "file" and "hardlink" not in e}
+        linked = {id(e) for e in entries if e.get("type") == "file" and e.get("hardlink") in firsts
+                  and firsts[e["hardlink"]] == e.get("sha256")}
+        files = [e for e in entries if id(e) not in linked]
+        written: set[str] = set()
+        ui.start("extracting", _file_bytes(files))
         try:
             dirs = []
             for e in entries:
@@ -464,22 +480,27 @@ def extract(archive: Path, dest: Path, members: list[str] | None, overwrite: boo
                         res.ok += 1
                     except (ArchiveError, OSError) as err:
                         res.problems.append(f"{e['path']}: {err}")
-            for e, data, problem in _decode_files(reader, entries, settings, ui):
+            for e, data, problem in _decode_files(reader, files, settings, ui):
                 if problem:
                     res.problems.append(f"{e.get('path')}: {problem}")
                     continue
                 try:
                     _write_file(dest, e, data, overwrite)
+                    written.add(e["path"])
                     res.ok += 1
                 except (_Damaged, ArchiveError, OSError) as err:
                     res.problems.append(f"{e['path']}: {err}")
             for e in entries:
-                if e.get("type") == "symlink":
-                    try:
+                try:
+                    if e.get("type") == "symlink":
                         _write_symlink(dest, e, overwrite)
-                        res.ok += 1
-                    except (ArchiveError, OSError) as err:
-                        res.problems.append(f"{e['path']}: {err}")
+                    elif id(e) in linked:
+                        _write_hardlink(dest, e, written, overwrite)
+                    else:
+                        continue
+                    res.ok += 1
+                except (ArchiveError, OSError) as err:
+                    res.problems.append(f"{e['path']}: {err}")
             for target, e in reversed(dirs):
                 _apply_meta(target, e)
         finally:
@@ -587,6 +608,15 @@ def _rewrite(archive: Path, choose: Callable[[list[dict]], list[dict]], ui: Repo
         raise LmarcError(f"cannot rewrite {archive}: {e.strerror or e}; the archive is as it was") from e
 
 
+def _write_hardlink(dest: Path, e: dict, written: set[str], overwrite: bool) -> None:
+    """Another name of a file this extraction wrote (tar's hard link): never of anything else."""
+    first = e["hardlink"]
+    if first not in written:
+        raise ArchiveError(f"not extracted: {first}, of which it is another name, was not")
+    target = _prepare_target(dest, e["path"], overwrite)
+    os.link(dest / safe_member_path(first), target, follow_symlinks=False)
+
+
 def _stored_share(chunk: dict) -> float:
     """A chunk's stored bytes; a solid part's share of its block, in proportion to its size."""
     if "part" in chunk:
@@ -610,7 +640,7 @@ def listing(archive: Path, members: list[str] | None = None, version: int | None
                 "path": e.get("path"), "type": e.get("type"), "size": size, "stored": stored,
                 "ratio": round(stored / size, 4) if size else None, "plugin": obj.get("format"),
                 "codec": "+".join(codecs) if codecs else None, "mode": e.get("mode"), "mtime_ns": e.get("mtime"),
-                "sha256": e.get("sha256"), "link": e.get("link"),
+                "sha256": e.get("sha256"), "link": e.get("link"), "hardlink": e.get("hardlink"),
             })
         return rows, rewrite.unreferenced(reader)
 

@@ -133,7 +133,8 @@ def _list(args) -> int:
     print(f"{'size':>10} {'stored':>10} {'ratio':>7}  {'plugin':<10} {'codec':<12} path")
     for r in rows:
         ratio = f"{r['ratio']:.1%}" if r["ratio"] is not None else "-"
-        path = r["path"] + ("/" if r["type"] == "dir" else "") + (f" -> {r['link']}" if r["type"] == "symlink" else "")
+        path = (r["path"] + ("/" if r["type"] == "dir" else "") + (f" -> {r['link']}" if r["type"] == "symlink" else "")
+                + (f" link to {r['hardlink']}" if r["hardlink"] else ""))
         print(f"{r['size']:>10} {r['stored']:>10} {ratio:>7}  {r['plugin'] or '-':<10} {r['codec'] or '-':<12} {path}")
     total, stored = sum(r["size"] for r in rows), sum(r["stored"] for r in rows)
     if total:

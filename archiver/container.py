@@ -222,6 +222,8 @@ def validate_index(index: Index, data_end: int) -> None:
             bad("entry without data")
         if e["type"] == "symlink" and not isinstance(e.get("link"), str):
             bad("symlink without target")
+        if not isinstance(e.get("hardlink", ""), str):
+            bad("hard link target")
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in index.models.items()):
         bad("model table")
 

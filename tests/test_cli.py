@@ -377,3 +377,31 @@ def test_version(capsys):
         main(["--version"])
     assert done.value.code == 0
     assert re.fullmatch(r"lmarc \S+ \(archive format 1, index versions 1-\d+\)\n", capsys.readouterr().out)
+
+
+def test_hard_links_come_back_as_hard_links(cli, tmp_path, monkeypatch):
+    """tar's habit: a file of several names is stored once and read once; each other name is an
+    entry naming the first (and carrying its content, for old readers and for extracting it alone).
+    Extracted together they are one file again; alone, or once the first name is deleted, a copy."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "t" / "d").mkdir(parents=True)
+    (tmp_path / "t" / "a.txt").write_bytes(b"one file, three names\n" * 30)
+    os.link(tmp_path / "t" / "a.txt", tmp_path / "t" / "c.txt")
+    os.link(tmp_path / "t" / "a.txt", tmp_path / "t" / "d" / "b.txt")
+    reads = []
+    read_bytes = Path.read_bytes
+    monkeypatch.setattr(Path, "read_bytes", lambda p: reads.append(p.name) or read_bytes(p))
+    cli("add", "-q", "-a", "a.lma", "--model", "none", "t", "t/a.txt")  # (t/a.txt twice: never a link to itself)
+    assert reads.count("a.txt") == 2 and "b.txt" not in reads and "c.txt" not in reads
+    rows = {r["path"]: r["hardlink"] for r in json.loads(cli("list", "--json", "a.lma")[0])}
+    assert rows == {"t": None, "t/d": None, "t/a.txt": None, "t/c.txt": "t/a.txt", "t/d/b.txt": "t/a.txt"}
+    cli("extract", "-q", "-C", "all", "a.lma")
+    inodes = {os.stat(f"all/t/{n}").st_ino for n in ("a.txt", "c.txt", "d/b.txt")}
+    assert len(inodes) == 1 and os.stat("all/t/a.txt").st_nlink == 3
+    cli("extract", "-q", "-C", "alone", "a.lma", "t/d/b.txt")
+    assert Path("alone/t/d/b.txt").read_bytes() == (tmp_path / "t" / "a.txt").read_bytes()
+    cli("delete", "-q", "a.lma", "t/a.txt")
+    cli("extract", "-q", "-C", "after", "a.lma")
+    assert Path("after/t/c.txt").read_bytes() == Path("after/t/d/b.txt").read_bytes() == Path(
+        "all/t/a.txt").read_bytes()
+    cli("test", "-q", "a.lma")

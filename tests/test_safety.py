@@ -328,3 +328,23 @@ def test_without_flock_archives_are_read_and_never_written(tmp_path):
                         str(SAMPLES / "notes.txt")], capture_output=True, text=True, env=env)
     assert r.returncode == 2 and "has no flock" in r.stderr and one_clean_line(r.stderr)
     assert not (tmp_path / "new.lma").exists()
+
+
+@pytest.mark.parametrize("target", ["../outside.txt", "/etc/passwd", "b.txt", "missing.txt", "link", "a.txt"])
+def test_a_hard_link_entry_only_ever_links_to_a_file_the_extraction_wrote(tmp_path, cli, target):
+    """A crafted `hardlink` naming something outside, itself, nothing extracted, or a file of other
+    content: the entry is written as the file it holds (its checksum verified), and nothing outside
+    the destination is touched."""
+    os.chdir(tmp_path)
+    (tmp_path / "a.txt").write_bytes(b"first\n")
+    (tmp_path / "b.txt").write_bytes(b"second\n")
+    os.symlink("a.txt", tmp_path / "link")
+    cli("add", "-q", "-a", "h.lma", "--model", "none", "a.txt", "b.txt", "link")
+    w = ArchiveWriter(tmp_path / "h.lma")
+    w.index.entries[1]["hardlink"] = target
+    w.commit()
+    w.close()
+    out = tmp_path / "out"
+    cli("extract", "-q", "-C", out, "h.lma")
+    assert (out / "b.txt").read_bytes() == b"second\n" and os.stat(out / "b.txt").st_nlink == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "b.txt", "h.lma", "link", "out"]
