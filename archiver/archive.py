@@ -41,6 +41,7 @@ class Settings:
     device: str = "cpu"
     threads: int | None = None
     solid: bool = True  # code small files' streams together in blocks where that is smaller (archiver.solid)
+    checksum: bool = False  # add: read every file, even one whose size, mtime and mode match its entry (see _add_one)
     _predictors: dict[str, Predictor] = field(default_factory=dict)
     tracks: dict[str, streamcoder.Track] = field(default_factory=dict)  # per kind, for this run (streamcoder.Track)
 
@@ -175,7 +176,8 @@ def add(archive: Path, paths: list[str], settings: Settings, ui: Reporter, exclu
         by_name = {e["path"]: i for i, e in enumerate(writer.index.entries)}
         inodes: dict[tuple[int, int], dict] = {}  # files of several names (hard links): the first one's entry
         for p, name in items:
-            entry = _add_one(p, name, writer, packer, settings, ui, res, inodes)
+            was = writer.index.entries[by_name[name]] if name in by_name else None
+            entry = _add_one(p, name, writer, packer, settings, ui, res, inodes, was)
             if entry is None:
                 continue
             if name in by_name:
@@ -205,7 +207,11 @@ def add(archive: Path, paths: list[str], settings: Settings, ui: Reporter, exclu
 
 
 def _add_one(p: Path, name: str, writer: ArchiveWriter, packer: SolidPacker | None, settings: Settings, ui: Reporter,
-             res: Result, inodes: dict[tuple[int, int], dict]) -> dict | None:
+             res: Result, inodes: dict[tuple[int, int], dict], was: dict | None = None) -> dict | None:
+    """The entry of one walked path, its content stored if new. A file whose size, mtime and mode
+    match its entry from an earlier add (`was`) keeps that entry without being read, as zpaq and
+    rsync decide (`--checksum`, Settings.checksum, reads it anyway); another name of a file this add
+    already stored (a hard link) is not read either."""
     st = p.lstat()
     entry = {"path": name, "mode": stat.S_IMODE(st.st_mode), "mtime": st.st_mtime_ns}
     if stat.S_ISLNK(st.st_mode):
@@ -215,6 +221,15 @@ def _add_one(p: Path, name: str, writer: ArchiveWriter, packer: SolidPacker | No
     if not stat.S_ISREG(st.st_mode):
         res.problems.append(f"{name}: not a regular file, directory or symlink; skipped")
         return None
+    if (not settings.checksum and was is not None and was.get("type") == "file" and "hardlink" not in was
+            and (was.get("size"), was.get("mtime"), was.get("mode")) == (st.st_size, st.st_mtime_ns, entry["mode"])
+            and was.get("sha256") in writer.index.objects):
+        ui.file(name, st.st_size)
+        ui.advance(st.st_size)
+        ui.file_done(st.st_size, 0)
+        if st.st_nlink > 1:
+            inodes[(st.st_dev, st.st_ino)] = was
+        return was
     first = inodes.get((st.st_dev, st.st_ino)) if st.st_nlink > 1 else None
     if first is not None and first["path"] != name:  # another name of a file this add stored: not read again
         ui.file(name, first["size"])

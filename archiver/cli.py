@@ -66,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-a", "--archive", default=DEFAULT_ARCHIVE, help=f"archive to write (default: ./{DEFAULT_ARCHIVE})")
     p.add_argument("--model", default="default",
                    help="model name or .safetensors file (default: default; none: classic codecs only, fast)")
+    p.add_argument("--checksum", action="store_true",
+                   help="read every file, even one whose size, mtime and mode match its entry (which is kept unread)")
     p.add_argument("--no-solid", dest="solid", action="store_false",
                    help="code each file on its own: smaller files share no block (extracting one decodes less)")
     exclude(p)
@@ -217,7 +219,7 @@ def _listed_paths(source: str, null: bool) -> list[str]:
 def run(args) -> int:
     classic.set_threads(args.threads)
     settings = ops.Settings(model=getattr(args, "model", "default"), device=args.device, threads=args.threads,
-                            solid=getattr(args, "solid", True))
+                            solid=getattr(args, "solid", True), checksum=getattr(args, "checksum", False))
     ui = make_reporter(args.quiet, args.no_progress)
     if args.command == "add":
         paths = args.paths + (_listed_paths(args.files_from, args.null) if args.files_from else [])

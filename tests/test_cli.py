@@ -392,7 +392,7 @@ def test_hard_links_come_back_as_hard_links(cli, tmp_path, monkeypatch):
     read_bytes = Path.read_bytes
     monkeypatch.setattr(Path, "read_bytes", lambda p: reads.append(p.name) or read_bytes(p))
     cli("add", "-q", "-a", "a.lma", "--model", "none", "t", "t/a.txt")  # (t/a.txt twice: never a link to itself)
-    assert reads.count("a.txt") == 2 and "b.txt" not in reads and "c.txt" not in reads
+    assert reads.count("a.txt") == 1 and "b.txt" not in reads and "c.txt" not in reads
     rows = {r["path"]: r["hardlink"] for r in json.loads(cli("list", "--json", "a.lma")[0])}
     assert rows == {"t": None, "t/d": None, "t/a.txt": None, "t/c.txt": "t/a.txt", "t/d/b.txt": "t/a.txt"}
     cli("extract", "-q", "-C", "all", "a.lma")
@@ -405,3 +405,30 @@ def test_hard_links_come_back_as_hard_links(cli, tmp_path, monkeypatch):
     assert Path("after/t/c.txt").read_bytes() == Path("after/t/d/b.txt").read_bytes() == Path(
         "all/t/a.txt").read_bytes()
     cli("test", "-q", "a.lma")
+
+
+def test_an_unchanged_file_is_not_read_again_unless_checksum(cli, tmp_path, monkeypatch):
+    """As zpaq and rsync decide: a file whose size, mtime and mode match its entry keeps that entry
+    unread. An edit that restores the mtime and keeps the size goes unnoticed; --checksum reads
+    every file and sees it. A changed mode alone is read again and recorded."""
+    monkeypatch.chdir(tmp_path)
+    f = tmp_path / "f.txt"
+    f.write_bytes(b"version one\n" * 100)
+    cli("add", "-q", "-a", "a.lma", "--model", "none", "f.txt")
+    reads = []
+    read_bytes = Path.read_bytes
+    raw = Path("a.lma").read_bytes()
+    monkeypatch.setattr(Path, "read_bytes", lambda p: (reads.append(p.name) if p.name == "f.txt" else None)
+                        or read_bytes(p))
+    cli("add", "-q", "-a", "a.lma", "--model", "none", "f.txt")
+    assert reads == [] and Path("a.lma").read_bytes() == raw
+    st = f.stat()
+    f.write_bytes(b"version two\n" * 100)  # same size
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    cli("add", "-q", "-a", "a.lma", "--model", "none", "f.txt")
+    assert reads == [] and cli("extract", "-q", "-O", "a.lma")[0].startswith("version one")
+    cli("add", "-q", "-a", "a.lma", "--model", "none", "--checksum", "f.txt")
+    assert reads == ["f.txt"] and cli("extract", "-q", "-O", "a.lma")[0].startswith("version two")
+    f.chmod(0o600)
+    cli("add", "-q", "-a", "a.lma", "--model", "none", "f.txt")
+    assert reads == ["f.txt", "f.txt"] and json.loads(cli("list", "--json", "a.lma")[0])[0]["mode"] == 0o600
