@@ -641,14 +641,17 @@ def _stored_share(chunk: dict) -> float:
 
 def listing(archive: Path, members: list[str] | None = None, version: int | None = None) -> tuple[list[dict], int]:
     """A row per entry (or per member and what is under it), and the bytes `compact` would free
-    (of the archive as its `version`th add left it: `ArchiveReader`)."""
+    (of the archive as its `version`th add left it: `ArchiveReader`). Content stored once for
+    several entries (equal files, hard links) counts as stored by the first of them only, so the
+    stored column adds up to what the files take."""
     with ArchiveReader(archive, version) as reader:
         idx = reader.index
-        rows = []
+        rows, counted = [], set()
         for e in select(idx.entries, members):
             obj = idx.objects.get(e.get("sha256", ""), {}) if e.get("type") == "file" else {}
             chunks = [c for s in obj.get("streams", []) for c in s.get("chunks", [])]
-            stored = round(sum(_stored_share(c) for c in chunks))
+            stored = 0 if e.get("sha256") in counted else round(sum(_stored_share(c) for c in chunks))
+            counted.add(e.get("sha256"))
             codecs = sorted({("solid " if "part" in c else "") + c.get("codec", "?") for c in chunks})
             size = e.get("size", 0)
             rows.append({
