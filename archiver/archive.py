@@ -224,17 +224,13 @@ def _add_one(p: Path, name: str, writer: ArchiveWriter, packer: SolidPacker | No
     if (not settings.checksum and was is not None and was.get("type") == "file" and "hardlink" not in was
             and (was.get("size"), was.get("mtime"), was.get("mode")) == (st.st_size, st.st_mtime_ns, entry["mode"])
             and was.get("sha256") in writer.index.objects):
-        ui.file(name, st.st_size)
-        ui.advance(st.st_size)
-        ui.file_done(st.st_size, 0)
+        _not_read(ui, name, st.st_size)
         if st.st_nlink > 1:
             inodes[(st.st_dev, st.st_ino)] = was
         return was
     first = inodes.get((st.st_dev, st.st_ino)) if st.st_nlink > 1 else None
     if first is not None and first["path"] != name:  # another name of a file this add stored: not read again
-        ui.file(name, first["size"])
-        ui.advance(first["size"])
-        ui.file_done(first["size"], 0)
+        _not_read(ui, name, first["size"])
         return entry | {"type": "file", "size": first["size"], "sha256": first["sha256"], "hardlink": first["path"]}
     try:
         if st.st_size >= largefile.LARGE_FILE:  # never read whole: coded as it is read (archiver.largefile)
@@ -266,6 +262,13 @@ def _add_one(p: Path, name: str, writer: ArchiveWriter, packer: SolidPacker | No
     if st.st_nlink > 1:
         inodes[(st.st_dev, st.st_ino)] = entry
     return entry
+
+
+def _not_read(ui: Reporter, name: str, size: int) -> None:
+    """Progress for a file whose stored content is taken as it is, unread."""
+    ui.file(name, size)
+    ui.advance(size)
+    ui.file_done(size, 0)
 
 
 def _store_object(data: bytes, name: str, writer: ArchiveWriter, packer: SolidPacker | None, settings: Settings,
