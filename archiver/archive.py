@@ -669,10 +669,10 @@ def listing(archive: Path, members: list[str] | None = None, version: int | None
 def versions(archive: Path) -> list[dict]:
     """A row per committed add, the first first: what `--until N` reads (`ArchiveReader`), with the
     entries that add brought in (`added`) and those whose content or type it replaced (`changed`)."""
-    with ArchiveReader(archive, 1) as reader:
+    with ArchiveReader(archive, 1) as reader:  # (whose index is version 1's: read once)
         rows, seen = [], {}
         for n, (_, _, end) in enumerate(reader.versions, 1):
-            entries = reader.index_at(n).entries
+            entries = (reader.index if n == 1 else reader.index_at(n)).entries
             now = {e.get("path"): (e.get("type"), e.get("sha256"), e.get("link")) for e in entries}
             rows.append({"version": n, "entries": len(entries), "added": len(now.keys() - seen.keys()),
                          "changed": sum(1 for k, v in now.items() if k in seen and seen[k] != v),
@@ -690,7 +690,7 @@ def summary(archive: Path) -> dict:
         types = {t: sum(1 for e in idx.entries if e.get("type") == t) for t in ("file", "dir", "symlink")}
         chunks = rewrite.chunks_of(idx.objects)
         codecs: dict[str, int] = {}
-        for c in {(c["offset"], c["length"]): c for c in chunks}.values():  # each payload once
+        for c in rewrite.payloads(chunks):
             codecs[c["codec"]] = codecs.get(c["codec"], 0) + c["length"]
         models = []
         for mid in sorted({c["model"] for c in chunks if c["codec"] == "lm"}):

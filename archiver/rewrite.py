@@ -48,7 +48,6 @@ def rewrite(archive: Path, choose: Callable[[list[dict]], list[dict]], ui: Repor
         digests = {e["sha256"] for e in entries if e.get("type") == "file"}
         objects = {k: v for k, v in old.objects.items() if k in digests}
         chunks = chunks_of(objects)
-        regions = _regions(chunks)
         models = {c["model"] for c in chunks if c["codec"] == "lm"}
         for stale in archive.parent.glob(f".{glob.escape(archive.name)}.*{TMP_SUFFIX}"):
             stale.unlink(missing_ok=True)  # a rewrite killed before its rename (we hold the lock: none runs)
@@ -58,7 +57,7 @@ def rewrite(archive: Path, choose: Callable[[list[dict]], list[dict]], ui: Repor
             _same_owner_and_mode(Path(tmp), os.stat(archive))
             out = ArchiveWriter(tmp)
             try:
-                moved = _copy(archive, out, regions, chunks, ui)
+                moved = _copy(archive, out, chunks, ui)
                 out.index = Index(entries, {k: _relocated(v, moved) for k, v in objects.items()},
                                   {m: n for m, n in old.models.items() if m in models})
                 out.commit()
@@ -78,7 +77,7 @@ def unreferenced(reader: ArchiveReader) -> int:
     """The bytes of the file a compact would free at least: payloads no entry references, superseded
     indexes and trailers, and the debris of an add that was killed (the new index, without the
     objects no entry references, is smaller too)."""
-    referenced = sum(n for _, n in _regions(chunks_of(reader.index.objects)))
+    referenced = sum(c["length"] for c in payloads(chunks_of(reader.index.objects)))
     return reader.size - HEADER_LEN - referenced - (reader.end - reader.data_end)
 
 
@@ -87,9 +86,10 @@ def chunks_of(objects: dict[str, dict]) -> list[dict]:
     return [c for o in objects.values() for s in o["streams"] for c in s["chunks"]]
 
 
-def _regions(chunks: list[dict]) -> list[tuple[int, int]]:
-    """The payloads the chunks lie in, each once (solid parts share one), in file order."""
-    return sorted({(c["offset"], c["length"]) for c in chunks})
+def payloads(chunks: list[dict]) -> list[dict]:
+    """One chunk record per payload the chunks lie in (solid parts share one), in file order: where
+    each payload is, its length, CRC and codec, counted once."""
+    return sorted({c["offset"]: c for c in chunks}.values(), key=lambda c: c["offset"])
 
 
 @dataclass
@@ -125,23 +125,22 @@ def _repack(codec: str, payload: bytes, data: bytes, kept: list[tuple[int, int]]
     return _Repacked(codec, out, len(rest), starts)
 
 
-def _copy(archive: Path, out: ArchiveWriter, regions: list[tuple[int, int]], chunks: list[dict], ui: Reporter) \
-        -> dict[int, dict]:
-    """Append each payload region to out, checking its CRC on the way (a damaged payload is refused,
+def _copy(archive: Path, out: ArchiveWriter, chunks: list[dict], ui: Reporter) -> dict[int, dict]:
+    """Append each payload the chunks lie in to out, checking its CRC on the way (a damaged payload is refused,
     not carried over); a solid block that kept entries use only part of is re-coded without the
     rest (`_repack`), as 7z does. Returns old offset -> the new location record, with the
     `_Repacked` block under "repacked"."""
-    record = {c["offset"]: c for c in chunks}
     kept: dict[int, set[tuple[int, int]]] = {}
     for c in chunks:
         if "part" in c:
             kept.setdefault(c["offset"], set()).add((c["part"][0], c["size"]))
     moved = {}
-    ui.start("copying", sum(n for _, n in regions))
+    todo = payloads(chunks)
+    ui.start("copying", sum(c["length"] for c in todo))
     try:
         with ArchiveReader(archive) as reader:
-            for off, _length in regions:
-                c = record[off]
+            for c in todo:
+                off = c["offset"]
                 parts = sorted(kept.get(off, ()))
                 block = c["part"][1] if "part" in c else 0
                 repack = sum(n for _, n in parts) < block  # a block that kept entries use only part of
