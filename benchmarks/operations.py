@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import platform
 import random
-import subprocess
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
             lmarc("delete", arc, *gone, cwd=w), b)
         fresh = w / "fresh.lma"
         for d in gone:
-            subprocess.run(["rm", "-r", str(w / d)], check=True)
+            shutil.rmtree(w / d)
         lmarc("add", "-a", fresh, "--model", "none", "t", cwd=w)
         rows.append(f"| (a fresh add of the files left, for comparison) | | {fresh.stat().st_size:,} | | |")
 
