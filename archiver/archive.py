@@ -51,6 +51,11 @@ class Settings:
             return self._named(self.model)
         return self._get(model_id, lambda: registry.by_id(model_id, hint))
 
+    def reading(self, index: Index) -> Callable[[str | None], Predictor]:
+        """The predictor of each model id an archive's LM chunks name, found through the name its
+        index keeps for that id (the hint when the id is not installed under it)."""
+        return lambda mid: self.predictor(mid, index.models.get(mid))
+
     def predictor_for(self, kind: str) -> Predictor:
         """The chosen model where its vocabulary codes this stream kind (a text model codes text),
         else the default byte-level model (images, audio and binary with a text model)."""
@@ -125,17 +130,27 @@ def excluded(name: str, patterns: list[str]) -> bool:
     return False
 
 
-def _walk(path: Path, keep: Callable[[Path], bool]) -> Iterator[Path]:
-    """path and, for a directory, what is under it (links not followed), in name order; a path keep
-    refuses is left out, and a directory it refuses is not entered."""
-    if not keep(path):
+def _walk(top: Path, base: str, exclude: list[str]) -> Iterator[tuple[Path, str]]:
+    """top and, for a directory, what is under it (links not followed), in name order, each with its
+    stored name (top's is base); a name an exclude pattern matches is left out (`excluded`), and a
+    directory so matched is not entered."""
+
+    def keep(name: str) -> bool:
+        return name == "." or not excluded(name, exclude)
+
+    def under(prefix: str, n: str) -> str:
+        return n if prefix == "." else f"{prefix}/{n}"
+
+    if not keep(base):
         return
-    yield path
-    if path.is_dir() and not path.is_symlink():
-        for root, dirs, files in os.walk(path, followlinks=False):
-            dirs[:] = sorted(d for d in dirs if keep(Path(root) / d))
-            for n in dirs + sorted(f for f in files if keep(Path(root) / f)):
-                yield Path(root) / n
+    yield top, base
+    if top.is_dir() and not top.is_symlink():
+        for root, dirs, files in os.walk(top, followlinks=False):
+            rel = Path(root).relative_to(top).as_posix()
+            prefix = base if rel == "." else under(base, rel)
+            dirs[:] = sorted(d for d in dirs if keep(under(prefix, d)))
+            for n in dirs + sorted(f for f in files if keep(under(prefix, f))):
+                yield Path(root) / n, under(prefix, n)
 
 
 # ---- add ----------------------------------------------------------------------------------------
@@ -150,18 +165,7 @@ def add(archive: Path, paths: list[str], settings: Settings, ui: Reporter, exclu
         if not top.exists() and not top.is_symlink():
             res.problems.append(f"{arg}: no such file or directory")
             continue
-        base = archive_name(arg)
-
-        def name_of(p: Path, top: Path = top, base: str = base) -> str:
-            rel = p.relative_to(top).as_posix()
-            return base if rel == "." else (rel if base == "." else f"{base}/{rel}")
-
-        def keep(p: Path) -> bool:
-            name = name_of(p)
-            return name == "." or not excluded(name, exclude or [])
-
-        for p in _walk(top, keep):
-            name = name_of(p)
+        for p, name in _walk(top, archive_name(arg), exclude or []):
             if name != ".":  # `lmarc add .` stores what is in the directory, not the directory itself
                 items.append((p, name))
     archive_abs = archive.resolve()
@@ -331,9 +335,8 @@ def _check_models(reader: ArchiveReader, entries: list[dict], settings: Settings
         for s in (obj or {}).get("streams", []):
             for c in s.get("chunks", []):
                 if c.get("codec") == "lm":
-                    mid = c.get("model")
                     try:
-                        settings.predictor(mid, reader.index.models.get(mid))
+                        settings.reading(reader.index)(c.get("model"))
                     except ModelError as err:
                         raise LmarcError(str(err)) from None
 
@@ -366,18 +369,15 @@ def _decode_files(reader: ArchiveReader, entries: list[dict], settings: Settings
 
 def _decode_in_groups(reader: ArchiveReader, files: list[dict], settings: Settings, ui: Reporter) \
         -> Iterator[tuple[dict, bytes | None, str | None]]:
-    group: list[dict] = []
-    size = 0
-    for e in files + [None]:
-        if e is not None:
-            group.append(e)
-            size += int(e.get("size", 0))
-        if group and (e is None or size >= EXTRACT_GROUP_BYTES):
-            yield from _decode_group(reader, group, settings, ui, {})
-            group, size = [], 0
+    for group in streamcoder.size_groups(files, lambda e: int(e.get("size", 0)), EXTRACT_GROUP_BYTES):
+        yield from _decode_group(reader, group, settings, ui, {})
 
 
-def _decode_group(reader, group, settings, ui, blocks):
+def _decode_group(reader: ArchiveReader, group: list[dict], settings: Settings, ui: Reporter,
+                  blocks: dict[int, bytes | ValueError]) -> Iterator[tuple[dict, bytes | None, str | None]]:
+    """(entry, data, problem) of each file of the group, whose chunks are decoded together (LM chunks
+    of several files share a batch). When that fails, the files are decoded again one by one, so
+    that only the damaged ones are reported (`blocks` keeps solid blocks decoded once)."""
     jobs, owners = [], []
     plans = {}
     for gi, e in enumerate(group):
@@ -398,7 +398,7 @@ def _decode_group(reader, group, settings, ui, blocks):
     keep = [i for i, o in enumerate(owners) if o not in bad]
     try:
         decoded = dict(zip(keep, streamcoder.decode_chunks(
-            [jobs[i] for i in keep], lambda mid: settings.predictor(mid, reader.index.models.get(mid)),
+            [jobs[i] for i in keep], settings.reading(reader.index),
             ui.advance, blocks), strict=True))
     except (ValueError, KeyError, TypeError, ArchiveError) as err:
         if len(group) == 1:

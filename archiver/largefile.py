@@ -88,20 +88,12 @@ def pieces(reader: ArchiveReader, sha256: str, obj: dict, settings: Settings, ui
     temporary name and renames it only when the whole iteration succeeded."""
     stream = obj["streams"][0]
     h, n = hashlib.sha256(), 0
-    batch: list[dict] = []
-    size = 0
-    for c in [*stream["chunks"], None]:
-        if c is not None:
-            batch.append(c)
-            size += int(c.get("size", 0))
-        if batch and (c is None or size >= SEGMENT):
-            jobs = [("binary", rec, reader.read_chunk(rec)) for rec in batch]
-            for piece in streamcoder.decode_chunks(
-                    jobs, lambda mid: settings.predictor(mid, reader.index.models.get(mid)), ui.advance):
-                h.update(piece)
-                n += len(piece)
-                yield piece
-            batch, size = [], 0
+    for batch in streamcoder.size_groups(stream["chunks"], lambda c: int(c.get("size", 0)), SEGMENT):
+        jobs = [("binary", rec, reader.read_chunk(rec)) for rec in batch]
+        for piece in streamcoder.decode_chunks(jobs, settings.reading(reader.index), ui.advance):
+            h.update(piece)
+            n += len(piece)
+            yield piece
     if n != stream["size"]:
         raise ValueError("stream size mismatch")
     if h.hexdigest() != sha256:

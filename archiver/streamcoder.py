@@ -10,9 +10,9 @@ more than a few bytes over xz/zstd, and incompressible data is stored.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
@@ -282,6 +282,25 @@ def decode_chunks(kind_chunks: list[tuple[str, dict, bytes]], predictor_for: Cal
                 if on_progress:
                     on_progress(rec["size"])
     return out  # type: ignore[return-value]
+
+
+T = TypeVar("T")
+
+
+def size_groups(items: Iterable[T], size: Callable[[T], int], limit: int) -> Iterator[list[T]]:
+    """items in order, in consecutive groups, each closed by the item that brings its size to limit
+    (the last may be smaller): how files, and a large file's chunks, are decoded a bounded amount at
+    a time while their LM chunks still fill the lockstep batches of `decode_chunks`."""
+    group: list[T] = []
+    total = 0
+    for item in items:
+        group.append(item)
+        total += size(item)
+        if total >= limit:
+            yield group
+            group, total = [], 0
+    if group:
+        yield group
 
 
 def decode_batch(engine: Engine) -> int:
