@@ -11,6 +11,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import os
+import shutil
 import stat
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
@@ -154,10 +155,48 @@ def _walk(top: Path, base: str, exclude: list[str]) -> Iterator[tuple[Path, str]
 
 
 # ---- add ----------------------------------------------------------------------------------------
-def add(archive: Path, paths: list[str], settings: Settings, ui: Reporter, exclude: list[str] | None = None) \
-        -> Result:
+def add(archive: Path, paths: list[str], settings: Settings, ui: Reporter, exclude: list[str] | None = None,
+        piped: tuple[str, BinaryIO] | None = None) -> Result:
     """Add the paths (directories with what is under them, except names matching an exclude
-    pattern, see `excluded`) to the archive, creating it if needed."""
+    pattern, see `excluded`) to the archive, creating it if needed; piped = (name, stream) adds one
+    more file, of the bytes read from the stream (7z's -si: `pg_dump db | lmarc add - ...`)."""
+    spool = None
+    try:
+        if piped is not None:
+            name = archive_name(piped[0])
+            if name == ".":
+                raise LmarcError(f"{piped[0]!r} cannot name a file in the archive")
+            try:
+                spool = (_spool(piped[1], archive.absolute().parent), name)
+            except OSError as e:
+                raise LmarcError(f"cannot take in standard input: {e.strerror or e}; nothing was added") from e
+        return _add(archive, paths, settings, ui, exclude or [], spool)
+    except KeyboardInterrupt:
+        raise LmarcError("interrupted: nothing was added, the archive is as it was") from None
+    finally:
+        if spool is not None:
+            spool[0].unlink(missing_ok=True)
+
+
+def _spool(stream: BinaryIO, directory: Path) -> Path:
+    """A stream's bytes in a temporary file beside the archive (where the room for them must be
+    anyway), so that they are added like any file: read whole, or a segment at a time when large
+    (`largefile`), with the mode a new file gets here and the time they were read."""
+    fd, tmp = tempfile.mkstemp(prefix=".lmarc-stdin-", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            shutil.copyfileobj(stream, f, 1 << 20)
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return Path(tmp)
+
+
+def _add(archive: Path, paths: list[str], settings: Settings, ui: Reporter, exclude: list[str],
+         spool: tuple[Path, str] | None) -> Result:
     res = Result()
     items = []
     for arg in paths:
@@ -165,11 +204,11 @@ def add(archive: Path, paths: list[str], settings: Settings, ui: Reporter, exclu
         if not top.exists() and not top.is_symlink():
             res.problems.append(f"{arg}: no such file or directory")
             continue
-        for p, name in _walk(top, archive_name(arg), exclude or []):
+        for p, name in _walk(top, archive_name(arg), exclude):
             if name != ".":  # `lmarc add .` stores what is in the directory, not the directory itself
                 items.append((p, name))
     archive_abs = archive.resolve()
-    items = [(p, n) for p, n in items if p.resolve() != archive_abs]
+    items = [(p, n) for p, n in items if p.resolve() != archive_abs] + ([spool] if spool else [])
     total = sum(p.lstat().st_size for p, _ in items if p.is_file() and not p.is_symlink())
     writer = ArchiveWriter(archive)
     packer = SolidPacker(writer, lambda n: ui.file_done(0, n), settings.tracks) if settings.solid else None

@@ -74,7 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-T", "--files-from", metavar="FILE",
                    help="also add the paths listed in FILE, one per line ('-': standard input), as tar -T does")
     p.add_argument("--null", action="store_true", help="--files-from's paths end with NUL, not newline (find -print0)")
-    p.add_argument("paths", nargs="*", metavar="PATH")
+    p.add_argument("--stdin-name", default="stdin", metavar="NAME",
+                   help="the name under which PATH '-' (standard input's bytes) is stored (default: stdin)")
+    p.add_argument("paths", nargs="*", metavar="PATH",
+                   help="files and directories; '-' stores the bytes read from standard input as one file")
 
     p = cmd("extract", "restore files from an archive, byte for byte")
     p.add_argument("archive")
@@ -222,10 +225,16 @@ def run(args) -> int:
                             solid=getattr(args, "solid", True), checksum=getattr(args, "checksum", False))
     ui = make_reporter(args.quiet, args.no_progress)
     if args.command == "add":
-        paths = args.paths + (_listed_paths(args.files_from, args.null) if args.files_from else [])
-        if not paths:
+        stdin = (args.stdin_name, sys.stdin.buffer) if "-" in args.paths else None
+        if stdin is not None and args.files_from == "-":
+            raise ops.LmarcError("add: standard input cannot be both a file ('-') and the --files-from list")
+        if stdin is not None and sys.stdin.isatty():
+            raise ops.LmarcError("add: refusing to read a file's bytes from a terminal (PATH '-' wants a pipe)")
+        paths = [p for p in args.paths if p != "-"]
+        paths += _listed_paths(args.files_from, args.null) if args.files_from else []
+        if not paths and stdin is None:
             raise ops.LmarcError("add: name at least one PATH (or --files-from FILE)")
-        return _report(ops.add(Path(args.archive), paths, settings, ui, args.exclude), "added", args.quiet)
+        return _report(ops.add(Path(args.archive), paths, settings, ui, args.exclude, stdin), "added", args.quiet)
     if args.command == "extract":
         to = sys.stdout.buffer if args.to_stdout else None
         res = ops.extract(Path(args.archive), Path(args.directory), args.members, args.overwrite, settings, ui, to,

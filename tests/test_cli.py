@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -13,7 +14,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from archiver import largefile
 from archiver.cli import main
+from archiver.container import ArchiveReader
 from tests.conftest import SAMPLES
 
 SAMPLE_FILES = ["notes.txt", "gradient.png", "chord.wav", "records.bin", "weather.json"]
@@ -356,8 +359,6 @@ def test_extract_exclude_leaves_out_members(cli, tmp_path, monkeypatch):
 def test_files_from_a_list_or_standard_input(cli, tmp_path, monkeypatch):
     """`add -T FILE` adds the paths FILE lists, one per line, `-T -` those on standard input and
     `--null` NUL-separated ones (`find -print0`): names with spaces or bytes that are not UTF-8."""
-    import io
-
     monkeypatch.chdir(tmp_path)
     names = [b"plain.txt", b"with space.txt", b"caf\xe9.txt"]
     for n in names:
@@ -370,6 +371,55 @@ def test_files_from_a_list_or_standard_input(cli, tmp_path, monkeypatch):
     assert sorted(r["path"] for r in rows) == sorted(os.fsdecode(n) for n in names)
     _, err = cli("add", "-a", "a.lma", code=2)
     assert "name at least one PATH" in err
+
+
+class _Stdin(io.TextIOWrapper):
+    """Standard input as a pipe (or, with tty, a terminal) holding these bytes."""
+
+    def __init__(self, data: bytes, tty: bool = False):
+        super().__init__(io.BytesIO(data))
+        self.tty = tty
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+def test_standard_input_is_added_as_one_file(cli, tmp_path, monkeypatch):
+    """PATH '-' stores standard input's bytes as one file named by --stdin-name (7z's -si), beside
+    the other paths: a dump piped in extracts byte for byte, with the mode a new file gets. A pipe
+    larger than LARGE_FILE goes through the segmented path like a large file. Reading a terminal,
+    or standard input as both file and --files-from list, is refused; no spool file is left."""
+    import random
+
+    monkeypatch.chdir(tmp_path)
+    data = random.Random(1).randbytes(3000) + b"CREATE TABLE t (id int);\n" * 200
+    Path("other.txt").write_text("beside it\n")
+    monkeypatch.setattr(sys, "stdin", _Stdin(data))
+    cli("add", "-q", "-a", "a.lma", "--model", "none", "--stdin-name", "../dumps/db.sql", "other.txt", "-")
+    rows = {r["path"]: r for r in json.loads(cli("list", "--json", "a.lma")[0])}
+    assert set(rows) == {"other.txt", "dumps/db.sql"} and rows["dumps/db.sql"]["size"] == len(data)
+    cli("extract", "-q", "-C", "out", "a.lma")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (tmp_path / "out/dumps/db.sql").read_bytes() == data
+    assert (tmp_path / "out/dumps/db.sql").stat().st_mode & 0o777 == 0o666 & ~mask
+    monkeypatch.setattr("archiver.largefile.LARGE_FILE", 1000)
+    monkeypatch.setattr(sys, "stdin", _Stdin(data))
+    cli("add", "-q", "-a", "b.lma", "--model", "none", "-")
+    reader = ArchiveReader(tmp_path / "b.lma")
+    (entry,) = reader.index.entries
+    assert entry["path"] == "stdin" and largefile.is_segmented(reader.index.objects[entry["sha256"]])
+    reader.close()
+    cli("extract", "-q", "-C", "out2", "b.lma")
+    assert (tmp_path / "out2/stdin").read_bytes() == data
+    monkeypatch.setattr(sys, "stdin", _Stdin(data, tty=True))
+    assert "from a terminal" in cli("add", "-a", "c.lma", "-", code=2)[1]
+    monkeypatch.setattr(sys, "stdin", _Stdin(b"other.txt\n"))
+    assert "both a file" in cli("add", "-a", "c.lma", "-T", "-", "-", code=2)[1]
+    monkeypatch.setattr(sys, "stdin", _Stdin(data))
+    assert "cannot name a file" in cli("add", "-a", "c.lma", "--stdin-name", "..", "-", code=2)[1]
+    assert not Path("c.lma").exists()
+    assert not list(tmp_path.glob(".lmarc-stdin-*"))
 
 
 def test_version(capsys):
