@@ -20,7 +20,7 @@ from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
 from archiver import largefile, registry, rewrite, streamcoder
-from archiver.container import ArchiveError, ArchiveReader, ArchiveWriter, Index
+from archiver.container import DAMAGED, ArchiveError, ArchiveReader, ArchiveWriter, Index
 from archiver.formats import RAW, Stream, join_streams, split_file
 from archiver.modelfile import ModelError
 from archiver.plugins import format_by_name
@@ -97,6 +97,15 @@ class Settings:
 class Result:
     ok: int = 0
     problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # worth telling, not a failure
+
+
+def _check_tail(reader: ArchiveReader, res: Result) -> None:
+    """What follows the archive's last readable add (`ArchiveReader.tail`): a damaged add is a
+    problem of a test or an extraction (its files are missing), an unfinished one only a note."""
+    note = reader.tail_note()
+    if note:
+        (res.problems if reader.tail == DAMAGED else res.notes).append(note)
 
 
 # ---- names --------------------------------------------------------------------------------------
@@ -473,6 +482,7 @@ def test(archive: Path, settings: Settings, ui: Reporter, version: int | None = 
         entries = reader.index.entries
         res = _verify_files(reader, entries, settings, ui, "testing", lambda _piece: None)
         res.ok += sum(1 for e in entries if e.get("type") != "file")
+        _check_tail(reader, res)
     return res
 
 
@@ -512,7 +522,9 @@ def extract(archive: Path, dest: Path, members: list[str] | None, overwrite: boo
         if to is not None:  # the files' bytes one after another, in archive order, each once verified
             res = _verify_files(reader, entries, settings, ui, "extracting", to.write)
             to.flush()
+            _check_tail(reader, res)
             return res
+        _check_tail(reader, res)
         for e in entries:
             safe_member_path(e.get("path"))
         _check_models(reader, entries, settings)
@@ -681,9 +693,11 @@ def _stored_share(chunk: dict) -> float:
     return chunk.get("length", 0)
 
 
-def listing(archive: Path, members: list[str] | None = None, version: int | None = None) -> tuple[list[dict], int]:
-    """A row per entry (or per member and what is under it), and the bytes `compact` would free
-    (of the archive as its `version`th add left it: `ArchiveReader`). Content stored once for
+def listing(archive: Path, members: list[str] | None = None, version: int | None = None) \
+        -> tuple[list[dict], int, str | None]:
+    """A row per entry (or per member and what is under it), the bytes `compact` would free (of the
+    archive as its `version`th add left it: `ArchiveReader`) and what follows the last readable add
+    (`ArchiveReader.tail_note`). Content stored once for
     several entries (equal files, hard links) counts as stored by the first of them only, so the
     stored column adds up to what the files take."""
     with ArchiveReader(archive, version) as reader:
@@ -702,12 +716,13 @@ def listing(archive: Path, members: list[str] | None = None, version: int | None
                 "codec": "+".join(codecs) if codecs else None, "mode": e.get("mode"), "mtime_ns": e.get("mtime"),
                 "sha256": e.get("sha256"), "link": e.get("link"), "hardlink": e.get("hardlink"),
             })
-        return rows, rewrite.unreferenced(reader)
+        return rows, rewrite.unreferenced(reader), reader.tail_note()
 
 
-def versions(archive: Path) -> list[dict]:
+def versions(archive: Path) -> tuple[list[dict], str | None]:
     """A row per committed add, the first first: what `--until N` reads (`ArchiveReader`), with the
-    entries that add brought in (`added`) and those whose content or type it replaced (`changed`)."""
+    entries that add brought in (`added`) and those whose content or type it replaced (`changed`);
+    and what follows the last readable add (`ArchiveReader.tail_note`)."""
     with ArchiveReader(archive, 1) as reader:  # (whose index is version 1's: read once)
         rows, seen = [], {}
         for n, (_, _, end) in enumerate(reader.versions, 1):
@@ -717,7 +732,7 @@ def versions(archive: Path) -> list[dict]:
                          "changed": sum(1 for k, v in now.items() if k in seen and seen[k] != v),
                          "size": _file_bytes(entries), "archive_bytes": end})
             seen = now
-        return rows
+        return rows, reader.tail_note()
 
 
 def summary(archive: Path) -> dict:
@@ -739,4 +754,4 @@ def summary(archive: Path) -> dict:
         return {"archive": str(archive), "bytes": reader.size, "index_version": idx.version, "entries": types,
                 "file_bytes": _file_bytes(idx.entries), "stored_bytes": sum(codecs.values()),
                 "codecs": dict(sorted(codecs.items(), key=lambda kv: -kv[1])), "models": models,
-                "compact_frees": rewrite.unreferenced(reader)}
+                "compact_frees": rewrite.unreferenced(reader), "warning": reader.tail_note()}

@@ -115,9 +115,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _warn(note: str | None) -> None:
+    if note:
+        print(f"lmarc: warning: {note}", file=sys.stderr)
+
+
 def _report(res: ops.Result, verb: str, quiet: bool, out=None) -> int:
     for p in res.problems:
         print(f"lmarc: {p}", file=sys.stderr)
+    for n in res.notes:
+        _warn(n)
     if not quiet:
         print(f"{verb} {res.ok} entries" + (f", {len(res.problems)} problems" if res.problems else ""), file=out)
     return 1 if res.problems else 0
@@ -130,9 +137,11 @@ def _print_json(obj: object) -> int:
 
 def _list(args) -> int:
     if args.versions:
-        versions = ops.versions(Path(args.archive))
+        versions, note = ops.versions(Path(args.archive))
+        _warn(note)
         return _print_json(versions) if args.json else _versions_table(versions)
-    rows, free = ops.listing(Path(args.archive), args.members, args.until)
+    rows, free, note = ops.listing(Path(args.archive), args.members, args.until)
+    _warn(note)
     if args.json:
         return _print_json(rows)
     print(f"{'size':>10} {'stored':>10} {'ratio':>7}  {'plugin':<10} {'codec':<12} path")
@@ -178,6 +187,7 @@ def _archive_info(info: dict) -> int:
 def _info(args) -> int:
     if args.archive:
         info = ops.summary(Path(args.archive))
+        _warn(info["warning"])
         return _print_json(info) if args.json else _archive_info(info)
     import torch
 

@@ -251,13 +251,37 @@ def _trailers(mm, size: int) -> Iterator[tuple[int, int, int]]:
             end = pos + TRAILER.size - 1
 
 
+DAMAGED, UNFINISHED = "damaged", "unfinished"  # what can follow the last valid trailer (ArchiveReader.tail)
+
+
+def _tail(mm, end: int, size: int) -> str | None:
+    """What follows the last valid trailer, which ends at end: nothing (None); an add killed before
+    its commit (UNFINISHED: payloads, perhaps part of an index), debris the next add may remove; or
+    a committed add whose index or trailer is damaged (DAMAGED), whose payloads must not be
+    written over. A commit ends the file with a trailer, and one damaged bit anywhere in it leaves
+    at least its magic, its own CRC or its index's place (ending where the trailer starts) intact;
+    a killed add's last bytes are payload, which matches none of the three but by a 2**-32 chance
+    (or when that payload is an archive stored whole: then its bytes are only kept, not lost)."""
+    if end == size:
+        return None
+    if size - end >= TRAILER.size:
+        raw = mm[size - TRAILER.size : size]
+        magic, off, length, _, tcrc = TRAILER.unpack(raw)
+        placed = off >= end and off + length == size - TRAILER.size
+        if magic == TRAILER_MAGIC or zlib.crc32(raw[:-4]) == tcrc or placed:
+            return DAMAGED
+    return UNFINISHED
+
+
 class ArchiveReader:
     """Read-only view of an archive: its index, and bounds- and CRC-checked chunk payloads.
 
     `version` n reads the archive as its nth add left it (1 the first): an add never rewrites what
     is there, so until a `compact` every earlier index and the data it names are still in the file.
     Finding them reads the whole file, so only a reader given a version lists them all in
-    `versions` (index offset, index length, end), the first add's first; others, only the last."""
+    `versions` (index offset, index length, end), the first add's first; others, only the last.
+    `tail` says what follows the last valid trailer (`_tail`: None, UNFINISHED or DAMAGED), and
+    `tail_note` says it to the user."""
 
     def __init__(self, path: str | Path, version: int | None = None):
         self.path = Path(path)
@@ -285,8 +309,9 @@ class ArchiveReader:
         with mmap.mmap(self._f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
             found = _trailers(mm, self.size)
             self.versions = [*found][::-1] if version is not None else [*itertools.islice(found, 1)]
-        if not self.versions:
-            raise ArchiveError("no valid index found: the archive is truncated or damaged")
+            if not self.versions:
+                raise ArchiveError("no valid index found: the archive is truncated or damaged")
+            self.tail = _tail(mm, self.versions[-1][2], self.size)
         if version is not None and not 1 <= version <= len(self.versions):
             raise ArchiveError(f"the archive has versions 1 to {len(self.versions)}, not {version}")
         n = len(self.versions) if version is None else version
@@ -300,6 +325,18 @@ class ArchiveReader:
         index = Index.from_bytes(self._f.read(length))
         validate_index(index, off)
         return index
+
+    def tail_note(self) -> str | None:
+        """What follows the last readable add, for the user (None when nothing does)."""
+        n = self.size - self.versions[-1][2]
+        if self.tail == DAMAGED:
+            return (f"the last add's index is damaged: its {n:,} bytes are not read, so the files it added "
+                    "or changed are missing here (the adds before it read as they were; `lmarc compact` "
+                    "drops that add and makes the archive writable again)")
+        if self.tail == UNFINISHED:
+            return (f"{n:,} bytes of an add that did not finish follow the last complete one (not read; the next "
+                    "add removes them)")
+        return None
 
     def read_chunk(self, chunk: dict) -> bytes:
         off, length = chunk["offset"], chunk["length"]
@@ -323,9 +360,13 @@ class ArchiveReader:
 
 
 class ArchiveWriter:
-    """Appends to (or creates) an archive under an exclusive lock; rolls back on any failure."""
+    """Appends to (or creates) an archive under an exclusive lock; rolls back on any failure.
 
-    def __init__(self, path: str | Path):
+    An archive whose last add is damaged (`ArchiveReader.tail`) is refused: appending would hide
+    that add's data behind a valid index for good. Only a rewrite, which replaces the whole file and
+    never appends here, locks it anyway (damaged_ok), leaving those bytes as they are."""
+
+    def __init__(self, path: str | Path, damaged_ok: bool = False):
         self.path = Path(path)
         self.index = Index()
         if fcntl is None:
@@ -354,9 +395,13 @@ class ArchiveWriter:
             except ArchiveError:
                 self._unlock_close()
                 raise
-            self.index = reader.index
-            self.start = reader.end  # anything after the last valid trailer is a killed add's debris
             reader.close()
+            if reader.tail == DAMAGED and not damaged_ok:
+                self._unlock_close()
+                raise ArchiveError(f"{path}: not adding: {reader.tail_note()}")
+            self.index = reader.index
+            # after the last valid trailer: a killed add's debris, removed here (or a damaged add, kept)
+            self.start = size if reader.tail == DAMAGED else reader.end
         self._f.seek(self.start)
         self._f.truncate(self.start)
         self.pos = self.start

@@ -41,7 +41,7 @@ def rewrite(archive: Path, choose: Callable[[list[dict]], list[dict]], ui: Repor
     under the lock), their objects' payloads and the names of the models those use."""
     ArchiveReader(archive).close()  # a missing or damaged archive is an error here, never created
     archive = Path(os.path.realpath(archive))  # through a symlink: replace the file, not the link
-    lock = ArchiveWriter(archive)  # held until the new file is in place: no add can slip in between
+    lock = ArchiveWriter(archive, damaged_ok=True)  # held until the new file is in place: no add slips in
     try:
         old = lock.index
         entries = choose(old.entries)

@@ -61,6 +61,48 @@ def test_truncation_anywhere_keeps_the_previous_state_or_fails_cleanly(two_adds,
             assert rc is None, cut
 
 
+@pytest.mark.parametrize("at", [-40, -30, -20, -12, -6, -2])  # the index; the trailer's magic, index offset,
+def test_a_damaged_last_add_is_reported_and_never_written_over(two_adds, tmp_path, cli, at):  # length, CRCs
+    """One flipped bit in the last add's index or trailer: the archive reads as the add before left
+    it, and list, info, test and extract say that the last add is damaged (test and extract fail).
+    `add` refuses and changes nothing: it used to truncate that add's intact payloads away as a
+    killed add's debris, hiding the damage for good. `compact` drops the damaged add explicitly,
+    after which the archive takes adds again."""
+    arc, _ = two_adds
+    data = bytearray(arc.read_bytes())
+    data[at] ^= 0x10
+    t = tmp_path / "t.lma"
+    t.write_bytes(data)
+    damaged = "warning: the last add's index is damaged"
+    out, err = cli("list", t)
+    assert "notes.txt" in out and "weather.json" not in out and damaged in err
+    assert damaged in cli("info", t)[1] and damaged in cli("list", "--versions", t)[1]
+    assert "the last add's index is damaged" in cli("test", t, code=1)[1]
+    cli("extract", "-q", "-C", tmp_path / "out", t, code=1)
+    (got,) = (tmp_path / "out").rglob("notes.txt")
+    assert got.read_bytes() == (SAMPLES / "notes.txt").read_bytes()
+    assert "not adding: the last add's index is damaged" in cli("add", "-a", t, "--model", "none", got, code=2)[1]
+    assert t.read_bytes() == data
+    cli("compact", "-q", t)
+    cli("add", "-q", "-a", t, "--model", "none", got)
+    assert cli("test", t)[1] == ""
+
+
+def test_a_killed_adds_debris_is_a_note_and_the_next_add_removes_it(two_adds, tmp_path, cli):
+    """Payloads after the last trailer with no commit after them (an add killed by SIGKILL or a
+    power cut) are not damage: a note, exit status 0, and the next add writes over them."""
+    arc, _ = two_adds
+    t = tmp_path / "t.lma"
+    t.write_bytes(arc.read_bytes() + random.Random(0).randbytes(5000))
+    note = "warning: 5,000 bytes of an add that did not finish"
+    assert note in cli("list", t)[1]
+    assert note in cli("test", t)[1]
+    (tmp_path / "new.txt").write_text("after the crash\n")
+    cli("add", "-q", "-a", t, "--model", "none", tmp_path / "new.txt")
+    assert cli("test", t)[1] == ""
+    assert t.read_bytes().startswith(arc.read_bytes()) and t.stat().st_size < arc.stat().st_size + 5000
+
+
 def ops_list(path: Path) -> list[str] | None:
     from archiver.archive import listing
     from archiver.container import ArchiveError
