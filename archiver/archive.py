@@ -102,10 +102,11 @@ class Result:
 
 def _check_tail(reader: ArchiveReader, res: Result) -> None:
     """What follows the archive's last readable add (`ArchiveReader.tail`): a damaged add is a
-    problem of a test or an extraction (its files are missing), an unfinished one only a note."""
+    problem of a test or an extraction (its files are missing); an unfinished one, or a writer's
+    work in progress, only a note."""
     note = reader.tail_note()
     if note:
-        (res.problems if reader.tail == DAMAGED else res.notes).append(note)
+        (res.problems if reader.tail == DAMAGED and not reader.busy else res.notes).append(note)
 
 
 # ---- names --------------------------------------------------------------------------------------

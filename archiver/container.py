@@ -280,10 +280,11 @@ class ArchiveReader:
     is there, so until a `compact` every earlier index and the data it names are still in the file.
     Finding them reads the whole file, so only a reader given a version lists them all in
     `versions` (index offset, index length, end), the first add's first; others, only the last.
-    `tail` says what follows the last valid trailer (`_tail`: None, UNFINISHED or DAMAGED), and
-    `tail_note` says it to the user."""
+    `tail` says what follows the last valid trailer (`_tail`: None, UNFINISHED or DAMAGED), `busy`
+    whether a writer is at work on it (then it is that writer's, so far; `locked`: the caller holds
+    the lock, so none is), and `tail_note` says it to the user."""
 
-    def __init__(self, path: str | Path, version: int | None = None):
+    def __init__(self, path: str | Path, version: int | None = None, locked: bool = False):
         self.path = Path(path)
         self._last: tuple[tuple[int, int] | None, bytes | ArchiveError] = (None, b"")  # the last payload read
         try:
@@ -291,12 +292,12 @@ class ArchiveReader:
         except OSError as e:
             raise ArchiveError(f"cannot open archive {path}: {e.strerror}") from e
         try:
-            self._open(version)
+            self._open(version, locked)
         except ArchiveError:
             self._f.close()
             raise
 
-    def _open(self, version: int | None) -> None:
+    def _open(self, version: int | None, locked: bool) -> None:
         self.size = os.fstat(self._f.fileno()).st_size
         head = self._f.read(HEADER_LEN)
         if head[:8] != MAGIC:
@@ -312,11 +313,27 @@ class ArchiveReader:
             if not self.versions:
                 raise ArchiveError("no valid index found: the archive is truncated or damaged")
             self.tail = _tail(mm, self.versions[-1][2], self.size)
+        self.busy = self.tail is not None and not locked and self._writer_at_work()
         if version is not None and not 1 <= version <= len(self.versions):
             raise ArchiveError(f"the archive has versions 1 to {len(self.versions)}, not {version}")
         n = len(self.versions) if version is None else version
         self.index = self.index_at(n)
         self.data_end, _, self.end = self.versions[n - 1]
+
+    def _writer_at_work(self) -> bool:
+        """Whether a writer holds the archive's lock (`ArchiveWriter`): then what follows the last
+        trailer is what it has written so far. Tried with a shared lock, released at once (a writer
+        that wants the lock in that instant retries 0.1 s later)."""
+        if fcntl is None:
+            return False
+        try:
+            fcntl.flock(self._f.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        except OSError:  # a file system without flock: nothing can be said
+            return False
+        fcntl.flock(self._f.fileno(), fcntl.LOCK_UN)
+        return False
 
     def index_at(self, n: int) -> Index:
         """The index of `versions`' nth (1 the first), checked against the data before it."""
@@ -329,6 +346,8 @@ class ArchiveReader:
     def tail_note(self) -> str | None:
         """What follows the last readable add, for the user (None when nothing does)."""
         n = self.size - self.versions[-1][2]
+        if self.busy:
+            return f"another lmarc is writing to this archive: the {n:,} bytes it has written so far are not read"
         if self.tail == DAMAGED:
             return (f"the last add's index is damaged: its {n:,} bytes are not read, so the files it added "
                     "or changed are missing here (the adds before it read as they were; `lmarc compact` "
@@ -391,7 +410,7 @@ class ArchiveWriter:
         else:
             self.created = False
             try:
-                reader = ArchiveReader(self.path)
+                reader = ArchiveReader(self.path, locked=True)
             except ArchiveError:
                 self._unlock_close()
                 raise

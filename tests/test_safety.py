@@ -103,6 +103,22 @@ def test_a_killed_adds_debris_is_a_note_and_the_next_add_removes_it(two_adds, tm
     assert t.read_bytes().startswith(arc.read_bytes()) and t.stat().st_size < arc.stat().st_size + 5000
 
 
+def test_an_add_at_work_is_said_to_be_in_progress(two_adds, tmp_path, cli):
+    """While a writer holds the lock, the bytes after the last trailer are its work so far: readers
+    say so (not "did not finish", not "damaged"), and `test` passes."""
+    arc, _ = two_adds
+    t = tmp_path / "t.lma"
+    t.write_bytes(arc.read_bytes())
+    writer = ArchiveWriter(t)
+    try:
+        writer.write_chunk(b"LMAIDX\x00\x01" * 125)  # even ending like a trailer
+        assert "another lmarc is writing to this archive: the 1,000 bytes" in cli("test", t)[1]
+    finally:
+        writer.rollback()
+        writer.close()
+    assert cli("test", t)[1] == ""
+
+
 def ops_list(path: Path) -> list[str] | None:
     from archiver.archive import listing
     from archiver.container import ArchiveError
