@@ -104,6 +104,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="one line per add the archive holds (until a compact): what --until can read")
     until(p)
 
+    p = cmd("diff", "compare an archive with the files on disk, as tar --diff does: what is missing, "
+                    "changed (by checksum: no model, nothing decoded) or not in the archive")
+    p.add_argument("archive")
+    p.add_argument("members", nargs="*", metavar="MEMBER", help="only these paths (and what is under them)")
+    p.add_argument("-C", "--directory", default=".", help="where the files are (default: .)")
+    exclude(p)
+    until(p)
+
     p = cmd("test", "decode everything and verify checksums without writing anything")
     p.add_argument("archive")
     until(p)
@@ -250,6 +258,16 @@ def run(args) -> int:
         res = ops.extract(Path(args.archive), Path(args.directory), args.members, args.overwrite, settings, ui, to,
                           args.exclude, args.until)
         return _report(res, "extracted", args.quiet, sys.stderr if to else None)  # stdout carries the bytes
+    if args.command == "diff":
+        found, compared, note = ops.diff(Path(args.archive), Path(args.directory), args.members, args.exclude,
+                                         args.until)
+        _warn(note)
+        for name, what in found:
+            print(f"{name}: {what}")
+        if not args.quiet:
+            print(f"compared {compared} entries: " + (f"{len(found)} differences" if found else "no differences"),
+                  file=sys.stderr)
+        return 1 if found else 0
     if args.command == "test":
         res = ops.test(Path(args.archive), settings, ui, args.until)
         code = _report(res, "tested", args.quiet)

@@ -422,6 +422,50 @@ def test_standard_input_is_added_as_one_file(cli, tmp_path, monkeypatch):
     assert not list(tmp_path.glob(".lmarc-stdin-*"))
 
 
+def test_diff_compares_with_the_disk_by_checksum(cli, tiny, tree, tmp_path, monkeypatch):
+    """`lmarc diff` (tar --diff): an extraction matches its archive; then each kind of change is
+    named (content of the same size, size, mode, mtime, link target, type, a missing name, a name
+    the archive does not have), exit status 1; members and -x narrow it. It decodes nothing, so a
+    model-coded archive needs no model and torch is never imported."""
+    monkeypatch.chdir(tree)
+    cli("add", "-q", "-a", tmp_path / "a.lma", "--model", tiny, "samples")
+    out = tmp_path / "out"
+    cli("extract", "-q", "-C", out, tmp_path / "a.lma")
+    assert cli("diff", "-C", out, tmp_path / "a.lma") == ("", "compared 13 entries: no differences\n")
+    s = out / "samples"
+    notes = s / "notes.txt"
+    stamp = notes.stat().st_mtime_ns
+    notes.write_bytes(notes.read_bytes().swapcase())
+    os.utime(notes, ns=(stamp, stamp))
+    os.chmod(s / "records.bin", 0o644)
+    (s / "weather.json").write_bytes(b"{}")
+    (s / "link_to_notes").unlink()
+    os.symlink("chord.wav", s / "link_to_notes")
+    (s / "empty.txt").unlink()
+    (s / "empty.txt").mkdir()
+    (s / "chord.wav").unlink()
+    (s / "new.txt").write_text("not archived\n")
+    got, _ = cli("diff", "-C", out, tmp_path / "a.lma", code=1)
+    assert got.splitlines() == [
+        "samples/new.txt: not in the archive",
+        "samples/chord.wav: missing",
+        "samples/empty.txt: a dir here, a file in the archive",
+        "samples/link_to_notes: links to 'chord.wav' here, to 'notes.txt' in the archive",
+        "samples/notes.txt: content differs (same size)",
+        "samples/records.bin: mode 644 here, 600 in the archive",
+        "samples/weather.json: size 2 here, 7,553 in the archive",
+        "samples/weather.json: mtime differs",
+    ]
+    got, _ = cli("diff", "-C", out, tmp_path / "a.lma", "samples/notes.txt", "samples/records.bin",
+                 "-x", "records.bin", code=1)
+    assert got == "samples/notes.txt: content differs (same size)\n"
+    code = ("import sys; from archiver.cli import main; rc = main(sys.argv[1:]);"
+            " sys.exit(rc if 'torch' not in sys.modules else 9)")  # fmt: skip
+    run = subprocess.run([sys.executable, "-c", code, "diff", "-q", "-C", out, tmp_path / "a.lma", "samples/gradient.ppm",
+                          "samples/gradient.png"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+
+
 def test_version(capsys):
     with pytest.raises(SystemExit) as done:
         main(["--version"])
