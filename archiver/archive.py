@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
-from archiver import largefile, registry, rewrite, streamcoder
+from archiver import largefile, owners, registry, rewrite, streamcoder
 from archiver.container import DAMAGED, ArchiveError, ArchiveReader, ArchiveWriter, Index
 from archiver.formats import RAW, Stream, join_streams, split_file
 from archiver.modelfile import ModelError
@@ -266,7 +266,7 @@ def _add_one(p: Path, name: str, writer: ArchiveWriter, packer: SolidPacker | No
     rsync decide (`--checksum`, Settings.checksum, reads it anyway); another name of a file this add
     already stored (a hard link) is not read either."""
     st = p.lstat()
-    entry = {"path": name, "mode": stat.S_IMODE(st.st_mode), "mtime": st.st_mtime_ns}
+    entry = {"path": name, "mode": stat.S_IMODE(st.st_mode), "mtime": st.st_mtime_ns} | owners.recorded(st)
     if stat.S_ISLNK(st.st_mode):
         return entry | {"type": "symlink", "link": os.readlink(p), "size": 0}
     if stat.S_ISDIR(st.st_mode):
@@ -275,7 +275,7 @@ def _add_one(p: Path, name: str, writer: ArchiveWriter, packer: SolidPacker | No
         res.problems.append(f"{name}: not a regular file, directory or symlink; skipped")
         return None
     if (not settings.checksum and was is not None and was.get("type") == "file" and "hardlink" not in was
-            and (was.get("size"), was.get("mtime"), was.get("mode")) == (st.st_size, st.st_mtime_ns, entry["mode"])
+            and all(was.get(k) == entry[k] for k in ("mtime", "mode", "uid", "gid")) and was.get("size") == st.st_size
             and was.get("sha256") in writer.index.objects):
         _not_read(ui, name, st.st_size)
         if st.st_nlink > 1:
@@ -513,10 +513,12 @@ def _verify_files(reader: ArchiveReader, entries: list[dict], settings: Settings
 
 def extract(archive: Path, dest: Path, members: list[str] | None, overwrite: bool, settings: Settings,
             ui: Reporter, to: BinaryIO | None = None, exclude: list[str] | None = None,
-            version: int | None = None) -> Result:
+            version: int | None = None, same_owner: bool | None = None) -> Result:
     """Restore the entries (or the members and what is under them, less what exclude matches) under
     dest; with `to`, write the files' bytes one after another to that stream instead, as `tar -O`
-    does, and nothing to disk. `version`: the archive as its nth add left it (`ArchiveReader`)."""
+    does, and nothing to disk. `version`: the archive as its nth add left it (`ArchiveReader`).
+    same_owner: give each its recorded owner (`archiver.owners`; by default when run as root)."""
+    owner = owners.may_restore() if same_owner is None else same_owner
     res = Result()
     with ArchiveReader(archive, version) as reader:
         entries = select(reader.index.entries, members, exclude)
@@ -555,7 +557,7 @@ def extract(archive: Path, dest: Path, members: list[str] | None, overwrite: boo
                     res.problems.append(f"{e.get('path')}: {problem}")
                     continue
                 try:
-                    _write_file(dest, e, data, overwrite)
+                    _write_file(dest, e, data, overwrite, owner)
                     written.add(e["path"])
                     res.ok += 1
                 except (_Damaged, ArchiveError, OSError) as err:
@@ -563,7 +565,7 @@ def extract(archive: Path, dest: Path, members: list[str] | None, overwrite: boo
             for e in entries:
                 try:
                     if e.get("type") == "symlink":
-                        _write_symlink(dest, e, overwrite)
+                        _write_symlink(dest, e, overwrite, owner)
                     elif id(e) in linked:
                         _write_hardlink(dest, e, written, overwrite)
                     else:
@@ -572,7 +574,7 @@ def extract(archive: Path, dest: Path, members: list[str] | None, overwrite: boo
                 except (ArchiveError, OSError) as err:
                     res.problems.append(f"{e['path']}: {err}")
             for target, e in reversed(dirs):
-                _apply_meta(target, e)
+                _apply_meta(target, e, owner)
         finally:
             ui.stop()
     return res
@@ -598,7 +600,9 @@ def _prepare_target(dest: Path, name: str, overwrite: bool, is_dir: bool = False
     return target
 
 
-def _apply_meta(target: Path, e: dict) -> None:
+def _apply_meta(target: Path, e: dict, owner: bool) -> None:
+    if owner:
+        owners.restore(target, e)  # (before the mode: a change of owner may clear mode bits)
     mode = e.get("mode")
     if isinstance(mode, int):
         os.chmod(target, mode & 0o777)  # never setuid, setgid or sticky
@@ -623,7 +627,7 @@ def _pieces(data: bytes | Iterator[bytes]) -> Iterator[bytes]:
         raise _Damaged(f"damaged ({err})") from err
 
 
-def _write_file(dest: Path, e: dict, data: bytes | Iterator[bytes], overwrite: bool) -> None:
+def _write_file(dest: Path, e: dict, data: bytes | Iterator[bytes], overwrite: bool, owner: bool) -> None:
     """Write the file under a temporary name, renamed into place only once all of it was written
     (and, for a segmented object, verified)."""
     target = _prepare_target(dest, e["path"], overwrite)
@@ -632,14 +636,14 @@ def _write_file(dest: Path, e: dict, data: bytes | Iterator[bytes], overwrite: b
         with os.fdopen(fd, "wb") as f:
             for piece in _pieces(data):
                 f.write(piece)
-        _apply_meta(Path(tmp), e)
+        _apply_meta(Path(tmp), e, owner)
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def _write_symlink(dest: Path, e: dict, overwrite: bool) -> None:
+def _write_symlink(dest: Path, e: dict, overwrite: bool, owner: bool) -> None:
     link = e.get("link")
     if not isinstance(link, str) or not link or "\x00" in link:
         raise ArchiveError("bad symlink target")
@@ -649,6 +653,8 @@ def _write_symlink(dest: Path, e: dict, overwrite: bool) -> None:
         raise ArchiveError(f"refusing symlink that points outside the destination ({link})")
     target = _prepare_target(dest, e["path"], overwrite)
     os.symlink(link, target)
+    if owner:
+        owners.restore(target, e)
 
 
 # ---- delete, compact ------------------------------------------------------------------------------
@@ -720,6 +726,8 @@ def _differences(target: Path, e: dict) -> Iterator[str]:
         if os.readlink(target) != e.get("link"):
             yield f"links to {os.readlink(target)!r} here, to {e.get('link')!r} in the archive"
         return
+    if (owner := owners.differs(st, e)) is not None:
+        yield owner
     if "mode" in e and stat.S_IMODE(st.st_mode) != e["mode"]:
         yield f"mode {stat.S_IMODE(st.st_mode):o} here, {e['mode']:o} in the archive"
     if kind == "dir":
@@ -770,6 +778,7 @@ def listing(archive: Path, members: list[str] | None = None, version: int | None
                 "ratio": round(stored / size, 4) if size else None, "plugin": obj.get("format"),
                 "codec": "+".join(codecs) if codecs else None, "mode": e.get("mode"), "mtime_ns": e.get("mtime"),
                 "sha256": e.get("sha256"), "link": e.get("link"), "hardlink": e.get("hardlink"),
+                **{k: e.get(k) for k in ("uid", "gid", "user", "group")},
             })
         return rows, rewrite.unreferenced(reader), reader.tail_note()
 

@@ -84,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("members", nargs="*", metavar="MEMBER", help="only these paths (and what is under them)")
     p.add_argument("-C", "--directory", default=".", help="extract into this directory (default: .)")
     p.add_argument("--overwrite", action="store_true", help="replace existing files")
+    p.add_argument("--no-same-owner", dest="same_owner", action="store_false", default=None,
+                   help="as root, leave files owned by root instead of giving them their recorded owners")
     p.add_argument("-O", "--to-stdout", action="store_true",
                    help="write the files' bytes to standard output, one after another, instead of to disk")
     exclude(p)
@@ -256,7 +258,7 @@ def run(args) -> int:
     if args.command == "extract":
         to = sys.stdout.buffer if args.to_stdout else None
         res = ops.extract(Path(args.archive), Path(args.directory), args.members, args.overwrite, settings, ui, to,
-                          args.exclude, args.until)
+                          args.exclude, args.until, args.same_owner)
         return _report(res, "extracted", args.quiet, sys.stderr if to else None)  # stdout carries the bytes
     if args.command == "diff":
         found, compared, note = ops.diff(Path(args.archive), Path(args.directory), args.members, args.exclude,

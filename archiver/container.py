@@ -224,6 +224,9 @@ def validate_index(index: Index, data_end: int) -> None:
             bad("symlink without target")
         if not isinstance(e.get("hardlink", ""), str):
             bad("hard link target")
+        if not (_is_int(e.get("uid", 0), 0, 1 << 32) and _is_int(e.get("gid", 0), 0, 1 << 32)
+                and isinstance(e.get("user", ""), str) and isinstance(e.get("group", ""), str)):
+            bad("entry owner")
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in index.models.items()):
         bad("model table")
 

@@ -461,9 +461,49 @@ def test_diff_compares_with_the_disk_by_checksum(cli, tiny, tree, tmp_path, monk
     assert got == "samples/notes.txt: content differs (same size)\n"
     code = ("import sys; from archiver.cli import main; rc = main(sys.argv[1:]);"
             " sys.exit(rc if 'torch' not in sys.modules else 9)")  # fmt: skip
-    run = subprocess.run([sys.executable, "-c", code, "diff", "-q", "-C", out, tmp_path / "a.lma", "samples/gradient.ppm",
-                          "samples/gradient.png"], capture_output=True, text=True)
+    run = subprocess.run([sys.executable, "-c", code, "diff", "-q", "-C", out, tmp_path / "a.lma",
+                          "samples/gradient.ppm", "samples/gradient.png"], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
+
+
+def test_owners_are_recorded_and_restored_by_root(cli, tmp_path, monkeypatch):
+    """tar's habit: every entry records its owner (numbers, and names where known); an extraction
+    as root gives files, directories and symlinks those owners, by name where the name exists here
+    (so an archive moved between machines keeps "alice" as alice), else by number, and
+    --no-same-owner leaves them root's. A chown alone is seen by the next add, and by diff."""
+    from archiver import owners
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "t" / "d").mkdir(parents=True)
+    (tmp_path / "t" / "d" / "f.txt").write_text("owned\n")
+    (tmp_path / "t" / "byname.txt").write_text("root by name\n")
+    os.symlink("d/f.txt", tmp_path / "t" / "link")
+    cli("add", "-q", "-a", "a.lma", "--model", "none", "t")
+    rows = {r["path"]: r for r in json.loads(cli("list", "--json", "a.lma")[0])}
+    assert rows["t/d/f.txt"]["uid"] == os.getuid() and rows["t/d/f.txt"]["gid"] == os.getgid()
+    if os.geteuid() != 0:
+        pytest.skip("giving files away needs root")
+    for p in ("t/d", "t/d/f.txt", "t/link", "t/byname.txt"):
+        os.chown(p, 54321, 54322, follow_symlinks=False)  # numbers with no name here
+    real = owners._user_name.__wrapped__
+    monkeypatch.setattr(owners, "_user_name", lambda uid: "root" if uid == 54321 else real(uid))
+    (tmp_path / "t" / "byname.txt").touch()
+    cli("add", "-q", "-a", "b.lma", "--model", "none", "t/byname.txt")  # recorded as user "root", uid 54321
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp_path)
+    out, _ = cli("diff", "a.lma", code=1)
+    assert "t/d/f.txt: owner 54321:54322 here, 0:0 in the archive" in out.splitlines()
+    cli("add", "-q", "-a", "a.lma", "--model", "none", "t")  # the chown alone makes the entries new
+    assert cli("diff", "a.lma")[0] == ""
+    cli("extract", "-q", "-C", "out", "a.lma")
+    for p in ("t/d", "t/d/f.txt", "t/link"):
+        st = os.lstat(tmp_path / "out" / p)
+        assert (st.st_uid, st.st_gid) == (54321, 54322), p
+    cli("extract", "-q", "-C", "out2", "b.lma")
+    st = os.lstat(tmp_path / "out2/t/byname.txt")
+    assert (st.st_uid, st.st_gid) == (0, 54322)  # the name "root" wins over the number 54321
+    cli("extract", "-q", "-C", "plain", "--no-same-owner", "a.lma")
+    assert os.lstat(tmp_path / "plain/t/d/f.txt").st_uid == 0
 
 
 def test_version(capsys):
