@@ -513,11 +513,12 @@ def _verify_files(reader: ArchiveReader, entries: list[dict], settings: Settings
 
 def extract(archive: Path, dest: Path, members: list[str] | None, overwrite: bool, settings: Settings,
             ui: Reporter, to: BinaryIO | None = None, exclude: list[str] | None = None,
-            version: int | None = None, same_owner: bool | None = None) -> Result:
+            version: int | None = None, same_owner: bool | None = None, strip: int = 0) -> Result:
     """Restore the entries (or the members and what is under them, less what exclude matches) under
     dest; with `to`, write the files' bytes one after another to that stream instead, as `tar -O`
     does, and nothing to disk. `version`: the archive as its nth add left it (`ArchiveReader`).
-    same_owner: give each its recorded owner (`archiver.owners`; by default when run as root)."""
+    same_owner: give each its recorded owner (`archiver.owners`; by default when run as root).
+    strip: leave out the first parts of each name (`_stripped`)."""
     owner = owners.may_restore() if same_owner is None else same_owner
     res = Result()
     with ArchiveReader(archive, version) as reader:
@@ -528,6 +529,7 @@ def extract(archive: Path, dest: Path, members: list[str] | None, overwrite: boo
             _check_tail(reader, res)
             return res
         _check_tail(reader, res)
+        entries = _stripped(entries, strip)
         for e in entries:
             safe_member_path(e.get("path"))
         _check_models(reader, entries, settings)
@@ -578,6 +580,29 @@ def extract(archive: Path, dest: Path, members: list[str] | None, overwrite: boo
         finally:
             ui.stop()
     return res
+
+
+def _stripped(entries: list[dict], n: int) -> list[dict]:
+    """tar's --strip-components: each entry named without its first n parts (`-C ~/src
+    --strip-components 1` puts project-1.0/src/a.c at ~/src/src/a.c); an entry with no more parts
+    than that is left out, and hard link targets are renamed alike."""
+
+    def strip(name: object) -> str | None:
+        parts = str(name).split("/")
+        return "/".join(parts[n:]) if len(parts) > n else None
+
+    out = []
+    for e in entries if n else []:
+        name = strip(e.get("path"))
+        if name is None:
+            continue
+        e = e | {"path": name}
+        if "hardlink" in e:
+            first = strip(e.pop("hardlink"))
+            if first is not None:
+                e["hardlink"] = first
+        out.append(e)
+    return out if n else entries
 
 
 def _prepare_target(dest: Path, name: str, overwrite: bool, is_dir: bool = False) -> Path:

@@ -84,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("members", nargs="*", metavar="MEMBER", help="only these paths (and what is under them)")
     p.add_argument("-C", "--directory", default=".", help="extract into this directory (default: .)")
     p.add_argument("--overwrite", action="store_true", help="replace existing files")
+    p.add_argument("--strip-components", type=int, default=0, metavar="N",
+                   help="leave out the first N parts of each name (entries with no more parts are not extracted)")
     p.add_argument("--no-same-owner", dest="same_owner", action="store_false", default=None,
                    help="as root, leave files owned by root instead of giving them their recorded owners")
     p.add_argument("-O", "--to-stdout", action="store_true",
@@ -258,7 +260,7 @@ def run(args) -> int:
     if args.command == "extract":
         to = sys.stdout.buffer if args.to_stdout else None
         res = ops.extract(Path(args.archive), Path(args.directory), args.members, args.overwrite, settings, ui, to,
-                          args.exclude, args.until, args.same_owner)
+                          args.exclude, args.until, args.same_owner, args.strip_components)
         return _report(res, "extracted", args.quiet, sys.stderr if to else None)  # stdout carries the bytes
     if args.command == "diff":
         found, compared, note = ops.diff(Path(args.archive), Path(args.directory), args.members, args.exclude,
@@ -298,6 +300,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "delete" and not args.members:
         parser.error("delete: name at least one MEMBER")
+    if getattr(args, "strip_components", 0) < 0:
+        parser.error("--strip-components: N cannot be negative")
     if args.device == "cuda":
         import torch
 

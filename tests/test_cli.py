@@ -506,6 +506,25 @@ def test_owners_are_recorded_and_restored_by_root(cli, tmp_path, monkeypatch):
     assert os.lstat(tmp_path / "plain/t/d/f.txt").st_uid == 0
 
 
+def test_strip_components_as_tar_does(cli, tmp_path, monkeypatch):
+    """extract --strip-components N drops the first N parts of each name, leaves out entries with
+    no more parts than that, and renames hard link targets alike."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "proj-1.0" / "src").mkdir(parents=True)
+    (tmp_path / "proj-1.0" / "README").write_text("read me\n")
+    (tmp_path / "proj-1.0" / "src" / "a.c").write_text("int main;\n")
+    os.link(tmp_path / "proj-1.0" / "src" / "a.c", tmp_path / "proj-1.0" / "src" / "b.c")
+    cli("add", "-q", "-a", "a.lma", "--model", "none", "proj-1.0")
+    cli("extract", "-q", "-C", "one", "--strip-components", "1", "a.lma")
+    assert sorted(p.relative_to(tmp_path / "one").as_posix() for p in (tmp_path / "one").rglob("*")) == [
+        "README", "src", "src/a.c", "src/b.c"]
+    assert os.stat("one/src/a.c").st_ino == os.stat("one/src/b.c").st_ino
+    cli("extract", "-q", "-C", "two", "a.lma", "--strip-components", "2")
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["a.c", "b.c"]
+    with pytest.raises(SystemExit):
+        main(["extract", "--strip-components", "-1", "a.lma"])
+
+
 def test_version(capsys):
     with pytest.raises(SystemExit) as done:
         main(["--version"])
