@@ -6,7 +6,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import stat
 import sys
+import time
 from pathlib import Path
 
 from archiver import archive as ops
@@ -104,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("archive")
     p.add_argument("members", nargs="*", metavar="MEMBER", help="only these paths (and what is under them)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("-l", "--long", action="store_true", help="also mode, owner and modification time (tar tv)")
     p.add_argument("--versions", action="store_true",
                    help="one line per add the archive holds (until a compact): what --until can read")
     until(p)
@@ -156,18 +159,31 @@ def _list(args) -> int:
     _warn(note)
     if args.json:
         return _print_json(rows)
-    print(f"{'size':>10} {'stored':>10} {'ratio':>7}  {'plugin':<10} {'codec':<12} path")
+    long = "mode       owner        modified          " if args.long else ""
+    print(f"{long}{'size':>10} {'stored':>10} {'ratio':>7}  {'plugin':<10} {'codec':<12} path")
     for r in rows:
         ratio = f"{r['ratio']:.1%}" if r["ratio"] is not None else "-"
         path = (r["path"] + ("/" if r["type"] == "dir" else "") + (f" -> {r['link']}" if r["type"] == "symlink" else "")
                 + (f" link to {r['hardlink']}" if r["hardlink"] else ""))
-        print(f"{r['size']:>10} {r['stored']:>10} {ratio:>7}  {r['plugin'] or '-':<10} {r['codec'] or '-':<12} {path}")
+        long = _long_columns(r) if args.long else ""
+        print(f"{long}{r['size']:>10} {r['stored']:>10} {ratio:>7}  {r['plugin'] or '-':<10} {r['codec'] or '-':<12} "
+              f"{path}")
     total, stored = sum(r["size"] for r in rows), sum(r["stored"] for r in rows)
     if total:
         print(f"{total:>10} {stored:>10} {stored / total:>7.1%}  {len(rows)} entries")
     if free and args.until is None:
         print(f"`lmarc compact` would free {free:,} bytes or more (replaced data, old indexes)")
     return 0
+
+
+def _long_columns(r: dict) -> str:
+    """tar tv's first columns: type and permission bits, owner (names, else numbers) and local
+    modification time; '?' where the entry did not record them."""
+    kind = {"dir": stat.S_IFDIR, "symlink": stat.S_IFLNK}.get(r["type"], stat.S_IFREG)
+    mode = stat.filemode(kind | r["mode"]) if isinstance(r["mode"], int) else "?"
+    owner = f"{r['user'] or r['uid']}/{r['group'] or r['gid']}" if r["uid"] is not None else "?"
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(r["mtime_ns"] / 1e9)) if r["mtime_ns"] else "?"
+    return f"{mode:<10} {owner:<12} {when:<17} "
 
 
 def _versions_table(rows: list[dict]) -> int:

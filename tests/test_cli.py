@@ -506,6 +506,29 @@ def test_owners_are_recorded_and_restored_by_root(cli, tmp_path, monkeypatch):
     assert os.lstat(tmp_path / "plain/t/d/f.txt").st_uid == 0
 
 
+def test_list_long_shows_mode_owner_and_time(cli, tmp_path, monkeypatch):
+    """`list -l`, as tar tv: type and permissions, owner names, local modification time."""
+    import grp
+    import pwd
+    import time as time_
+
+    monkeypatch.chdir(tmp_path)
+    f = tmp_path / "t" / "f.txt"
+    f.parent.mkdir()
+    f.write_text("x\n")
+    os.chmod(f, 0o640)
+    stamp = time_.mktime((2001, 2, 3, 4, 5, 0, 0, 0, -1))
+    os.utime(f, (stamp, stamp))
+    os.symlink("f.txt", tmp_path / "t" / "l")
+    cli("add", "-q", "-a", "a.lma", "--model", "none", "t")
+    lines = cli("list", "-l", "a.lma")[0].splitlines()
+    owner = f"{pwd.getpwuid(os.getuid()).pw_name}/{grp.getgrgid(os.getgid()).gr_name}"
+    assert lines[0].startswith("mode       owner        modified ")
+    assert any(line.startswith(f"-rw-r----- {owner:<12} 2001-02-03 04:05 ") and line.endswith(" t/f.txt")
+               for line in lines)
+    assert any(line.startswith("lrwxrwxrwx ") and line.endswith("t/l -> f.txt") for line in lines)
+
+
 def test_strip_components_as_tar_does(cli, tmp_path, monkeypatch):
     """extract --strip-components N drops the first N parts of each name, leaves out entries with
     no more parts than that, and renames hard link targets alike."""
