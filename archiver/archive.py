@@ -427,7 +427,7 @@ def _decode_group(reader: ArchiveReader, group: list[dict], settings: Settings, 
     """(entry, data, problem) of each file of the group, whose chunks are decoded together (LM chunks
     of several files share a batch). When that fails, the files are decoded again one by one, so
     that only the damaged ones are reported (`blocks` keeps solid blocks decoded once)."""
-    jobs, owners = [], []
+    jobs, owner_of = [], []
     plans = {}
     for gi, e in enumerate(group):
         try:
@@ -437,14 +437,14 @@ def _decode_group(reader: ArchiveReader, group: list[dict], settings: Settings, 
                 ids = []
                 for c in s["chunks"]:
                     jobs.append((s["kind"], c, reader.read_chunk(c)))
-                    owners.append(gi)
+                    owner_of.append(gi)
                     ids.append(len(jobs) - 1)
                 plan.append((ids, s["size"]))
             plans[gi] = (obj, plan)
         except (ArchiveError, KeyError, TypeError) as err:
             plans[gi] = err
     bad = {gi for gi, p in plans.items() if isinstance(p, Exception)}
-    keep = [i for i, o in enumerate(owners) if o not in bad]
+    keep = [i for i, o in enumerate(owner_of) if o not in bad]
     try:
         decoded = dict(zip(keep, streamcoder.decode_chunks(
             [jobs[i] for i in keep], settings.reading(reader.index),
@@ -591,8 +591,10 @@ def _stripped(entries: list[dict], n: int) -> list[dict]:
         parts = str(name).split("/")
         return "/".join(parts[n:]) if len(parts) > n else None
 
+    if not n:
+        return entries
     out = []
-    for e in entries if n else []:
+    for e in entries:
         name = strip(e.get("path"))
         if name is None:
             continue
@@ -602,7 +604,7 @@ def _stripped(entries: list[dict], n: int) -> list[dict]:
             if first is not None:
                 e["hardlink"] = first
         out.append(e)
-    return out if n else entries
+    return out
 
 
 def _prepare_target(dest: Path, name: str, overwrite: bool, is_dir: bool = False) -> Path:
@@ -729,7 +731,7 @@ def diff(archive: Path, dest: Path, members: list[str] | None = None, exclude: l
         try:
             for what in _differences(target, e):
                 found.append((name, what))
-            if e.get("type") == "dir":
+            if e.get("type") == "dir" and stat.S_ISDIR(target.lstat().st_mode):
                 found += [(f"{name}/{n}", "not in the archive") for n in sorted(os.listdir(target))
                           if f"{name}/{n}" not in names and not excluded(f"{name}/{n}", exclude or [])]
         except FileNotFoundError:
