@@ -98,6 +98,7 @@ class Result:
     ok: int = 0
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # worth telling, not a failure
+    detail: str = ""  # said after the count of entries (add: how the archive grew)
 
 
 def _check_tail(reader: ArchiveReader, res: Result) -> None:
@@ -223,6 +224,7 @@ def _add(archive: Path, paths: list[str], settings: Settings, ui: Reporter, excl
     writer = ArchiveWriter(archive)
     packer = SolidPacker(writer, lambda n: ui.file_done(0, n), settings.tracks) if settings.solid else None
     committed = False
+    size_before = 0 if writer.created else writer.start
     before = (list(writer.index.entries), dict(writer.index.objects), dict(writer.index.models))
     try:
         ui.start("adding", total)
@@ -245,6 +247,7 @@ def _add(archive: Path, paths: list[str], settings: Settings, ui: Reporter, excl
         if writer.created or writer.pos > writer.start or (index.entries, index.objects, index.models) != before:
             writer.commit()  # (an add that changed nothing appends no index: the archive stays as it was)
             committed = True
+        res.detail = f"archive {size_before:,} -> {writer.start:,} bytes"
     except KeyboardInterrupt:
         raise LmarcError("interrupted: nothing was added, the archive is as it was") from None
     except OSError as e:

@@ -141,7 +141,8 @@ def _report(res: ops.Result, verb: str, quiet: bool, out=None) -> int:
     for n in res.notes:
         _warn(n)
     if not quiet:
-        print(f"{verb} {res.ok} entries" + (f", {len(res.problems)} problems" if res.problems else ""), file=out)
+        print(f"{verb} {res.ok} entries" + (f", {len(res.problems)} problems" if res.problems else "")
+              + (f"; {res.detail}" if res.detail else ""), file=out)
     return 1 if res.problems else 0
 
 
