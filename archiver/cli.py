@@ -121,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = cmd("test", "decode everything and verify checksums without writing anything")
     p.add_argument("archive")
+    p.add_argument("--quick", action="store_true",
+                   help="only read the stored data back against its CRC-32s: no decoding, no model, disk speed")
     until(p)
 
     p = cmd("info", "show installed plugins, models and the inference engine; with an archive, what it holds "
@@ -290,7 +292,7 @@ def run(args) -> int:
                   file=sys.stderr)
         return 1 if found else 0
     if args.command == "test":
-        res = ops.test(Path(args.archive), settings, ui, args.until)
+        res = ops.test(Path(args.archive), settings, ui, args.until, args.quick)
         code = _report(res, "tested", args.quiet)
         if not code and not args.quiet:
             print("all entries OK")

@@ -192,7 +192,7 @@ def test_cuda_without_a_gpu_is_a_clear_error(cli):
     assert err == "lmarc: --device cuda: no CUDA device is available\n"
 
 
-@pytest.mark.parametrize("command", [["list"], ["list", "--versions"], ["info"]])
+@pytest.mark.parametrize("command", [["list"], ["list", "--versions"], ["info"], ["test", "--quick"]])
 def test_listing_does_not_load_torch(command):
     """`lmarc list` and `info ARCHIVE` must answer in a blink: torch (2+ s to import) loads only
     when a model runs."""
@@ -546,6 +546,22 @@ def test_strip_components_as_tar_does(cli, tmp_path, monkeypatch):
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["a.c", "b.c"]
     with pytest.raises(SystemExit):
         main(["extract", "--strip-components", "-1", "a.lma"])
+
+
+def test_quick_test_reads_stored_bytes_against_their_crcs(cli, tmp_path, monkeypatch):
+    """`test --quick` names the entry whose stored bytes changed (nothing decoded) and passes the rest."""
+    monkeypatch.chdir(tmp_path)
+    Path("a.txt").write_text("first file\n" * 500)
+    Path("b.txt").write_text("second file, other words\n" * 500)
+    cli("add", "-q", "-a", "a.lma", "--model", "none", "--no-solid", "a.txt", "b.txt")
+    assert cli("test", "--quick", "a.lma")[0] == "tested 2 entries\nall entries OK\n"
+    with ArchiveReader(tmp_path / "a.lma") as r:
+        (chunk,) = r.index.objects[r.index.entries[1]["sha256"]]["streams"][0]["chunks"]
+    data = bytearray(Path("a.lma").read_bytes())
+    data[chunk["offset"] + chunk["length"] // 2] ^= 0x01
+    Path("a.lma").write_bytes(data)
+    out, err = cli("test", "--quick", "a.lma", code=1)
+    assert out == "tested 1 entries, 1 problems\n" and err == "lmarc: b.txt: damaged (chunk CRC mismatch)\n"
 
 
 def test_version(capsys):
