@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("-x", "--exclude", action="append", default=[], metavar="PATTERN",
                        help="leave out names matching this shell pattern (repeatable): without '/' it matches any "
                             "one part of a name (*.o, .git), with '/' a whole name or a directory above it")
+        p.add_argument("-X", "--exclude-from", action="append", default=[], metavar="FILE",
+                       help="also the patterns FILE lists, one per line, as tar -X does (repeatable)")
 
     def until(p: argparse.ArgumentParser) -> None:
         p.add_argument("--until", type=int, metavar="N",
@@ -319,6 +321,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "delete" and not args.members:
         parser.error("delete: name at least one MEMBER")
+    for source in getattr(args, "exclude_from", []):
+        try:
+            args.exclude += [line for line in Path(source).read_text().splitlines() if line.strip()]
+        except (OSError, UnicodeDecodeError) as e:
+            parser.error(f"--exclude-from {source}: {getattr(e, 'strerror', None) or e}")
     if getattr(args, "strip_components", 0) < 0:
         parser.error("--strip-components: N cannot be negative")
     if args.device == "cuda":

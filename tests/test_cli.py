@@ -343,6 +343,20 @@ def test_extract_to_stdout_writes_only_the_bytes(tmp_path, monkeypatch, capsysbi
     assert capsysbinary.readouterr() == (bytes(range(256)), b"")
 
 
+def test_exclude_from_a_file(cli, tmp_path, monkeypatch):
+    """-X FILE adds FILE's patterns, one per line (blank lines skipped), to the -x ones."""
+    monkeypatch.chdir(tmp_path)
+    for n in ("keep.c", "drop.o", "also.tmp", "x.log"):
+        (tmp_path / "p" / n).parent.mkdir(exist_ok=True)
+        (tmp_path / "p" / n).write_text(n)
+    Path("patterns").write_text("*.o\n\n*.tmp\n")
+    cli("add", "-q", "-a", "a.lma", "--model", "none", "-X", "patterns", "-x", "*.log", "p")
+    assert sorted(r["path"] for r in json.loads(cli("list", "--json", "a.lma")[0])) == ["p", "p/keep.c"]
+    with pytest.raises(SystemExit):
+        main(["add", "-a", "b.lma", "-X", "missing", "p"])
+    assert "--exclude-from missing: No such file or directory" in cli.capsys.readouterr().err
+
+
 def test_extract_exclude_leaves_out_members(cli, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     for f in ["proj/src/a.c", "proj/src/a.o", "proj/doc/x.txt"]:
