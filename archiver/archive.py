@@ -8,6 +8,8 @@ into place once its SHA-256 matched.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import fnmatch
 import hashlib
 import os
@@ -167,10 +169,14 @@ def _walk(top: Path, base: str, exclude: list[str]) -> Iterator[tuple[Path, str]
 
 # ---- add ----------------------------------------------------------------------------------------
 def add(archive: Path, paths: list[str], settings: Settings, ui: Reporter, exclude: list[str] | None = None,
-        piped: tuple[str, BinaryIO] | None = None) -> Result:
+        piped: tuple[str, BinaryIO] | None = None, remove: bool = False) -> Result:
     """Add the paths (directories with what is under them, except names matching an exclude
     pattern, see `excluded`) to the archive, creating it if needed; piped = (name, stream) adds one
-    more file, of the bytes read from the stream (7z's -si: `pg_dump db | lmarc add - ...`)."""
+    more file, of the bytes read from the stream (7z's -si: `pg_dump db | lmarc add - ...`).
+    remove: then remove what was added (`_remove_added`), every file read first (`--checksum`):
+    a file is never removed on the word of its size and mtime alone."""
+    if remove:
+        settings = dataclasses.replace(settings, checksum=True)
     spool = None
     try:
         if piped is not None:
@@ -181,7 +187,7 @@ def add(archive: Path, paths: list[str], settings: Settings, ui: Reporter, exclu
                 spool = (_spool(piped[1], archive.absolute().parent), name)
             except OSError as e:
                 raise LmarcError(f"cannot take in standard input: {e.strerror or e}; nothing was added") from e
-        return _add(archive, paths, settings, ui, exclude or [], spool)
+        return _add(archive, paths, settings, ui, exclude or [], spool, remove)
     except KeyboardInterrupt:
         raise LmarcError("interrupted: nothing was added, the archive is as it was") from None
     finally:
@@ -207,9 +213,10 @@ def _spool(stream: BinaryIO, directory: Path) -> Path:
 
 
 def _add(archive: Path, paths: list[str], settings: Settings, ui: Reporter, exclude: list[str],
-         spool: tuple[Path, str] | None) -> Result:
+         spool: tuple[Path, str] | None, remove: bool) -> Result:
     res = Result()
     items = []
+    added: list[tuple[Path, dict]] = []  # for remove: each path this add stored, with its entry
     for arg in paths:
         top = Path(arg)
         if not top.exists() and not top.is_symlink():
@@ -241,6 +248,8 @@ def _add(archive: Path, paths: list[str], settings: Settings, ui: Reporter, excl
                 by_name[name] = len(writer.index.entries)
                 writer.index.entries.append(entry)
             res.ok += 1
+            if remove and (spool is None or p != spool[0]):
+                added.append((p, entry))
         if packer:
             packer.flush()
         index = writer.index
@@ -259,7 +268,41 @@ def _add(archive: Path, paths: list[str], settings: Settings, ui: Reporter, excl
         writer.close()
         if not committed and writer.created:
             archive.unlink(missing_ok=True)
+    if remove:
+        _remove_added(added, res)
     return res
+
+
+def _remove_added(added: list[tuple[Path, dict]], res: Result) -> None:
+    """tar's --remove-files, once the add is committed and synced (or found to change nothing): each
+    file and symlink still as it was read (type, size and mtime), then each directory that is
+    empty by then, deepest first. One changed since it was read is kept and reported; a directory
+    still holding something (excluded, unreadable or changed) is kept."""
+    removed, dirs = 0, []
+    for p, e in added:
+        if e["type"] == "dir":
+            dirs.append(p)
+            continue
+        try:
+            st = p.lstat()
+            if e["type"] == "symlink":
+                same = stat.S_ISLNK(st.st_mode) and os.readlink(p) == e["link"]
+            else:
+                same = stat.S_ISREG(st.st_mode) and st.st_size == e["size"]
+            if not same or st.st_mtime_ns != e["mtime"]:
+                res.problems.append(f"{e['path']}: changed since it was read; not removed")
+                continue
+            p.unlink()
+            removed += 1
+        except FileNotFoundError:
+            continue  # (named twice on the command line, or gone meanwhile: nothing to remove)
+        except OSError as err:
+            res.problems.append(f"{e['path']}: not removed ({err.strerror or err})")
+    for d in sorted(dirs, key=lambda d: len(d.parts), reverse=True):
+        with contextlib.suppress(OSError):
+            d.rmdir()
+            removed += 1
+    res.detail += f"; {removed} removed"
 
 
 def _add_one(p: Path, name: str, writer: ArchiveWriter, packer: SolidPacker | None, settings: Settings, ui: Reporter,

@@ -78,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-T", "--files-from", metavar="FILE",
                    help="also add the paths listed in FILE, one per line ('-': standard input), as tar -T does")
     p.add_argument("--null", action="store_true", help="--files-from's paths end with NUL, not newline (find -print0)")
+    p.add_argument("--remove-files", action="store_true",
+                   help="remove what was added, once the archive is safely written (each file read, not trusted "
+                        "by size and mtime; one changed since it was read is kept), as tar --remove-files")
     p.add_argument("--stdin-name", default="stdin", metavar="NAME",
                    help="the name under which PATH '-' (standard input's bytes) is stored (default: stdin)")
     p.add_argument("paths", nargs="*", metavar="PATH",
@@ -277,7 +280,8 @@ def run(args) -> int:
         paths += _listed_paths(args.files_from, args.null) if args.files_from else []
         if not paths and stdin is None:
             raise ops.LmarcError("add: name at least one PATH (or --files-from FILE)")
-        return _report(ops.add(Path(args.archive), paths, settings, ui, args.exclude, stdin), "added", args.quiet)
+        res = ops.add(Path(args.archive), paths, settings, ui, args.exclude, stdin, args.remove_files)
+        return _report(res, "added", args.quiet)
     if args.command == "extract":
         to = sys.stdout.buffer if args.to_stdout else None
         res = ops.extract(Path(args.archive), Path(args.directory), args.members, args.overwrite, settings, ui, to,

@@ -119,6 +119,58 @@ def test_an_add_at_work_is_said_to_be_in_progress(two_adds, tmp_path, cli):
     assert cli("test", t)[1] == ""
 
 
+def test_remove_files_removes_only_what_the_synced_archive_holds(cli, tmp_path, monkeypatch):
+    """add --remove-files (tar's): what was added is removed once the archive is committed, files and
+    symlinks first, then directories left empty; an excluded file keeps its directories. Every
+    file is read even when its size and mtime match its entry (content edited in place is stored,
+    not lost). A file changed after it was read, and everything when the add fails, is kept."""
+    from archiver import archive as ops
+
+    monkeypatch.chdir(tmp_path)
+    t = tmp_path / "t"
+    (t / "sub").mkdir(parents=True)
+    (t / "a.txt").write_text("alpha\n")
+    (t / "sub" / "b.txt").write_text("beta\n")
+    (t / "sub" / "keep.o").write_text("excluded\n")
+    os.symlink("a.txt", t / "l")
+    cli("add", "-q", "-a", "a.lma", "--model", "none", "--remove-files", "-x", "*.o", "t")
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in t.rglob("*")) == ["t/sub", "t/sub/keep.o"]
+    cli("extract", "-q", "-C", "out", "a.lma")
+    assert (tmp_path / "out/t/a.txt").read_text() == "alpha\n" and os.readlink(tmp_path / "out/t/l") == "a.txt"
+
+    f = t / "sub" / "keep.o"  # now added: edited in place, same size, mtime put back
+    cli("add", "-q", "-a", "b.lma", "--model", "none", f)
+    stamp = f.stat().st_mtime_ns
+    f.write_text("EXCLUDED\n")
+    os.utime(f, ns=(stamp, stamp))
+    cli("add", "-q", "-a", "b.lma", "--model", "none", "--remove-files", f)
+    assert not f.exists()
+    assert cli("extract", "-q", "-O", "b.lma")[0] == "EXCLUDED\n"
+
+    (t / "c.txt").write_text("gamma\n")
+    (t / "d.txt").write_text("delta\n")
+    real = ops._add_one
+
+    def then_edit(p, name, *args):
+        entry = real(p, name, *args)
+        if p.name == "c.txt":
+            p.write_text("gamma, edited after it was read\n")
+        return entry
+
+    monkeypatch.setattr(ops, "_add_one", then_edit)
+    _, err = cli("add", "-a", "c.lma", "--model", "none", "--remove-files", t / "c.txt", t / "d.txt", code=1)
+    assert "c.txt: changed since it was read; not removed" in err
+    assert (t / "c.txt").exists() and not (t / "d.txt").exists()
+    monkeypatch.setattr(ops, "_add_one", real)
+
+    def full(self):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ArchiveWriter, "commit", full)
+    cli("add", "-a", "d.lma", "--model", "none", "--remove-files", t / "c.txt", code=2)
+    assert (t / "c.txt").exists() and not Path("d.lma").exists()
+
+
 def ops_list(path: Path) -> list[str] | None:
     from archiver.archive import listing
     from archiver.container import ArchiveError
