@@ -169,12 +169,13 @@ def _walk(top: Path, base: str, exclude: list[str]) -> Iterator[tuple[Path, str]
 
 # ---- add ----------------------------------------------------------------------------------------
 def add(archive: Path, paths: list[str], settings: Settings, ui: Reporter, exclude: list[str] | None = None,
-        piped: tuple[str, BinaryIO] | None = None, remove: bool = False) -> Result:
+        piped: tuple[str, BinaryIO] | None = None, remove: bool = False, encrypt: bool = False) -> Result:
     """Add the paths (directories with what is under them, except names matching an exclude
     pattern, see `excluded`) to the archive, creating it if needed; piped = (name, stream) adds one
     more file, of the bytes read from the stream (7z's -si: `pg_dump db | lmarc add - ...`).
     remove: then remove what was added (`_remove_added`), every file read first (`--checksum`):
-    a file is never removed on the word of its size and mtime alone."""
+    a file is never removed on the word of its size and mtime alone. encrypt: a new archive is
+    encrypted (`archiver.crypt`; an existing one is written as it is, and must be encrypted too)."""
     if remove:
         settings = dataclasses.replace(settings, checksum=True)
     spool = None
@@ -187,7 +188,7 @@ def add(archive: Path, paths: list[str], settings: Settings, ui: Reporter, exclu
                 spool = (_spool(piped[1], archive.absolute().parent), name)
             except OSError as e:
                 raise LmarcError(f"cannot take in standard input: {e.strerror or e}; nothing was added") from e
-        return _add(archive, paths, settings, ui, exclude or [], spool, remove)
+        return _add(archive, paths, settings, ui, exclude or [], spool, remove, encrypt)
     except KeyboardInterrupt:
         raise LmarcError("interrupted: nothing was added, the archive is as it was") from None
     finally:
@@ -213,7 +214,7 @@ def _spool(stream: BinaryIO, directory: Path) -> Path:
 
 
 def _add(archive: Path, paths: list[str], settings: Settings, ui: Reporter, exclude: list[str],
-         spool: tuple[Path, str] | None, remove: bool) -> Result:
+         spool: tuple[Path, str] | None, remove: bool, encrypt: bool) -> Result:
     res = Result()
     items = []
     added: list[tuple[Path, dict]] = []  # for remove: each path this add stored, with its entry
@@ -228,7 +229,7 @@ def _add(archive: Path, paths: list[str], settings: Settings, ui: Reporter, excl
     archive_abs = archive.resolve()
     items = [(p, n) for p, n in items if p.resolve() != archive_abs] + ([spool] if spool else [])
     total = sum(p.lstat().st_size for p, _ in items if p.is_file() and not p.is_symlink())
-    writer = ArchiveWriter(archive)
+    writer = ArchiveWriter(archive, encrypt=encrypt)
     packer = SolidPacker(writer, lambda n: ui.file_done(0, n), settings.tracks) if settings.solid else None
     committed = False
     size_before = 0 if writer.created else writer.start
@@ -924,4 +925,5 @@ def summary(archive: Path) -> dict:
         return {"archive": str(archive), "bytes": reader.size, "index_version": idx.version, "entries": types,
                 "file_bytes": _file_bytes(idx.entries), "stored_bytes": sum(codecs.values()),
                 "codecs": dict(sorted(codecs.items(), key=lambda kv: -kv[1])), "models": models,
-                "compact_frees": rewrite.unreferenced(reader), "warning": reader.tail_note()}
+                "compact_frees": rewrite.unreferenced(reader), "warning": reader.tail_note(),
+                "encrypted": reader.sealer is not None}

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from archiver import archive as ops
-from archiver import classic
+from archiver import classic, crypt
 from archiver.container import ArchiveError
 from archiver.modelfile import ModelError
 from archiver.progress import make_reporter
@@ -28,19 +28,22 @@ def _global_options(p: argparse.ArgumentParser, suppress: bool) -> None:
     p.add_argument("-q", "--quiet", action="store_true", default=d(False), help="print nothing but errors")
     p.add_argument("--no-progress", action="store_true", default=d(False), help="no progress bar")
     p.add_argument("--debug", action="store_true", default=d(False), help="show tracebacks")
+    p.add_argument("--password-file", metavar="FILE", default=d(None),
+                   help="an encrypted archive's password: FILE's first line (else LMARC_PASSWORD, else asked)")
 
 
 def _version() -> str:
     """This lmarc's release, and the archive format and index versions it writes and reads."""
     from importlib import metadata
 
-    from archiver.container import INDEX_VERSIONS, VERSION
+    from archiver.container import ENCRYPTED, INDEX_VERSIONS, VERSION
 
     try:
         release = metadata.version("lmarc")
     except metadata.PackageNotFoundError:  # run from a source tree that was never installed
         release = "(not installed)"
-    return f"lmarc {release} (archive format {VERSION}, index versions {INDEX_VERSIONS[0]}-{INDEX_VERSIONS[-1]})"
+    return (f"lmarc {release} (archive format {VERSION}, {ENCRYPTED} encrypted, index versions "
+            f"{INDEX_VERSIONS[0]}-{INDEX_VERSIONS[-1]})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-T", "--files-from", metavar="FILE",
                    help="also add the paths listed in FILE, one per line ('-': standard input), as tar -T does")
     p.add_argument("--null", action="store_true", help="--files-from's paths end with NUL, not newline (find -print0)")
+    p.add_argument("--encrypt", action="store_true",
+                   help="create the archive encrypted (AES-256-GCM, names too) under a password: --password-file, "
+                        "LMARC_PASSWORD, or asked on the terminal")
     p.add_argument("--remove-files", action="store_true",
                    help="remove what was added, once the archive is safely written (each file read, not trusted "
                         "by size and mtime; one changed since it was read is kept), as tar --remove-files")
@@ -204,7 +210,8 @@ def _versions_table(rows: list[dict]) -> int:
 
 def _archive_info(info: dict) -> int:
     n = info["entries"]
-    print(f"archive: {info['archive']}, {info['bytes']:,} bytes (index version {info['index_version']})")
+    print(f"archive: {info['archive']}, {info['bytes']:,} bytes (index version {info['index_version']}"
+          + (", encrypted: AES-256-GCM, key from scrypt)" if info["encrypted"] else ")"))
     print(f"entries: {n['file']} files, {n['dir']} directories, {n['symlink']} symlinks; "
           f"{info['file_bytes']:,} bytes of files stored in {info['stored_bytes']:,}")
     print("codecs: " + (", ".join(f"{c} {b:,} bytes" for c, b in info["codecs"].items()) or "-"))
@@ -266,6 +273,8 @@ def _listed_paths(source: str, null: bool) -> list[str]:
 
 
 def run(args) -> int:
+    source = Path(args.password_file) if args.password_file else None  # (and forget any password had before)
+    crypt.set_password_source(source and (lambda: next(iter(source.read_text().splitlines()), "")))
     classic.set_threads(args.threads)
     settings = ops.Settings(model=getattr(args, "model", "default"), device=args.device, threads=args.threads,
                             solid=getattr(args, "solid", True), checksum=getattr(args, "checksum", False))
@@ -280,7 +289,7 @@ def run(args) -> int:
         paths += _listed_paths(args.files_from, args.null) if args.files_from else []
         if not paths and stdin is None:
             raise ops.LmarcError("add: name at least one PATH (or --files-from FILE)")
-        res = ops.add(Path(args.archive), paths, settings, ui, args.exclude, stdin, args.remove_files)
+        res = ops.add(Path(args.archive), paths, settings, ui, args.exclude, stdin, args.remove_files, args.encrypt)
         return _report(res, "added", args.quiet)
     if args.command == "extract":
         to = sys.stdout.buffer if args.to_stdout else None

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from archiver import contextmix
+from archiver import contextmix, crypt
 from archiver.classic import CODECS
 from archiver.formats import KINDS
 
@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 
 MAGIC = b"LMARC\r\n\x1a"
 VERSION = 1
+ENCRYPTED = 2  # the format version of an encrypted archive: its header is followed by a key record (archiver.crypt)
 HEADER = MAGIC + struct.pack("<H", VERSION) + bytes(6)
 HEADER_LEN = len(HEADER)
 TRAILER_MAGIC = b"LMAIDX\x00\x01"
@@ -157,7 +158,7 @@ def _is_int(v, lo: int = 0, hi: int = 1 << 62) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
 
 
-def validate_index(index: Index, data_end: int) -> None:
+def validate_index(index: Index, data_end: int, data_start: int = HEADER_LEN, overhead: int = 0) -> None:
     """Reject any index this code did not write: wrong types, absurd sizes, chunks outside the data
     area or overlapping each other. After this, readers may index the structure without guarding."""
 
@@ -184,7 +185,7 @@ def validate_index(index: Index, data_end: int) -> None:
                 if (not isinstance(c, dict) or c.get("codec") not in CHUNK_CODECS
                         or CODEC_SINCE.get(c["codec"], 1) > index.version):
                     bad("chunk codec")
-                if not (_is_int(c.get("offset"), HEADER_LEN, data_end) and _is_int(c.get("length"), 0, data_end)
+                if not (_is_int(c.get("offset"), data_start, data_end) and _is_int(c.get("length"), 0, data_end)
                         and c["offset"] + c["length"] <= data_end and _is_int(c.get("crc32"), 0, 0xFFFFFFFF)
                         and _is_int(c.get("size"), 0, MAX_CHUNK) and _is_int(c.get("tokens"), 0, MAX_CHUNK)):
                     bad("chunk location or size")
@@ -198,7 +199,7 @@ def validate_index(index: Index, data_end: int) -> None:
                         and part[0] + c["size"] <= part[1]):
                     bad("solid part")
                 decoded = c["size"] if part is None else part[1]
-                if c["codec"] == "store" and decoded != c["length"]:
+                if c["codec"] == "store" and decoded + overhead != c["length"]:
                     bad("stored chunk size")
                 total += c["size"]
                 region = (c["length"], c["crc32"], c["codec"], None if part is None else part[1])
@@ -306,9 +307,21 @@ class ArchiveReader:
         if head[:8] != MAGIC:
             raise ArchiveError(f"{self.path} is not an lmarc archive")
         (fmt,) = struct.unpack("<H", head[8:10])
-        if fmt != VERSION:
-            raise ArchiveError(f"archive format version {fmt} is not supported (this lmarc reads {VERSION})")
-        if self.size < HEADER_LEN + TRAILER.size:
+        if fmt not in (VERSION, ENCRYPTED):
+            raise ArchiveError(f"archive format version {fmt} is not supported (this lmarc reads {VERSION} and "
+                               f"{ENCRYPTED})")
+        self.sealer: crypt.Sealer | None = None
+        self.key_record = b""
+        if fmt == ENCRYPTED:  # the key record, then sealed payloads and indexes (archiver.crypt)
+            self.key_record = self._f.read(crypt.KEY_RECORD_LEN)
+            if len(self.key_record) < crypt.KEY_RECORD_LEN:
+                raise ArchiveError("archive is truncated")
+            try:
+                self.sealer = crypt.unlock(self.key_record, crypt.password())
+            except crypt.CryptError as e:
+                raise ArchiveError(f"{self.path}: {e}") from None
+        self.data_start = HEADER_LEN + len(self.key_record)
+        if self.size < self.data_start + TRAILER.size:
             raise ArchiveError("archive is truncated")
         with mmap.mmap(self._f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
             found = _trailers(mm, self.size)
@@ -342,8 +355,14 @@ class ArchiveReader:
         """The index of `versions`' nth (1 the first), checked against the data before it."""
         off, length, _ = self.versions[n - 1]
         self._f.seek(off)
-        index = Index.from_bytes(self._f.read(length))
-        validate_index(index, off)
+        raw = self._f.read(length)
+        if self.sealer is not None:
+            try:
+                raw = self.sealer.open(raw)
+            except crypt.CryptError as e:
+                raise ArchiveError(f"archive index {e}") from None
+        index = Index.from_bytes(raw)
+        validate_index(index, off, self.data_start, 0 if self.sealer is None else crypt.OVERHEAD)
         return index
 
     def tail_note(self) -> str | None:
@@ -366,7 +385,13 @@ class ArchiveReader:
             self._f.seek(off)
             data = self._f.read(length)
             ok = len(data) == length and zlib.crc32(data) == chunk["crc32"]
-            self._last = ((off, length), data if ok else ArchiveError("chunk CRC mismatch"))
+            result: bytes | ArchiveError = data if ok else ArchiveError("chunk CRC mismatch")
+            if ok and self.sealer is not None:
+                try:
+                    result = self.sealer.open(data)
+                except crypt.CryptError as e:
+                    result = ArchiveError(f"chunk {e}")
+            self._last = ((off, length), result)
         if isinstance(self._last[1], ArchiveError):
             raise self._last[1]
         return self._last[1]
@@ -386,9 +411,14 @@ class ArchiveWriter:
 
     An archive whose last add is damaged (`ArchiveReader.tail`) is refused: appending would hide
     that add's data behind a valid index for good. Only a rewrite, which replaces the whole file and
-    never appends here, locks it anyway (damaged_ok), leaving those bytes as they are."""
+    never appends here, locks it anyway (damaged_ok), leaving those bytes as they are.
 
-    def __init__(self, path: str | Path, damaged_ok: bool = False):
+    A new archive is encrypted when asked (encrypt: a new key from the password; key: an existing
+    archive's key record and sealer, for a rewrite of it); an existing one is written as it is,
+    with its own key (`archiver.crypt`). `key` is this archive's (record, sealer), None when plain."""
+
+    def __init__(self, path: str | Path, damaged_ok: bool = False, encrypt: bool = False,
+                 key: tuple[bytes, crypt.Sealer] | None = None):
         self.path = Path(path)
         self.index = Index()
         if fcntl is None:
@@ -406,9 +436,19 @@ class ArchiveWriter:
                 break
             self._unlock_close()  # a delete or compact put a new file there while we waited: lock that one
         size = os.fstat(fd).st_size
+        self.key = key
         if size == 0:
-            self._write(HEADER)
-            self.start = HEADER_LEN
+            try:
+                if encrypt and key is None:
+                    self.key = crypt.new_key_record(crypt.password(new=True))
+            except crypt.CryptError as e:
+                self._unlock_close()
+                raise ArchiveError(str(e)) from None
+            if self.key is None:
+                self._write(HEADER)
+            else:
+                self._write(MAGIC + struct.pack("<H", ENCRYPTED) + bytes(6) + self.key[0])
+            self.start = HEADER_LEN + (len(self.key[0]) if self.key else 0)
             self.created = True
         else:
             self.created = False
@@ -421,6 +461,11 @@ class ArchiveWriter:
             if reader.tail == DAMAGED and not damaged_ok:
                 self._unlock_close()
                 raise ArchiveError(f"{path}: not adding: {reader.tail_note()}")
+            if encrypt and reader.sealer is None:
+                self._unlock_close()
+                raise ArchiveError(f"{path} exists and is not encrypted: encryption is chosen when an archive is "
+                                   "created (add to a new archive, or extract this one and add it again)")
+            self.key = None if reader.sealer is None else (reader.key_record, reader.sealer)
             self.index = reader.index
             # after the last valid trailer: a killed add's debris, removed here (or a damaged add, kept)
             self.start = size if reader.tail == DAMAGED else reader.end
@@ -457,7 +502,10 @@ class ArchiveWriter:
             view = view[n:]
 
     def write_chunk(self, payload: bytes) -> dict:
-        """Append a payload; returns its location record for the chunk table."""
+        """Append a payload (sealed, in an encrypted archive); returns its location record for the
+        chunk table."""
+        if self.key is not None:
+            payload = self.key[1].seal(payload)
         self._write(payload)
         rec = {"offset": self.pos, "length": len(payload), "crc32": zlib.crc32(payload)}
         self.pos += len(payload)
@@ -478,6 +526,8 @@ class ArchiveWriter:
 
     def commit(self) -> None:
         raw = self.index.to_bytes()
+        if self.key is not None:
+            raw = self.key[1].seal(raw)
         self._write(raw)
         head = TRAILER_MAGIC + struct.pack("<QQI", self.pos, len(raw), zlib.crc32(raw))
         self._write(head + struct.pack("<I", zlib.crc32(head)))

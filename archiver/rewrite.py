@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from archiver import classic, contextmix, imagemix
-from archiver.container import HEADER_LEN, ArchiveError, ArchiveReader, ArchiveWriter, Index
+from archiver.container import ArchiveError, ArchiveReader, ArchiveWriter, Index
 from archiver.progress import Reporter
 
 TMP_SUFFIX = ".lmarc-tmp"  # the new archive's name until it is complete: .NAME.RANDOM.lmarc-tmp
@@ -55,7 +55,7 @@ def rewrite(archive: Path, choose: Callable[[list[dict]], list[dict]], ui: Repor
         os.close(fd)
         try:
             _same_owner_and_mode(Path(tmp), os.stat(archive))
-            out = ArchiveWriter(tmp)
+            out = ArchiveWriter(tmp, key=lock.key)  # an encrypted archive stays so, under its own key
             try:
                 moved = _copy(archive, out, chunks, ui)
                 out.index = Index(entries, {k: _relocated(v, moved) for k, v in objects.items()},
@@ -78,7 +78,7 @@ def unreferenced(reader: ArchiveReader) -> int:
     indexes and trailers, and the debris of an add that was killed (the new index, without the
     objects no entry references, is smaller too)."""
     referenced = sum(c["length"] for c in payloads(chunks_of(reader.index.objects)))
-    return reader.size - HEADER_LEN - referenced - (reader.end - reader.data_end)
+    return reader.size - reader.data_start - referenced - (reader.end - reader.data_end)
 
 
 def chunks_of(objects: dict[str, dict]) -> list[dict]:

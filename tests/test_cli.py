@@ -582,7 +582,7 @@ def test_version(capsys):
     with pytest.raises(SystemExit) as done:
         main(["--version"])
     assert done.value.code == 0
-    assert re.fullmatch(r"lmarc \S+ \(archive format 1, index versions 1-\d+\)\n", capsys.readouterr().out)
+    assert re.fullmatch(r"lmarc \S+ \(archive format 1, 2 encrypted, index versions 1-\d+\)\n", capsys.readouterr().out)
 
 
 def test_hard_links_come_back_as_hard_links(cli, tmp_path, monkeypatch):

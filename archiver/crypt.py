@@ -1,0 +1,132 @@
+"""Archive encryption (`lmarc add --encrypt`): AES-256-GCM on every payload and index, under a key
+that scrypt derives from a password, as 7z's `-p -mhe=on` and zpaq's `-key` give.
+
+Without the password neither the files' contents nor their names can be read (the index, which
+holds the names, sizes and checksums, is encrypted like the payloads), and a changed payload or
+index fails GCM's tag instead of decoding to something else. What stays visible is what the
+container's layout shows: that the file is an lmarc archive, how many payloads of what sizes, and
+the trailers.
+
+An encrypted archive has format version 2: its 16-byte header is followed by the key record (its
+KDF's parameters, a random salt, and a sealed check value, so that a wrong password is told at
+once), and every payload and index is sealed: a random 12-byte nonce, the ciphertext, GCM's 16-byte
+tag (OVERHEAD bytes more than the plain payload). Nonces are random, not positions: every add
+appends under the same key, and a rewrite (`compact`) writes a new file under it, so a position
+can recur; random 96-bit nonces are safe for 2**32 payloads per key (NIST SP 800-38D), far beyond
+any archive's.
+
+The password comes from the source the CLI sets (`--password-file`), else the LMARC_PASSWORD
+environment variable, else the terminal, asked once per process (twice when it creates an
+archive). A derived key is kept per key record, so opening an archive several times in one command
+runs scrypt once.
+"""
+
+from __future__ import annotations
+
+import functools
+import getpass
+import hashlib
+import os
+import struct
+import sys
+from collections.abc import Callable
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+KEY_MAGIC = b"LMAKEY\x00\x01"
+KEY_HEAD = struct.Struct("<8sBBBB16s")  # magic, KDF (1: scrypt), log2 N, r, p, salt
+SCRYPT = 1
+LOG2_N, R, P = 16, 8, 1  # scrypt's cost for new archives: 64 MiB and about 0.3 s here
+MAX_LOG2_N = 20  # a key record asking for more memory than 1 GiB is not one we wrote
+NONCE, TAG = 12, 16
+OVERHEAD = NONCE + TAG  # a sealed blob's bytes beyond the plain ones
+CHECK = b"lmarc key check\x00"
+KEY_RECORD_LEN = KEY_HEAD.size + OVERHEAD + len(CHECK)
+
+
+class CryptError(Exception):
+    """A wrong password, no password to be had, or a sealed blob that fails its tag."""
+
+
+class Sealer:
+    """AES-256-GCM under one archive's key."""
+
+    def __init__(self, key: bytes):
+        self._aead = AESGCM(key)
+
+    def seal(self, data: bytes) -> bytes:
+        nonce = os.urandom(NONCE)
+        return nonce + self._aead.encrypt(nonce, data, None)
+
+    def open(self, blob: bytes) -> bytes:
+        """The plain bytes of a sealed blob; CryptError when it fails its tag (damaged or altered)."""
+        if len(blob) < OVERHEAD:
+            raise CryptError("sealed data too short")
+        try:
+            return self._aead.decrypt(blob[:NONCE], blob[NONCE:], None)
+        except InvalidTag:
+            raise CryptError("fails authentication (damaged, or altered without the key)") from None
+
+
+def new_key_record(password: str) -> tuple[bytes, Sealer]:
+    """A new archive's key record, with a fresh salt, and its sealer."""
+    head = KEY_HEAD.pack(KEY_MAGIC, SCRYPT, LOG2_N, R, P, os.urandom(16))
+    sealer = Sealer(_derive(password, head))
+    return head + sealer.seal(CHECK), sealer
+
+
+def unlock(record: bytes, password: str) -> Sealer:
+    """The sealer of an archive's key record, once the password opens its check value."""
+    sealer = Sealer(_derive(password, record[: KEY_HEAD.size]))
+    try:
+        if sealer.open(record[KEY_HEAD.size :]) == CHECK:
+            return sealer
+    except CryptError:
+        pass
+    raise CryptError("wrong password (or a damaged key record)")
+
+
+@functools.lru_cache(maxsize=8)
+def _derive(password: str, head: bytes) -> bytes:
+    magic, kdf, log2_n, r, p, salt = KEY_HEAD.unpack(head)
+    if magic != KEY_MAGIC or kdf != SCRYPT or not (10 <= log2_n <= MAX_LOG2_N and 1 <= r <= 32 and 1 <= p <= 16):
+        raise CryptError("the archive's key record is damaged or of a kind this lmarc does not know")
+    return hashlib.scrypt(password.encode(), salt=salt, n=1 << log2_n, r=r, p=p,
+                          maxmem=(256 << log2_n) * r + (1 << 20), dklen=32)
+
+
+_source: Callable[[], str] | None = None
+_given: str | None = None  # the password, once had
+
+
+def set_password_source(source: Callable[[], str] | None) -> None:
+    """Where password() takes the password from (the CLI's --password-file); None: the default."""
+    global _source, _given
+    _source, _given = source, None
+
+
+def password(new: bool = False) -> str:
+    """The password, from the set source, else LMARC_PASSWORD, else asked on the terminal (once per
+    process; twice, to be sure of it, for a new archive)."""
+    global _given
+    if _given is None:
+        _given = _ask(new)
+    return _given
+
+
+def _ask(new: bool) -> str:
+    if _source is not None:
+        pw = _source()
+    elif "LMARC_PASSWORD" in os.environ:
+        pw = os.environ["LMARC_PASSWORD"]
+    elif sys.stdin is not None and sys.stdin.isatty():
+        pw = getpass.getpass("lmarc password: ")
+        if new and getpass.getpass("again: ") != pw:
+            raise CryptError("the passwords differ")
+    else:
+        raise CryptError("the archive is encrypted: give its password (--password-file FILE, the LMARC_PASSWORD "
+                         "environment variable, or a terminal to ask on)")
+    if not pw:
+        raise CryptError("an empty password")
+    return pw
