@@ -35,7 +35,8 @@ KEY_MAGIC = b"LMAKEY\x00\x01"
 KEY_HEAD = struct.Struct("<8sBBBB16s")  # magic, KDF (1: scrypt), log2 N, r, p, salt
 SCRYPT = 1
 LOG2_N, R, P = 16, 8, 1  # scrypt's cost for new archives: 64 MiB and about 0.3 s here
-MAX_LOG2_N = 20  # a key record asking for more memory than 1 GiB is not one we wrote
+MAX_MEMORY = 1 << 30  # a key record asking scrypt for more memory than this (128 r N bytes) is not one we wrote,
+MAX_WORK = 16 * (R << LOG2_N)  # nor one asking for more than 16 times our work (p r N): a hostile archive's DoS
 NONCE, TAG = 12, 16
 OVERHEAD = NONCE + TAG  # a sealed blob's bytes beyond the plain ones
 CHECK = b"lmarc key check\x00"
@@ -92,10 +93,11 @@ def unlock(record: bytes, password: str) -> Sealer:
 @functools.lru_cache(maxsize=8)
 def _derive(password: str, head: bytes) -> bytes:
     magic, kdf, log2_n, r, p, salt = KEY_HEAD.unpack(head)
-    if magic != KEY_MAGIC or kdf != SCRYPT or not (10 <= log2_n <= MAX_LOG2_N and 1 <= r <= 32 and 1 <= p <= 16):
+    if (magic != KEY_MAGIC or kdf != SCRYPT or not (10 <= log2_n <= 30 and r >= 1 and p >= 1)
+            or (128 * r) << log2_n > MAX_MEMORY or (p * r) << log2_n > MAX_WORK):
         raise CryptError("the archive's key record is damaged or of a kind this lmarc does not know")
     return hashlib.scrypt(password.encode(), salt=salt, n=1 << log2_n, r=r, p=p,
-                          maxmem=(256 << log2_n) * r + (1 << 20), dklen=32)
+                          maxmem=2 * MAX_MEMORY, dklen=32)  # (a limit: what is used is 128 r N bytes)
 
 
 _source: Callable[[], str] | None = None

@@ -115,3 +115,6 @@ def test_sealing_round_trips_and_every_seal_differs():
     assert len(record) == crypt.KEY_RECORD_LEN and crypt.unlock(record, "pw").open(mine.seal(b"x")) == b"x"
     with pytest.raises(crypt.CryptError, match="wrong password"):
         crypt.unlock(record, "other")
+    greedy = crypt.KEY_HEAD.pack(crypt.KEY_MAGIC, crypt.SCRYPT, 24, 8, 1, bytes(16))  # 2 GiB: a hostile record
+    with pytest.raises(crypt.CryptError, match="damaged or of a kind"):
+        crypt.unlock(greedy + record[crypt.KEY_HEAD.size :], "pw")
