@@ -97,7 +97,7 @@ def _derive(password: str, head: bytes) -> bytes:
             or (128 * r) << log2_n > MAX_MEMORY or (p * r) << log2_n > MAX_WORK):
         raise CryptError("the archive's key record is damaged or of a kind this lmarc does not know")
     return hashlib.scrypt(password.encode(), salt=salt, n=1 << log2_n, r=r, p=p,
-                          maxmem=2 * MAX_MEMORY, dklen=32)  # (a limit: what is used is 128 r N bytes)
+                          maxmem=MAX_MEMORY + (1 << 26), dklen=32)  # (a limit: 128 r N bytes are used)
 
 
 _source: Callable[[], str] | None = None
