@@ -25,7 +25,7 @@ except ImportError:  # Windows: no owners to record or restore
 def recorded(st: os.stat_result) -> dict:
     """An entry's owner fields for a file of this stat."""
     out: dict = {"uid": st.st_uid, "gid": st.st_gid}
-    user, group = _user_name(st.st_uid), _group_name(st.st_gid)
+    user, group = _look(USER_NAME, st.st_uid), _look(GROUP_NAME, st.st_gid)
     if user is not None:
         out["user"] = user
     if group is not None:
@@ -41,7 +41,7 @@ def may_restore() -> bool:
 def restore(target: Path, e: dict) -> None:
     """Give the extracted target (not following a symlink) the entry's owner: by name where this
     system has the name, else by number; nothing for an entry that recorded none."""
-    uid, gid = _id(e, "user", "uid", _user_id), _id(e, "group", "gid", _group_id)
+    uid, gid = _id(e, "user", "uid", USER_ID), _id(e, "group", "gid", GROUP_ID)
     if uid is not None or gid is not None:
         os.chown(target, -1 if uid is None else uid, -1 if gid is None else gid, follow_symlinks=False)
 
@@ -53,39 +53,26 @@ def differs(st: os.stat_result, e: dict) -> str | None:
     return f"owner {st.st_uid}:{st.st_gid} here, {e['uid']}:{e.get('gid')} in the archive"
 
 
-def _id(e: dict, name_key: str, id_key: str, by_name) -> int | None:
+def _id(e: dict, name_key: str, id_key: str, by_name: str) -> int | None:
     name = e.get(name_key)
-    found = by_name(name) if isinstance(name, str) else None
+    found = _look(by_name, name) if isinstance(name, str) else None
     return found if found is not None else e.get(id_key)
 
 
-@functools.lru_cache(maxsize=1024)
-def _user_name(uid: int) -> str | None:
+USER_NAME, GROUP_NAME, USER_ID, GROUP_ID = "user name", "group name", "user id", "group id"
+_LOOKUPS = {} if pwd is None else {
+    USER_NAME: lambda uid: pwd.getpwuid(uid).pw_name,
+    GROUP_NAME: lambda gid: grp.getgrgid(gid).gr_name,
+    USER_ID: lambda name: pwd.getpwnam(name).pw_uid,
+    GROUP_ID: lambda name: grp.getgrnam(name).gr_gid,
+}
+
+
+@functools.lru_cache(maxsize=4096)
+def _look(what: str, key: int | str) -> int | str | None:
+    """A user's or group's name by number, or number by name (what: USER_NAME ...), None where
+    this system does not know it (or has no pwd and grp)."""
     try:
-        return None if pwd is None else pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return None
-
-
-@functools.lru_cache(maxsize=1024)
-def _group_name(gid: int) -> str | None:
-    try:
-        return None if grp is None else grp.getgrgid(gid).gr_name
-    except KeyError:
-        return None
-
-
-@functools.lru_cache(maxsize=1024)
-def _user_id(name: str) -> int | None:
-    try:
-        return None if pwd is None else pwd.getpwnam(name).pw_uid
-    except KeyError:
-        return None
-
-
-@functools.lru_cache(maxsize=1024)
-def _group_id(name: str) -> int | None:
-    try:
-        return None if grp is None else grp.getgrnam(name).gr_gid
+        return _LOOKUPS[what](key) if what in _LOOKUPS else None
     except KeyError:
         return None

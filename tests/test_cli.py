@@ -499,8 +499,9 @@ def test_owners_are_recorded_and_restored_by_root(cli, tmp_path, monkeypatch):
         pytest.skip("giving files away needs root")
     for p in ("t/d", "t/d/f.txt", "t/link", "t/byname.txt"):
         os.chown(p, 54321, 54322, follow_symlinks=False)  # numbers with no name here
-    real = owners._user_name.__wrapped__
-    monkeypatch.setattr(owners, "_user_name", lambda uid: "root" if uid == 54321 else real(uid))
+    real = owners._look.__wrapped__
+    monkeypatch.setattr(owners, "_look", lambda what, key: "root" if (what, key) == (owners.USER_NAME, 54321)
+                        else real(what, key))
     (tmp_path / "t" / "byname.txt").touch()
     cli("add", "-q", "-a", "b.lma", "--model", "none", "t/byname.txt")  # recorded as user "root", uid 54321
     monkeypatch.undo()
