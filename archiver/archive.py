@@ -16,6 +16,7 @@ import os
 import shutil
 import stat
 import tempfile
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -780,6 +781,42 @@ def compact(archive: Path, ui: Reporter) -> rewrite.Rewritten:
     """Rewrite the archive with every entry but without what none references: the data of files
     re-added with new content, and the superseded indexes every add leaves behind."""
     return _rewrite(archive, list, ui)
+
+
+def rename(archive: Path, pairs: list[tuple[str, str]]) -> int:
+    """7z's rn: each OLD entry, with what is under it, takes the name NEW (hard link targets
+    follow), in a new version of the index; no payload is touched, and `--until` still finds the
+    old names. Returns how many entries were renamed. A NEW that is not a plain relative name, an
+    OLD that is not in the archive, or a name that would be taken twice, is an error before
+    anything is written."""
+    writer = ArchiveWriter(archive)
+    committed = False
+    try:
+        entries = writer.index.entries
+        renamed: dict[str, str] = {}
+        for old, new in pairs:
+            if archive_name(new) != new.strip("/") or archive_name(new) == ".":
+                raise LmarcError(f"{new!r} cannot name an entry (a relative name without '..')")
+            base = archive_name(old)
+            for e in select(entries, [old]):
+                renamed[e["path"]] = archive_name(new) + e["path"][len(base) :]
+        counts = Counter(renamed.get(e["path"], e["path"]) for e in entries)
+        taken = sorted(n for n, k in counts.items() if k > 1)
+        if taken:
+            raise LmarcError(f"the archive already has {', '.join(taken)}; nothing was renamed")
+        for e in entries:
+            e["path"] = renamed.get(e["path"], e["path"])
+            if e.get("hardlink") in renamed:
+                e["hardlink"] = renamed[e["hardlink"]]
+        writer.commit()
+        committed = True
+        return len(renamed)
+    except KeyboardInterrupt:
+        raise LmarcError("interrupted: nothing was renamed") from None
+    finally:
+        if not committed:
+            writer.rollback()
+        writer.close()
 
 
 def _rewrite(archive: Path, choose: Callable[[list[dict]], list[dict]], ui: Reporter) -> rewrite.Rewritten:

@@ -110,6 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("archive")
     p.add_argument("members", nargs="*", metavar="MEMBER", help="these paths and what is under them")
 
+    p = cmd("rename", "rename entries (and what is under them), as 7z rn: a new version of the index, no data "
+                      "rewritten")
+    p.add_argument("archive")
+    p.add_argument("names", nargs="+", metavar="OLD NEW", help="pairs: each OLD entry takes the name NEW")
+
     p = cmd("compact", "rewrite an archive without the room of replaced files and superseded indexes")
     p.add_argument("archive")
 
@@ -320,6 +325,11 @@ def run(args) -> int:
                 else f"compacted {done.entries_after} entries"
             print(f"{verb}; archive {done.bytes_before:,} -> {done.bytes_after:,} bytes")
         return 0
+    if args.command == "rename":
+        n = ops.rename(Path(args.archive), list(zip(args.names[::2], args.names[1::2], strict=True)))
+        if not args.quiet:
+            print(f"renamed {n} entries")
+        return 0
     if args.command == "list":
         return _list(args)
     return _info(args)
@@ -339,6 +349,8 @@ def main(argv: list[str] | None = None) -> int:
             args.exclude += [line for line in Path(source).read_text().splitlines() if line.strip()]
         except (OSError, UnicodeDecodeError) as e:
             parser.error(f"--exclude-from {source}: {getattr(e, 'strerror', None) or e}")
+    if args.command == "rename" and len(args.names) % 2:
+        parser.error("rename: give OLD NEW pairs")
     if getattr(args, "strip_components", 0) < 0:
         parser.error("--strip-components: N cannot be negative")
     if args.device == "cuda":

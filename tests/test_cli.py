@@ -579,6 +579,35 @@ def test_quick_test_reads_stored_bytes_against_their_crcs(cli, tmp_path, monkeyp
     assert out == "tested 1 entries, 1 problems\n" and err == "lmarc: b.txt: damaged (chunk CRC mismatch)\n"
 
 
+def test_rename_is_a_new_version_of_the_names(cli, tmp_path, monkeypatch):
+    """`rename ARCHIVE OLD NEW...` (7z rn): entries and what is under them take new names, hard link
+    targets follow, no payload is written (the archive grows by one index), and --until 1 still has
+    the old names. A name taken twice, an unsafe NEW or a missing OLD changes nothing."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "p" / "src").mkdir(parents=True)
+    (tmp_path / "p" / "src" / "a.c").write_text("int a;\n")
+    os.link(tmp_path / "p" / "src" / "a.c", tmp_path / "p" / "b.c")
+    (tmp_path / "p" / "README").write_text("read me\n")
+    cli("add", "-q", "-a", "a.lma", "--model", "none", "p")
+    with ArchiveReader(tmp_path / "a.lma") as r:
+        data_end = r.data_end
+    before = Path("a.lma").read_bytes()
+    assert cli("rename", "a.lma", "p/src", "p/lib", "p/b.c", "p/c.c")[0] == "renamed 3 entries\n"
+    assert Path("a.lma").read_bytes()[:data_end] == before[:data_end]
+    rows = {r["path"]: r for r in json.loads(cli("list", "--json", "a.lma")[0])}
+    assert set(rows) == {"p", "p/lib", "p/lib/a.c", "p/c.c", "p/README"}
+    assert rows["p/lib/a.c"]["hardlink"] == "p/c.c"  # (p/b.c was the first name walked)
+    cli("extract", "-q", "-C", "out", "a.lma")
+    assert os.stat("out/p/lib/a.c").st_ino == os.stat("out/p/c.c").st_ino
+    assert {r["path"] for r in json.loads(cli("list", "--json", "--until", "1", "a.lma")[0])} == {
+        "p", "p/src", "p/src/a.c", "p/b.c", "p/README"}
+    after = Path("a.lma").read_bytes()
+    assert "already has p/c.c" in cli("rename", "a.lma", "p/README", "p/c.c", code=2)[1]
+    assert "cannot name an entry" in cli("rename", "a.lma", "p/c.c", "../c.c", code=2)[1]
+    assert "not in the archive: p/none" in cli("rename", "a.lma", "p/none", "p/x", code=2)[1]
+    assert Path("a.lma").read_bytes() == after
+
+
 def test_version(capsys):
     with pytest.raises(SystemExit) as done:
         main(["--version"])
