@@ -441,13 +441,16 @@ class ArchiveWriter:
             try:
                 if encrypt and key is None:
                     self.key = crypt.new_key_record(crypt.password(new=True))
-            except crypt.CryptError as e:
+                if self.key is None:
+                    self._write(HEADER)
+                else:
+                    self._write(MAGIC + struct.pack("<H", ENCRYPTED) + bytes(6) + self.key[0])
+            except (crypt.CryptError, OSError, KeyboardInterrupt) as e:  # no password, full disk: no empty file left
+                self.path.unlink(missing_ok=True)
                 self._unlock_close()
-                raise ArchiveError(str(e)) from None
-            if self.key is None:
-                self._write(HEADER)
-            else:
-                self._write(MAGIC + struct.pack("<H", ENCRYPTED) + bytes(6) + self.key[0])
+                if isinstance(e, crypt.CryptError):
+                    raise ArchiveError(str(e)) from None
+                raise
             self.start = HEADER_LEN + (len(self.key[0]) if self.key else 0)
             self.created = True
         else:

@@ -66,6 +66,8 @@ def test_wrong_missing_or_filed_password(cli, tree, tmp_path, monkeypatch):
     monkeypatch.setattr("sys.stdin", open(os.devnull))
     assert "the archive is encrypted: give its password" in cli("extract", "-C", "x", "a.lma", code=2)[1]
     assert not (tmp_path / "x").exists()
+    assert "give its password" in cli("add", "-a", "new.lma", "--encrypt", "t", code=2)[1]
+    assert not (tmp_path / "new.lma").exists()  # (no empty archive left behind)
     Path("pw").write_text("correct horse\nnot this line\n")
     cli("--password-file", "pw", "test", "-q", "a.lma")
     cli("test", "-q", "--password-file", "pw", "a.lma")
