@@ -8,9 +8,11 @@ container's layout shows: that the file is an lmarc archive, how many payloads o
 the trailers.
 
 An encrypted archive has format version 2: its 16-byte header is followed by the key record (its
-KDF's parameters, a random salt, and a sealed check value, so that a wrong password is told at
-once), and every payload and index is sealed: a random 12-byte nonce, the ciphertext, GCM's 16-byte
-tag (OVERHEAD bytes more than the plain payload). Nonces are random, not positions: every add
+KDF's parameters, a random salt, and the archive's random 256-bit data key sealed under the key
+derived from the password: a wrong password fails that seal's tag at once, and a new password
+would only need a new record, not new payloads), and every payload and index is sealed with the
+data key: a random 12-byte nonce, the ciphertext, GCM's 16-byte tag (OVERHEAD bytes more than the
+plain payload). Nonces are random, not positions: every add
 appends under the same key, and a rewrite (`compact`) writes a new file under it, so a position
 can recur; random 96-bit nonces are safe for 2**32 payloads per key (NIST SP 800-38D), far beyond
 any archive's.
@@ -39,8 +41,8 @@ MAX_MEMORY = 1 << 30  # a key record asking scrypt for more memory than this (12
 MAX_WORK = 16 * (R << LOG2_N)  # nor one asking for more than 16 times our work (p r N): a hostile archive's DoS
 NONCE, TAG = 12, 16
 OVERHEAD = NONCE + TAG  # a sealed blob's bytes beyond the plain ones
-CHECK = b"lmarc key check\x00"
-KEY_RECORD_LEN = KEY_HEAD.size + OVERHEAD + len(CHECK)
+KEY_BYTES = 32  # AES-256
+KEY_RECORD_LEN = KEY_HEAD.size + OVERHEAD + KEY_BYTES
 
 
 class CryptError(Exception):
@@ -73,21 +75,22 @@ class Sealer:
 
 
 def new_key_record(password: str) -> tuple[bytes, Sealer]:
-    """A new archive's key record, with a fresh salt, and its sealer."""
+    """A new archive's key record (a fresh salt and data key) and the sealer of its data key."""
     head = KEY_HEAD.pack(KEY_MAGIC, SCRYPT, LOG2_N, R, P, os.urandom(16))
-    sealer = Sealer(_derive(password, head))
-    return head + sealer.seal(CHECK), sealer
+    key = os.urandom(KEY_BYTES)
+    return head + Sealer(_derive(password, head)).seal(key), Sealer(key)
 
 
 def unlock(record: bytes, password: str) -> Sealer:
-    """The sealer of an archive's key record, once the password opens its check value."""
-    sealer = Sealer(_derive(password, record[: KEY_HEAD.size]))
+    """The sealer of the data key an archive's key record holds, once the password opens it."""
+    unwrap = Sealer(_derive(password, record[: KEY_HEAD.size]))
     try:
-        if sealer.open(record[KEY_HEAD.size :]) == CHECK:
-            return sealer
+        key = unwrap.open(record[KEY_HEAD.size :])
     except CryptError:
-        pass
-    raise CryptError("wrong password (or a damaged key record)")
+        raise CryptError("wrong password (or a damaged key record)") from None
+    if len(key) != KEY_BYTES:
+        raise CryptError("the archive's key record is damaged")
+    return Sealer(key)
 
 
 @functools.lru_cache(maxsize=8)
