@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
-from archiver import largefile, owners, registry, rewrite, streamcoder
+from archiver import crypt, largefile, owners, registry, rewrite, streamcoder
 from archiver.container import DAMAGED, ArchiveError, ArchiveReader, ArchiveWriter, Index
 from archiver.formats import RAW, Stream, join_streams, split_file
 from archiver.modelfile import ModelError
@@ -819,9 +819,26 @@ def rename(archive: Path, pairs: list[tuple[str, str]]) -> int:
         writer.close()
 
 
-def _rewrite(archive: Path, choose: Callable[[list[dict]], list[dict]], ui: Reporter) -> rewrite.Rewritten:
+def passwd(archive: Path, ui: Reporter, remove: bool = False) -> rewrite.Rewritten:
+    """A new password for an archive (`crypt.new_password`), or encryption for a plain one; remove:
+    no more encryption. The archive is rewritten as `compact` does (one version, no dead room),
+    encrypted payloads under their old data key, wrapped by the new password (`archiver.crypt`)."""
+
+    def rekey(old: rewrite.Key | None) -> rewrite.Key | None:
+        if remove:
+            return None
+        try:
+            return crypt.new_key_record(crypt.new_password(), None if old is None else old[1].key)
+        except crypt.CryptError as e:
+            raise LmarcError(str(e)) from None
+
+    return _rewrite(archive, lambda entries: entries, ui, rekey)
+
+
+def _rewrite(archive: Path, choose: Callable[[list[dict]], list[dict]], ui: Reporter,
+             rekey: Callable[[rewrite.Key | None], rewrite.Key | None] | None = None) -> rewrite.Rewritten:
     try:
-        return rewrite.rewrite(archive, choose, ui)
+        return rewrite.rewrite(archive, choose, ui, rekey)
     except KeyboardInterrupt:
         raise LmarcError("interrupted: the archive is as it was") from None
     except OSError as e:

@@ -9,6 +9,7 @@ import os
 import stat
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from archiver import archive as ops
@@ -114,6 +115,13 @@ def build_parser() -> argparse.ArgumentParser:
                       "rewritten")
     p.add_argument("archive")
     p.add_argument("names", nargs="+", metavar="OLD NEW", help="pairs: each OLD entry takes the name NEW")
+
+    p = cmd("passwd", "give an encrypted archive a new password, or encrypt a plain one (rewriting it, as compact "
+                      "does)")
+    p.add_argument("archive")
+    p.add_argument("--remove", action="store_true", help="decrypt it instead: no password from now on")
+    p.add_argument("--new-password-file", metavar="FILE",
+                   help="the new password: FILE's first line (else LMARC_NEW_PASSWORD, else asked twice)")
 
     p = cmd("compact", "rewrite an archive without the room of replaced files and superseded indexes")
     p.add_argument("archive")
@@ -277,9 +285,14 @@ def _listed_paths(source: str, null: bool) -> list[str]:
     return [os.fsdecode(p) for p in raw.split(b"\0" if null else b"\n") if p]
 
 
+def _first_line(path: str | None) -> Callable[[], str] | None:
+    """A password source reading a file's first line (None without a file); also the reset of any
+    password had before, when main() runs again in one process."""
+    return None if path is None else (lambda: next(iter(Path(path).read_text().splitlines()), ""))
+
+
 def run(args) -> int:
-    source = Path(args.password_file) if args.password_file else None  # (and forget any password had before)
-    crypt.set_password_source(source and (lambda: next(iter(source.read_text().splitlines()), "")))
+    crypt.set_password_source(_first_line(args.password_file), _first_line(getattr(args, "new_password_file", None)))
     classic.set_threads(args.threads)
     settings = ops.Settings(model=getattr(args, "model", "default"), device=args.device, threads=args.threads,
                             solid=getattr(args, "solid", True), checksum=getattr(args, "checksum", False))
@@ -317,6 +330,12 @@ def run(args) -> int:
         if not code and not args.quiet:
             print("all entries OK")
         return code
+    if args.command == "passwd":
+        done = ops.passwd(Path(args.archive), ui, args.remove)
+        if not args.quiet:
+            print(f"{'decrypted' if args.remove else 'new password for'} {done.entries_after} entries; archive "
+                  f"{done.bytes_before:,} -> {done.bytes_after:,} bytes")
+        return 0
     if args.command in ("delete", "compact"):
         path = Path(args.archive)
         done = ops.delete(path, args.members, ui) if args.command == "delete" else ops.compact(path, ui)

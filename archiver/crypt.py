@@ -56,6 +56,7 @@ class Sealer:
     def __init__(self, key: bytes):
         from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+        self.key = key  # (kept to seal it under another password: `lmarc passwd`)
         self._aead = AESGCM(key)
 
     def seal(self, data: bytes) -> bytes:
@@ -74,10 +75,11 @@ class Sealer:
             raise CryptError("fails authentication (damaged, or altered without the key)") from None
 
 
-def new_key_record(password: str) -> tuple[bytes, Sealer]:
-    """A new archive's key record (a fresh salt and data key) and the sealer of its data key."""
+def new_key_record(password: str, key: bytes | None = None) -> tuple[bytes, Sealer]:
+    """A key record (with a fresh salt) holding the data key, a new random one unless given (a new
+    password for an archive keeps its data key), and the sealer of that data key."""
     head = KEY_HEAD.pack(KEY_MAGIC, SCRYPT, LOG2_N, R, P, os.urandom(16))
-    key = os.urandom(KEY_BYTES)
+    key = os.urandom(KEY_BYTES) if key is None else key
     return head + Sealer(_derive(password, head)).seal(key), Sealer(key)
 
 
@@ -104,13 +106,15 @@ def _derive(password: str, head: bytes) -> bytes:
 
 
 _source: Callable[[], str] | None = None
+_new_source: Callable[[], str] | None = None
 _given: str | None = None  # the password, once had
 
 
-def set_password_source(source: Callable[[], str] | None) -> None:
-    """Where password() takes the password from (the CLI's --password-file); None: the default."""
-    global _source, _given
-    _source, _given = source, None
+def set_password_source(source: Callable[[], str] | None, new: Callable[[], str] | None = None) -> None:
+    """Where password() and new_password() take their passwords from (the CLI's --password-file and
+    --new-password-file); None: the environment or the terminal."""
+    global _source, _new_source, _given
+    _source, _new_source, _given = source, new, None
 
 
 def password(new: bool = False) -> str:
@@ -118,22 +122,29 @@ def password(new: bool = False) -> str:
     process; twice, to be sure of it, for a new archive)."""
     global _given
     if _given is None:
-        _given = _ask(new)
+        _given = _ask(_source, "LMARC_PASSWORD", new, "password", "the archive is encrypted: give its password "
+                      "(--password-file FILE")
     return _given
 
 
-def _ask(new: bool) -> str:
-    if _source is not None:
-        pw = _source()
-    elif "LMARC_PASSWORD" in os.environ:
-        pw = os.environ["LMARC_PASSWORD"]
+def new_password() -> str:
+    """The password an archive is to have from now on (`lmarc passwd`): from the set source, else
+    LMARC_NEW_PASSWORD, else asked twice on the terminal."""
+    return _ask(_new_source, "LMARC_NEW_PASSWORD", True, "new password", "give the new password (--new-password-file "
+                "FILE")
+
+
+def _ask(source: Callable[[], str] | None, env: str, confirm: bool, what: str, missing: str) -> str:
+    if source is not None:
+        pw = source()
+    elif env in os.environ:
+        pw = os.environ[env]
     elif sys.stdin is not None and sys.stdin.isatty():
-        pw = getpass.getpass("lmarc password: ")
-        if new and getpass.getpass("again: ") != pw:
+        pw = getpass.getpass(f"lmarc {what}: ")
+        if confirm and getpass.getpass("again: ") != pw:
             raise CryptError("the passwords differ")
     else:
-        raise CryptError("the archive is encrypted: give its password (--password-file FILE, the LMARC_PASSWORD "
-                         "environment variable, or a terminal to ask on)")
+        raise CryptError(f"{missing}, the {env} environment variable, or a terminal to ask on)")
     if not pw:
-        raise CryptError("an empty password")
+        raise CryptError(f"an empty {what}")
     return pw

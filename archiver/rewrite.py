@@ -23,7 +23,10 @@ from pathlib import Path
 
 from archiver import classic, contextmix, imagemix
 from archiver.container import ArchiveError, ArchiveReader, ArchiveWriter, Index
+from archiver.crypt import Sealer
 from archiver.progress import Reporter
+
+Key = tuple[bytes, Sealer]  # an encrypted archive's key record and the sealer of its data key
 
 TMP_SUFFIX = ".lmarc-tmp"  # the new archive's name until it is complete: .NAME.RANDOM.lmarc-tmp
 
@@ -36,15 +39,18 @@ class Rewritten:
     bytes_after: int
 
 
-def rewrite(archive: Path, choose: Callable[[list[dict]], list[dict]], ui: Reporter) -> Rewritten:
+def rewrite(archive: Path, choose: Callable[[list[dict]], list[dict]], ui: Reporter,
+            rekey: Callable[[Key | None], Key | None] | None = None) -> Rewritten:
     """Replace the archive by one holding the entries `choose` keeps of its current ones (called
-    under the lock), their objects' payloads and the names of the models those use."""
+    under the lock), their objects' payloads and the names of the models those use; under the
+    archive's own key (`archiver.crypt`), or the one rekey gives for it (`lmarc passwd`)."""
     ArchiveReader(archive).close()  # a missing or damaged archive is an error here, never created
     archive = Path(os.path.realpath(archive))  # through a symlink: replace the file, not the link
     lock = ArchiveWriter(archive, damaged_ok=True)  # held until the new file is in place: no add slips in
     try:
         old = lock.index
         entries = choose(old.entries)
+        key = lock.key if rekey is None else rekey(lock.key)
         digests = {e["sha256"] for e in entries if e.get("type") == "file"}
         objects = {k: v for k, v in old.objects.items() if k in digests}
         chunks = chunks_of(objects)
@@ -55,7 +61,7 @@ def rewrite(archive: Path, choose: Callable[[list[dict]], list[dict]], ui: Repor
         os.close(fd)
         try:
             _same_owner_and_mode(Path(tmp), os.stat(archive))
-            out = ArchiveWriter(tmp, key=lock.key)  # an encrypted archive stays so, under its own key
+            out = ArchiveWriter(tmp, key=key)
             try:
                 moved = _copy(archive, out, chunks, ui)
                 out.index = Index(entries, {k: _relocated(v, moved) for k, v in objects.items()},

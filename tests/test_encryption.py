@@ -120,3 +120,24 @@ def test_sealing_round_trips_and_every_seal_differs():
     greedy = crypt.KEY_HEAD.pack(crypt.KEY_MAGIC, crypt.SCRYPT, 24, 8, 1, bytes(16))  # 2 GiB: a hostile record
     with pytest.raises(crypt.CryptError, match="damaged or of a kind"):
         crypt.unlock(greedy + record[crypt.KEY_HEAD.size :], "pw")
+
+
+def test_passwd_changes_adds_or_removes_the_password(cli, tree, monkeypatch):
+    """`passwd` rewraps the data key under a new password (the old one no longer opens the archive),
+    encrypts a plain archive, and with --remove decrypts one; the entries come back each time."""
+    cli("add", "-q", "-a", "a.lma", "--model", "none", "--encrypt", "t")
+    Path("new").write_text("battery staple\n")
+    cli("passwd", "-q", "--new-password-file", "new", "a.lma")
+    assert "wrong password" in cli("test", "a.lma", code=2)[1]
+    monkeypatch.setenv("LMARC_PASSWORD", "battery staple")
+    cli("test", "-q", "a.lma")
+    cli("passwd", "-q", "--remove", "a.lma")
+    assert Path("a.lma").read_bytes()[8:10] == (1).to_bytes(2, "little")
+    monkeypatch.delenv("LMARC_PASSWORD")
+    cli("test", "-q", "a.lma")
+    monkeypatch.setenv("LMARC_NEW_PASSWORD", "third")
+    cli("passwd", "-q", "a.lma")
+    assert b"confidential-name" not in Path("a.lma").read_bytes()
+    monkeypatch.setenv("LMARC_PASSWORD", "third")
+    cli("extract", "-q", "-C", "out", "a.lma")
+    assert Path("out/t/notes.txt").read_bytes() == (tree / "notes.txt").read_bytes()
