@@ -139,7 +139,7 @@ def _ask(source: Callable[[], str] | None, env: str, confirm: bool, what: str, m
         pw = source()
     elif env in os.environ:
         pw = os.environ[env]
-    elif sys.stdin is not None and sys.stdin.isatty():
+    elif _terminal():
         pw = getpass.getpass(f"lmarc {what}: ")
         if confirm and getpass.getpass("again: ") != pw:
             raise CryptError("the passwords differ")
@@ -148,3 +148,13 @@ def _ask(source: Callable[[], str] | None, env: str, confirm: bool, what: str, m
     if not pw:
         raise CryptError(f"an empty {what}")
     return pw
+
+
+def _terminal() -> bool:
+    """Whether there is a terminal to ask on. getpass asks on /dev/tty, not standard input, so
+    `pg_dump db | lmarc add --encrypt -` can still ask; without /dev/tty (Windows), standard input."""
+    try:
+        os.close(os.open("/dev/tty", os.O_RDWR))
+        return True
+    except OSError:
+        return sys.stdin is not None and sys.stdin.isatty()

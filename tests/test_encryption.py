@@ -4,7 +4,6 @@ every command works with it, and a wrong or missing password is one clear error.
 from __future__ import annotations
 
 import json
-import os
 import random
 from pathlib import Path
 
@@ -63,7 +62,7 @@ def test_wrong_missing_or_filed_password(cli, tree, tmp_path, monkeypatch):
     monkeypatch.setenv("LMARC_PASSWORD", "wrong horse")
     assert cli("list", "a.lma", code=2)[1] == "lmarc: a.lma: wrong password (or a damaged key record)\n"
     monkeypatch.delenv("LMARC_PASSWORD")
-    monkeypatch.setattr("sys.stdin", open(os.devnull))
+    monkeypatch.setattr(crypt, "_terminal", lambda: False)
     assert "the archive is encrypted: give its password" in cli("extract", "-C", "x", "a.lma", code=2)[1]
     assert not (tmp_path / "x").exists()
     assert "give its password" in cli("add", "-a", "new.lma", "--encrypt", "t", code=2)[1]
