@@ -358,7 +358,7 @@ class ArchiveReader:
         raw = self._f.read(length)
         if self.sealer is not None:
             try:
-                raw = self.sealer.open(raw)
+                raw = self.sealer.open(raw, crypt.INDEX)
             except crypt.CryptError as e:
                 raise ArchiveError(f"archive index {e}") from None
         index = Index.from_bytes(raw)
@@ -388,7 +388,7 @@ class ArchiveReader:
             result: bytes | ArchiveError = data if ok else ArchiveError("chunk CRC mismatch")
             if ok and self.sealer is not None:
                 try:
-                    result = self.sealer.open(data)
+                    result = self.sealer.open(data, crypt.CHUNK)
                 except crypt.CryptError as e:
                     result = ArchiveError(f"chunk {e}")
             self._last = ((off, length), result)
@@ -508,7 +508,7 @@ class ArchiveWriter:
         """Append a payload (sealed, in an encrypted archive); returns its location record for the
         chunk table."""
         if self.key is not None:
-            payload = self.key[1].seal(payload)
+            payload = self.key[1].seal(payload, crypt.CHUNK)
         self._write(payload)
         rec = {"offset": self.pos, "length": len(payload), "crc32": zlib.crc32(payload)}
         self.pos += len(payload)
@@ -530,7 +530,7 @@ class ArchiveWriter:
     def commit(self) -> None:
         raw = self.index.to_bytes()
         if self.key is not None:
-            raw = self.key[1].seal(raw)
+            raw = self.key[1].seal(raw, crypt.INDEX)
         self._write(raw)
         head = TRAILER_MAGIC + struct.pack("<QQI", self.pos, len(raw), zlib.crc32(raw))
         self._write(head + struct.pack("<I", zlib.crc32(head)))

@@ -42,6 +42,7 @@ MAX_WORK = 16 * (R << LOG2_N)  # nor one asking for more than 16 times our work 
 NONCE, TAG = 12, 16
 OVERHEAD = NONCE + TAG  # a sealed blob's bytes beyond the plain ones
 KEY_BYTES = 32  # AES-256
+CHUNK, INDEX, KEY = b"lmarc chunk", b"lmarc index", b"lmarc key"  # the roles a sealed blob is bound to
 KEY_RECORD_LEN = KEY_HEAD.size + OVERHEAD + KEY_BYTES
 
 
@@ -59,18 +60,21 @@ class Sealer:
         self.key = key  # (kept to seal it under another password: `lmarc passwd`)
         self._aead = AESGCM(key)
 
-    def seal(self, data: bytes) -> bytes:
+    def seal(self, data: bytes, role: bytes) -> bytes:
+        """data sealed for its role (CHUNK, INDEX or KEY: authenticated with it, so that a blob
+        sealed for one role never opens as another)."""
         nonce = os.urandom(NONCE)
-        return nonce + self._aead.encrypt(nonce, data, None)
+        return nonce + self._aead.encrypt(nonce, data, role)
 
-    def open(self, blob: bytes) -> bytes:
-        """The plain bytes of a sealed blob; CryptError when it fails its tag (damaged or altered)."""
+    def open(self, blob: bytes, role: bytes) -> bytes:
+        """The plain bytes of a blob sealed for role; CryptError when it fails its tag (damaged,
+        altered, or sealed for another role)."""
         from cryptography.exceptions import InvalidTag
 
         if len(blob) < OVERHEAD:
             raise CryptError("sealed data too short")
         try:
-            return self._aead.decrypt(blob[:NONCE], blob[NONCE:], None)
+            return self._aead.decrypt(blob[:NONCE], blob[NONCE:], role)
         except InvalidTag:
             raise CryptError("fails authentication (damaged, or altered without the key)") from None
 
@@ -80,14 +84,14 @@ def new_key_record(password: str, key: bytes | None = None) -> tuple[bytes, Seal
     password for an archive keeps its data key), and the sealer of that data key."""
     head = KEY_HEAD.pack(KEY_MAGIC, SCRYPT, LOG2_N, R, P, os.urandom(16))
     key = os.urandom(KEY_BYTES) if key is None else key
-    return head + Sealer(_derive(password, head)).seal(key), Sealer(key)
+    return head + Sealer(_derive(password, head)).seal(key, KEY + head), Sealer(key)
 
 
 def unlock(record: bytes, password: str) -> Sealer:
     """The sealer of the data key an archive's key record holds, once the password opens it."""
     unwrap = Sealer(_derive(password, record[: KEY_HEAD.size]))
     try:
-        key = unwrap.open(record[KEY_HEAD.size :])
+        key = unwrap.open(record[KEY_HEAD.size :], KEY + record[: KEY_HEAD.size])
     except CryptError:
         raise CryptError("wrong password (or a damaged key record)") from None
     if len(key) != KEY_BYTES:

@@ -106,14 +106,18 @@ def test_damage_is_found_and_stays_local(cli, tree):
 
 
 def test_sealing_round_trips_and_every_seal_differs():
+    """Each seal has its own nonce; a flipped bit, or a blob sealed for another role (a payload
+    offered as the index), fails; the key record opens with its password only."""
     sealer = crypt.Sealer(bytes(32))
-    a, b = sealer.seal(b"same bytes"), sealer.seal(b"same bytes")
+    a, b = sealer.seal(b"same bytes", crypt.CHUNK), sealer.seal(b"same bytes", crypt.CHUNK)
     assert a != b and len(a) == len(b"same bytes") + crypt.OVERHEAD
-    assert sealer.open(a) == sealer.open(b) == b"same bytes"
-    with pytest.raises(crypt.CryptError):
-        sealer.open(a[:-1] + bytes([a[-1] ^ 1]))
+    assert sealer.open(a, crypt.CHUNK) == sealer.open(b, crypt.CHUNK) == b"same bytes"
+    for bad, role in ((a[:-1] + bytes([a[-1] ^ 1]), crypt.CHUNK), (a, crypt.INDEX)):
+        with pytest.raises(crypt.CryptError):
+            sealer.open(bad, role)
     record, mine = crypt.new_key_record("pw")
-    assert len(record) == crypt.KEY_RECORD_LEN and crypt.unlock(record, "pw").open(mine.seal(b"x")) == b"x"
+    assert len(record) == crypt.KEY_RECORD_LEN
+    assert crypt.unlock(record, "pw").open(mine.seal(b"x", crypt.CHUNK), crypt.CHUNK) == b"x"
     with pytest.raises(crypt.CryptError, match="wrong password"):
         crypt.unlock(record, "other")
     greedy = crypt.KEY_HEAD.pack(crypt.KEY_MAGIC, crypt.SCRYPT, 24, 8, 1, bytes(16))  # 2 GiB: a hostile record
