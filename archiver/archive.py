@@ -259,9 +259,7 @@ def _add(archive: Path, paths: list[str], settings: Settings, ui: Reporter, excl
             writer.commit()  # (an add that changed nothing appends no index: the archive stays as it was)
             committed = True
         res.detail = f"archive {size_before:,} -> {writer.start:,} bytes"
-    except KeyboardInterrupt:
-        raise LmarcError("interrupted: nothing was added, the archive is as it was") from None
-    except OSError as e:
+    except OSError as e:  # (Ctrl-C: rolled back below, then said by add)
         raise LmarcError(f"cannot write {archive}: {e.strerror or e}; the archive is as it was") from e
     finally:
         ui.stop()
@@ -824,7 +822,7 @@ def passwd(archive: Path, ui: Reporter, remove: bool = False) -> rewrite.Rewritt
     no more encryption. The archive is rewritten as `compact` does (one version, no dead room),
     encrypted payloads under their old data key, wrapped by the new password (`archiver.crypt`)."""
 
-    def rekey(old: rewrite.Key | None) -> rewrite.Key | None:
+    def rekey(old: crypt.Key | None) -> crypt.Key | None:
         if remove:
             return None
         try:
@@ -836,7 +834,7 @@ def passwd(archive: Path, ui: Reporter, remove: bool = False) -> rewrite.Rewritt
 
 
 def _rewrite(archive: Path, choose: Callable[[list[dict]], list[dict]], ui: Reporter,
-             rekey: Callable[[rewrite.Key | None], rewrite.Key | None] | None = None) -> rewrite.Rewritten:
+             rekey: Callable[[crypt.Key | None], crypt.Key | None] | None = None) -> rewrite.Rewritten:
     try:
         return rewrite.rewrite(archive, choose, ui, rekey)
     except KeyboardInterrupt:

@@ -330,18 +330,18 @@ def run(args) -> int:
         if not code and not args.quiet:
             print("all entries OK")
         return code
-    if args.command == "passwd":
-        done = ops.passwd(Path(args.archive), ui, args.remove)
-        if not args.quiet:
-            print(f"{'decrypted' if args.remove else 'new password for'} {done.entries_after} entries; archive "
-                  f"{done.bytes_before:,} -> {done.bytes_after:,} bytes")
-        return 0
-    if args.command in ("delete", "compact"):
+    if args.command in ("delete", "compact", "passwd"):
         path = Path(args.archive)
-        done = ops.delete(path, args.members, ui) if args.command == "delete" else ops.compact(path, ui)
+        if args.command == "delete":
+            done = ops.delete(path, args.members, ui)
+            verb = f"deleted {done.entries_before - done.entries_after} entries"
+        elif args.command == "compact":
+            done = ops.compact(path, ui)
+            verb = f"compacted {done.entries_after} entries"
+        else:
+            done = ops.passwd(path, ui, args.remove)
+            verb = f"{'decrypted' if args.remove else 'new password for'} {done.entries_after} entries"
         if not args.quiet:
-            verb = f"deleted {done.entries_before - done.entries_after} entries" if args.command == "delete" \
-                else f"compacted {done.entries_after} entries"
             print(f"{verb}; archive {done.bytes_before:,} -> {done.bytes_after:,} bytes")
         return 0
     if args.command == "rename":

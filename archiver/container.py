@@ -41,6 +41,7 @@ MAGIC = b"LMARC\r\n\x1a"
 VERSION = 1
 ENCRYPTED = 2  # the format version of an encrypted archive: its header is followed by a key record (archiver.crypt)
 HEADER = MAGIC + struct.pack("<H", VERSION) + bytes(6)
+ENCRYPTED_HEADER = MAGIC + struct.pack("<H", ENCRYPTED) + bytes(6)  # then the key record
 HEADER_LEN = len(HEADER)
 TRAILER_MAGIC = b"LMAIDX\x00\x01"
 TRAILER = struct.Struct("<8sQQII")
@@ -418,7 +419,7 @@ class ArchiveWriter:
     with its own key (`archiver.crypt`). `key` is this archive's (record, sealer), None when plain."""
 
     def __init__(self, path: str | Path, damaged_ok: bool = False, encrypt: bool = False,
-                 key: tuple[bytes, crypt.Sealer] | None = None):
+                 key: crypt.Key | None = None):
         self.path = Path(path)
         self.index = Index()
         if fcntl is None:
@@ -444,7 +445,7 @@ class ArchiveWriter:
                 if self.key is None:
                     self._write(HEADER)
                 else:
-                    self._write(MAGIC + struct.pack("<H", ENCRYPTED) + bytes(6) + self.key[0])
+                    self._write(ENCRYPTED_HEADER + self.key[0])
             except (crypt.CryptError, OSError, KeyboardInterrupt) as e:  # no password, full disk: no empty file left
                 self.path.unlink(missing_ok=True)
                 self._unlock_close()

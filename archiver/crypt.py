@@ -79,7 +79,10 @@ class Sealer:
             raise CryptError("fails authentication (damaged, or altered without the key)") from None
 
 
-def new_key_record(password: str, key: bytes | None = None) -> tuple[bytes, Sealer]:
+Key = tuple[bytes, Sealer]  # an encrypted archive's key record and the sealer of its data key
+
+
+def new_key_record(password: str, key: bytes | None = None) -> Key:
     """A key record (with a fresh salt) holding the data key, a new random one unless given (a new
     password for an archive keeps its data key), and the sealer of that data key."""
     head = KEY_HEAD.pack(KEY_MAGIC, SCRYPT, LOG2_N, R, P, os.urandom(16))

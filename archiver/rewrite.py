@@ -23,10 +23,8 @@ from pathlib import Path
 
 from archiver import classic, contextmix, imagemix
 from archiver.container import ArchiveError, ArchiveReader, ArchiveWriter, Index
-from archiver.crypt import Sealer
+from archiver.crypt import Key
 from archiver.progress import Reporter
-
-Key = tuple[bytes, Sealer]  # an encrypted archive's key record and the sealer of its data key
 
 TMP_SUFFIX = ".lmarc-tmp"  # the new archive's name until it is complete: .NAME.RANDOM.lmarc-tmp
 
