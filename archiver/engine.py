@@ -124,6 +124,9 @@ class Engine:
         self.v_limit = (1 << (53 - 15 - (self.context - 1).bit_length())) - 1
         self.int8_keys = c.get("key_cache", "f64") == "int8"
         self.int8_values = c.get("value_cache", "f64") == "int8"
+        # int8 keys and values on the kernel path: the byte cache, read by byte dot products
+        # (kernels.attend_bytes); queries of up to 7 bits are one signed byte, wider ones two
+        self.byte_cache = self.kernel and self.int8_keys and self.int8_values
         # with int8 keys, queries get at most the bits that keep a key product below 2**24 (exact in
         # float32); a model file may ask for fewer ("query_bits": 7 makes each query an int8, see
         # _int8_scores)
@@ -320,6 +323,11 @@ class Engine:
         if T >= GEMM_QUERIES:
             return self._attend_gemm(q.view(*shape, hd), eq, cache, li, p0).view(B, T, H * hd)
         out = torch.empty((*shape, hd), dtype=torch.int64)
+        if self.byte_cache:
+            kernels.attend_bytes(q.contiguous().view(*shape, hd).numpy(), eq.numpy(), 1 if self.q_bits <= 7 else 2,
+                                 cache.k[li].numpy(), cache.ks[li].numpy(), cache.v[li].numpy(), cache.vs[li].numpy(),
+                                 p0, self.att_exp.numpy(), self.att_bits, out.numpy())
+            return out.view(B, T, H * hd)
         dots = np.empty(0, np.int32 if self.int8_keys else np.int64)
         kernels.attend(q.contiguous().view(*shape, hd).numpy(), eq.numpy(), cache.k[li].numpy(), cache.ks[li].numpy(),
                        cache.v[li].numpy(), cache.vs[li].numpy(), p0, self.att_exp.numpy(), dots, out.numpy())
@@ -340,8 +348,8 @@ class Engine:
         g, hd]."""
         B, T, KV, g, hd = q.shape
         n = p0 + T
-        keys = cache.k[li] if self.int8_keys else cache.k[li][..., :n].to(torch.float64)  # [B, KV, hd, >= n]
-        values = cache.value_rows(li, n, cache.v[li].dtype if self.int8_values else torch.float64)  # [B, KV, n, hd]
+        keys = cache.key_columns(li, n)  # [B, KV, hd, >= n]
+        values = cache.value_rows(li, n, torch.int8 if self.int8_values else torch.float64)  # [B, KV, n, hd]
         ek = cache.ks[li].numpy()
         table = self.att_exp.numpy()
         out = torch.empty(q.shape, dtype=torch.int64)
@@ -589,11 +597,18 @@ class _Cache:
     A model whose config says "value_cache": "int8" rounds each position's value row (per KV
     head) like its keys; the torch path holds the rounded values in float64 (exact), the kernel
     path their int8 magnitudes and exponents vs int8 [B, KV, room] (zero for values kept whole).
+    With int8 keys and values the kernel path keeps the byte cache of `kernels.append_bytes`
+    instead (flat per chunk and head: keys as unsigned bytes in blocks of 16 positions, values in
+    groups of 4 positions), the layout whose byte dot products `kernels.attend_bytes` takes four
+    at a time; the GEMM form of attention reads it through `key_columns` and `value_rows`.
     A decode step reads each row of positions from 0 up to the step's position. On the kernel path
     the room grows by ROOM_STEP positions, so those rows lie almost end to end in memory, which the
     CPU streams: with rows up to twice as long as read (the torch path's geometric growth), the
     attention kernel took 1.4 times as long on a 256-chunk batch whose cache exceeds the caches.
-    Each growth copies the cache, about 1/ROOM_STEP of a copy per step."""
+    Each growth copies the cache, about 1/ROOM_STEP of a copy per step; the room may pass the
+    capacity by up to ROOM_STEP - 1 positions, so that it holds whole blocks. (Taking the whole
+    capacity at once spares the byte cache those copies, yet made a decode step at batch 256 6-15%
+    slower in three alternating runs; why was not pinned down.)"""
 
     def __init__(self, engine: Engine, batch: int, capacity: int):
         self.engine, self.batch = engine, batch
@@ -613,6 +628,10 @@ class _Cache:
     def layout(engine: Engine, batch: int, room: int) -> list[tuple[str, tuple[int, ...], torch.dtype, int]]:
         """Per layer: (store, shape, dtype, position axis) of each tensor the cache keeps."""
         B, KV, hd, f64 = batch, engine.kv_heads, engine.head_dim, torch.float64
+        if engine.byte_cache:
+            wk, wv = kernels.byte_cache_widths(hd)
+            return [("v", (B, KV, room * wv), torch.int8, 2), ("vs", (B, KV, room), torch.int8, 2),
+                    ("k", (B, KV, room * wk), torch.uint8, 2), ("ks", (B, KV, room), torch.int8, 2)]
         if engine.kernel:
             kdt = torch.int8 if engine.int8_keys else torch.int32
             vdt = torch.int8 if engine.int8_values else torch.int32
@@ -625,10 +644,11 @@ class _Cache:
         return [("vt", (B, KV, hd, room), f64, 3), *keys]
 
     def _grow(self, need: int) -> None:
-        """Room for need positions. The new positions are left uninitialized (no zeroing pass): every
-        read is of positions below length, which append has written."""
+        """Room for need positions. The old room is copied whole; the new positions are left
+        uninitialized (no zeroing pass): every read that counts is of positions below length, which
+        append has written (the byte cache's kernel also reads the rest of a block, and weighs it 0)."""
         if self.engine.kernel:
-            room = min(self.capacity, -(-need // ROOM_STEP) * ROOM_STEP)
+            room = -(-need // ROOM_STEP) * ROOM_STEP
         else:
             room = min(self.capacity, max(need, 2 * self.room, 32))
         for name, shape, dtype, axis in self.layout(self.engine, self.batch, room):
@@ -636,7 +656,7 @@ class _Cache:
             for li, old in enumerate(store):
                 new = torch.empty(shape, dtype=dtype, device=self.device)
                 if self.length:
-                    new.narrow(axis, 0, self.length).copy_(old.narrow(axis, 0, self.length))
+                    new.narrow(axis, 0, old.shape[axis]).copy_(old)
                 store[li] = new
         self.room = room
 
@@ -647,6 +667,10 @@ class _Cache:
             raise ValueError("sequence longer than the model context")
         if b > self.room:
             self._grow(b)
+        if self.engine.byte_cache:
+            kernels.append_bytes(kv.numpy(), a, KEY8_BITS, self.k[li].numpy(), self.ks[li].numpy(), self.v[li].numpy(),
+                                 self.vs[li].numpy())
+            return
         if self.engine.kernel:
             kernels.append_kv(kv.numpy(), a, KEY8_BITS, self.int8_keys, self.engine.int8_values, self.k[li].numpy(),
                               self.ks[li].numpy(), self.v[li].numpy(), self.vs[li].numpy())
@@ -672,8 +696,27 @@ class _Cache:
         the layout a GEMM reads fastest (`_int_mm` took 20% longer on the transposed view): one
         copy per layer and forward, converted in the same pass, small next to the products that
         read it."""
-        v = self.v[li][..., :n].transpose(-1, -2)
+        B, KV, hd = self.batch, self.engine.kv_heads, self.engine.head_dim
+        if self.engine.byte_cache:
+            wv = kernels.byte_cache_widths(hd)[1]
+            groups = self.v[li].view(B, KV, self.room // kernels.VALUE_GROUP, wv, kernels.VALUE_GROUP)
+            v = groups.transpose(-1, -2).reshape(B, KV, self.room, wv)[:, :, :n, :hd]
+        else:
+            v = self.v[li][..., :n].transpose(-1, -2)
         return torch.empty(v.shape, dtype=dtype, device=v.device).copy_(v)  # .to() keeps a same-dtype view
+
+    def key_columns(self, li: int, n: int) -> torch.Tensor:
+        """The kernel path's keys as columns [B, KV, hd, >= n]: the int8 keys as they are, the byte
+        cache's first n positions copied back to signed bytes (a copy per layer and forward, as
+        value_rows), the float64 program's converted to float64."""
+        B, KV, hd = self.batch, self.engine.kv_heads, self.engine.head_dim
+        if self.engine.byte_cache:
+            wk = kernels.byte_cache_widths(hd)[0]
+            blocks = self.k[li].view(B, KV, self.room // kernels.KEY_BLOCK, wk // 4, kernels.KEY_BLOCK, 4)
+            k = blocks.permute(0, 1, 3, 5, 2, 4).reshape(B, KV, wk, self.room)[:, :, :hd, :n]
+            return torch.empty(k.shape, dtype=torch.int8).copy_(k.view(torch.int8)).bitwise_xor_(-128)
+        k = self.k[li]
+        return k if self.int8_keys else k[..., :n].to(torch.float64)
 
     def keys(self, li: int, b0: int, b1: int, S: int) -> torch.Tensor:
         """The first S keys of chunks b0..b1 as a [n, KV, hd, S] view (torch path)."""

@@ -11,7 +11,10 @@ few rows (decoding a few chunks).
 `softmax_table` is `attend`'s table step alone, for the engine's GEMM form of attention on long
 chunks (`Engine._attend_gemm`), where GEMMs compute the exact products; `softmax_digits` is
 the same step for int8 values, whose weighted sum is then int8 GEMMs, and `rounded_quotients` is
-`attend`'s last step for either form. On a CPU torch spends
+`attend`'s last step for either form. `attend_bytes` is `attend` for a model with int8 keys and
+values, over the byte cache that `append_bytes` writes: its products are byte dot products
+(`archiver.simd`, VNNI's four per lane and instruction where the CPU has them), the weights
+written as base-128 digits like `softmax_digits`'s. On a CPU torch spends
 most of its time in memory passes, one per element-wise op; these do a whole chain in one pass.
 Integer (and exactly rounded float64) arithmetic has one result whatever the thread count or vector
 unit, so kernel and torch path give the same bits; the tests check each pair on extreme values.
@@ -40,25 +43,35 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from archiver import simd
 from archiver.fixedpoint import MANTISSA_BITS, SCALE_TOP
 
-NARROW_WEIGHTS = 2**31 // 128  # weights summing below this, times int8 values, fit 32-bit sums
+
+@numba.njit(inline="always")
+def _table_base(top: np.int64) -> np.int64:  # pragma: no cover
+    """F(M) + 2047 of the module docstring, from a query row's greatest score M = top."""
+    return (((top + 2048) >> 12) << 12) + 2047
+
+
+@numba.njit(inline="always")
+def _table_value(table: np.ndarray, base: np.int64, x: np.int64) -> np.int64:  # pragma: no cover
+    """e_j = table[i_j] for the score X_j = x of a row whose `_table_base` is base."""
+    return table[min((base - x) >> 12, table.size - 1)]
 
 
 @numba.njit(inline="always")
 def _table_row(x: np.ndarray, n: int, table: np.ndarray, out: np.ndarray) -> np.int64:  # pragma: no cover
     """The softmax table step of one query row: from its exact scores x[:n] (int64, the X_j of the
     module docstring) writes e_j = table[i_j] into out[:n] (which may be x itself) and returns
-    den = sum e_j. Shared by `attend` and `softmax_table`, so both forms of attention index the
-    table by one formula."""
-    last = table.size - 1
+    den = sum e_j. `attend` and `softmax_table` share it, and `attend_bytes` its two formulas, so
+    every form of attention indexes the table alike."""
     top = np.iinfo(np.int64).min
     for j in range(n):
         top = max(top, x[j])
-    base = (((top + 2048) >> 12) << 12) + 2047
+    base = _table_base(top)
     den = np.int64(0)
     for j in range(n):
-        e = table[min((base - x[j]) >> 12, last)]
+        e = _table_value(table, base, x[j])
         out[j] = e
         den += e
     return den
@@ -77,7 +90,8 @@ def attend(q: np.ndarray, eq: np.ndarray, kt: np.ndarray, ek: np.ndarray, vt: np
     """Queries q [B, T, KV, g, hd] at positions p0.. (exponents eq [B, T, KV, g]) over the cached
     keys kt [B, KV, hd, room] and values vt [B, KV, hd, room] (both transposed; exponents ek, ev
     [B, KV, room]): query t sees positions 0..p0+t. Writes the rounded outputs into out [B, T, KV,
-    g, hd].
+    g, hd]. The engine runs it for the programs with int32 values (`default-v1` to `default-v4`,
+    which decode only old archives); a model with int8 keys and values takes `attend_bytes`.
 
     The products q . k_j are summed in dots.dtype: int32 for int8 keys, where every partial sum
     stays below 2**24 (the bound the engine asserts), int64 for the float64 program's keys. Keys
@@ -85,9 +99,8 @@ def attend(q: np.ndarray, eq: np.ndarray, kt: np.ndarray, ek: np.ndarray, vt: np
     hold twice the sums of 64-bit ones: about twice the speed of dot products over int64. Values
     transposed make the weighted sum a dot product over positions per output column, whose sum
     stays in a register: the axpy over value rows stored its accumulators at every position and
-    took 25-30% longer; with int8 values those sums run in 32-bit lanes where they fit
-    (`_value_sums32`: 10% less attention time a decode step at batch 256). Rows of the room read
-    up to n run best with room close to n (see `Engine` `_Cache`)."""
+    took 25-30% longer. Rows of the room read up to n run best with room close to n (see `Engine`
+    `_Cache`)."""
     B, T, KV, g, hd = q.shape
     for job in numba.prange(B * T * KV):
         b = job // (T * KV)
@@ -106,59 +119,20 @@ def attend(q: np.ndarray, eq: np.ndarray, kt: np.ndarray, ek: np.ndarray, vt: np
         low = np.int64(ev[b, h, 0])  # the least value exponent: weights are taken relative to it
         for j in range(1, n):
             low = min(low, np.int64(ev[b, h, j]))
-        heavy = np.int64(0)  # the greatest sum of one row's weights
-        x32 = np.empty((g, n), np.int32)  # the weights truncated to 32 bits: used when they fit
         for r in range(g):
             for j in range(n):
                 x[r, j] = np.int64(p[r, j]) << (np.int64(eq[b, t, h, r]) + np.int64(ek[b, h, j]))
             den[r] = _table_row(x[r], n, table, x[r])
-            w = np.int64(0)
             for j in range(n):
                 x[r, j] <<= np.int64(ev[b, h, j]) - low  # the weight of value row j: e_j << (ev_j - low)
-                x32[r, j] = x[r, j]
-                w += x[r, j]
-            heavy = max(heavy, w)
-        if vt.itemsize == 1 and heavy < NARROW_WEIGHTS:
-            _value_sums32(x32, vt[b, h], n, low, den, out[b, t, h])
-        else:
-            _value_sums64(x, vt[b, h], n, low, den, out[b, t, h])
+        _value_sums(x, vt[b, h], n, low, den, out[b, t, h])
 
 
 @numba.njit(inline="always")
-def _value_sums32(w: np.ndarray, vt: np.ndarray, n: int, low: np.int64, den: np.ndarray,
-                  out: np.ndarray) -> None:  # pragma: no cover  (compiled)
-    """`attend`'s weighted sums in 32-bit lanes, twice as many as 64-bit ones: exact when every
-    row's weights w [g, n] sum below NARROW_WEIGHTS and the values are int8, which bounds each
-    partial sum below 2**31 whatever the order: 99.7-100% of a decode's jobs on real text, image
-    and audio streams (the rest take `_value_sums64`). Rows go in pairs, which share each widened
-    value (17% less time)."""
-    g = w.shape[0]
-    for d in range(vt.shape[0]):
-        vd = vt[d]
-        for r in range(0, g - 1, 2):
-            w0, w1 = w[r], w[r + 1]
-            t0, t1 = np.int32(0), np.int32(0)
-            for j in range(n):
-                vj = np.int32(vd[j])
-                t0 = np.int32(t0 + w0[j] * vj)  # narrowed back to 32 bits at each step: no overflow, by the bound
-                t1 = np.int32(t1 + w1[j] * vj)
-            out[r, d] = _rounded_quotient(np.int64(t0) << low, den[r])
-            out[r + 1, d] = _rounded_quotient(np.int64(t1) << low, den[r + 1])
-        if g % 2:
-            w0 = w[g - 1]
-            t0 = np.int32(0)
-            for j in range(n):
-                t0 = np.int32(t0 + w0[j] * np.int32(vd[j]))
-            out[g - 1, d] = _rounded_quotient(np.int64(t0) << low, den[g - 1])
-
-
-@numba.njit(inline="always")
-def _value_sums64(w: np.ndarray, vt: np.ndarray, n: int, low: np.int64, den: np.ndarray,
-                  out: np.ndarray) -> None:  # pragma: no cover  (compiled)
-    """`_value_sums32` in 64-bit lanes, for weights whose sums may not fit 32 bits: the int32 values
-    of the exact-value programs (`default-v3`, `default-v4`, which decode only old archives) and a
-    few rows of the Q15-table program's. One row at a time: the pairing of `_value_sums32` gained
-    these 2-3% of a decode step."""
+def _value_sums(w: np.ndarray, vt: np.ndarray, n: int, low: np.int64, den: np.ndarray,
+                out: np.ndarray) -> None:  # pragma: no cover  (compiled)
+    """`attend`'s weighted sums of the weights w [g, n] and the values vt [hd, >= n] in 64-bit
+    lanes (int32 values: their sums need them), each rounded into out [g, hd]."""
     for d in range(vt.shape[0]):
         vd = vt[d]
         for r in range(w.shape[0]):
@@ -470,3 +444,203 @@ def rope_q10(y: np.ndarray, heads: int, hd: int, cos: np.ndarray, sin: np.ndarra
                 x1, x2 = y[i, a + j], y[i, a + half + j]
                 y[i, a + j] = min(limit, max(-limit, (x1 * cos[i, j] - x2 * sin[i, j] + bias) >> shift))
                 y[i, a + half + j] = min(limit, max(-limit, (x2 * cos[i, j] + x1 * sin[i, j] + bias) >> shift))
+
+
+# ---- the byte cache: int8 keys and values laid out for simd.dot4 ------------------------------
+KEY_BLOCK = 16  # positions per block of the byte cache's keys: one simd.Vec of scores
+VALUE_GROUP = 4  # positions per group of the byte cache's values: one simd.dot4 lane's four bytes
+VALUE_SPAN = 64  # value columns per pass of attend_bytes's weighted sums: four Vec accumulators
+SCRATCH_PARTS = 64  # attend_bytes splits its jobs in this many parts, each allocating its scratch once
+
+
+@numba.njit(cache=True)
+def byte_cache_widths(hd: int) -> tuple[int, int]:
+    """(key width, value width) of a byte cache position for head dimension hd: padded to a multiple
+    of 4 (the bytes of a dot4 lane) and of VALUE_SPAN."""
+    return -(-hd // 4) * 4, -(-hd // VALUE_SPAN) * VALUE_SPAN
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def append_bytes(kv: np.ndarray, a: int, bits: int, kb: np.ndarray, ek: np.ndarray, vb: np.ndarray,
+                 ev: np.ndarray) -> None:  # pragma: no cover  (compiled)
+    """`append_kv` for the byte cache of a model with int8 keys and values: the keys and values kv
+    [B, T, 2 KV, hd] (int64; key heads first) of positions a.. pow2-quantized to bits (exponents
+    into ek, ev [B, KV, room]), each position p's key magnitudes k + 128 (unsigned bytes) into
+    kb [B, KV, room * wk] at block p // KEY_BLOCK, laid out [room / KEY_BLOCK, wk / 4, KEY_BLOCK, 4]:
+    64 bytes hold four columns of 16 positions, as `simd.dot4` pairs them with a query's bytes;
+    its values into vb [B, KV, room * wv] laid out [room / VALUE_GROUP, wv, VALUE_GROUP]: 64 bytes
+    hold four positions of 16 columns (wk, wv from `byte_cache_widths`; padding left unwritten)."""
+    B, T, KV2, hd = kv.shape
+    KV = KV2 // 2
+    wk, wv = byte_cache_widths(hd)
+    for job in numba.prange(B * KV):
+        b, h = job // KV, job % KV
+        row = np.empty(hd, np.int64)
+        kbh, vbh = kb[b, h], vb[b, h]
+        for t in range(T):
+            p = a + t
+            ek[b, h, p] = _pow2_row(kv[b, t, h], bits, row)
+            base = (p // KEY_BLOCK) * wk * KEY_BLOCK + (p % KEY_BLOCK) * 4
+            for d in range(hd):
+                kbh[base + (d // 4) * 4 * KEY_BLOCK + d % 4] = row[d] + 128
+            ev[b, h, p] = _pow2_row(kv[b, t, KV + h], bits, row)
+            base = (p // VALUE_GROUP) * wv * VALUE_GROUP + p % VALUE_GROUP
+            for d in range(hd):
+                vbh[base + d * VALUE_GROUP] = row[d]
+
+
+@numba.njit(inline="always")
+def _byte_scores(kbh: np.ndarray, qw: np.ndarray, corr: np.ndarray, i: int, n: int, wk: int,
+                 sc: np.ndarray) -> None:  # pragma: no cover  (compiled)
+    """Query byte rows i and i + 1 (or i alone when i + 1 == qw.shape[0]) of qw [m, wk / 4] (each
+    int32 four signed bytes) times the keys of positions < n (rounded up to a block), into sc [m,
+    room] (int32): sum_d q_d (k_d + 128) + corr = q . k with corr = -128 sum_d q_d."""
+    pair = i + 1 < qw.shape[0]
+    for blk in range((n + KEY_BLOCK - 1) // KEY_BLOCK):
+        base = blk * wk * KEY_BLOCK
+        a0 = simd.splat(corr[i])
+        a1 = simd.splat(corr[i + 1] if pair else 0)
+        for c in range(wk // 4):
+            keys = simd.load(kbh, base + c * 4 * KEY_BLOCK)
+            a0 = simd.dot4(a0, keys, simd.splat(qw[i, c]))
+            if pair:
+                a1 = simd.dot4(a1, keys, simd.splat(qw[i + 1, c]))
+        simd.store(sc[i], blk * KEY_BLOCK, a0)
+        if pair:
+            simd.store(sc[i + 1], blk * KEY_BLOCK, a1)
+
+
+@numba.njit(inline="always")
+def _byte_sums(vbh: np.ndarray, dig: np.ndarray, i: int, groups: int, wv: int,
+               acc: np.ndarray) -> None:  # pragma: no cover  (compiled)
+    """The value sums of digit planes i..i+3 of dig [planes, room] (unsigned bytes: base-128 digits
+    of a query row's weights, 0 from the first unused position up to groups * VALUE_GROUP) in one
+    pass over the values: acc [planes * wv] (int32) receives at p * wv + c the sum_j dig[p, j] v_jc
+    of column c. Sixteen accumulators (four planes of four column vectors) share each value load."""
+    p0, p1, p2, p3 = dig[i].view(np.int32), dig[i + 1].view(np.int32), dig[i + 2].view(np.int32), \
+        dig[i + 3].view(np.int32)  # four positions' digits per int32
+    for span in range(wv // VALUE_SPAN):
+        z = simd.splat(0)
+        a00, a01, a02, a03, a10, a11, a12, a13 = z, z, z, z, z, z, z, z
+        a20, a21, a22, a23, a30, a31, a32, a33 = z, z, z, z, z, z, z, z
+        for j in range(groups):
+            off = j * wv * VALUE_GROUP + span * VALUE_SPAN * VALUE_GROUP
+            v0, v1 = simd.load(vbh, off), simd.load(vbh, off + 64)
+            v2, v3 = simd.load(vbh, off + 128), simd.load(vbh, off + 192)
+            w = simd.splat(p0[j])
+            a00, a01, a02, a03 = simd.dot4(a00, w, v0), simd.dot4(a01, w, v1), simd.dot4(a02, w, v2), \
+                simd.dot4(a03, w, v3)
+            w = simd.splat(p1[j])
+            a10, a11, a12, a13 = simd.dot4(a10, w, v0), simd.dot4(a11, w, v1), simd.dot4(a12, w, v2), \
+                simd.dot4(a13, w, v3)
+            w = simd.splat(p2[j])
+            a20, a21, a22, a23 = simd.dot4(a20, w, v0), simd.dot4(a21, w, v1), simd.dot4(a22, w, v2), \
+                simd.dot4(a23, w, v3)
+            w = simd.splat(p3[j])
+            a30, a31, a32, a33 = simd.dot4(a30, w, v0), simd.dot4(a31, w, v1), simd.dot4(a32, w, v2), \
+                simd.dot4(a33, w, v3)
+        col = i * wv + span * VALUE_SPAN
+        simd.store(acc, col, a00)
+        simd.store(acc, col + 16, a01)
+        simd.store(acc, col + 32, a02)
+        simd.store(acc, col + 48, a03)
+        simd.store(acc, col + wv, a10)
+        simd.store(acc, col + wv + 16, a11)
+        simd.store(acc, col + wv + 32, a12)
+        simd.store(acc, col + wv + 48, a13)
+        simd.store(acc, col + 2 * wv, a20)
+        simd.store(acc, col + 2 * wv + 16, a21)
+        simd.store(acc, col + 2 * wv + 32, a22)
+        simd.store(acc, col + 2 * wv + 48, a23)
+        simd.store(acc, col + 3 * wv, a30)
+        simd.store(acc, col + 3 * wv + 16, a31)
+        simd.store(acc, col + 3 * wv + 32, a32)
+        simd.store(acc, col + 3 * wv + 48, a33)
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def attend_bytes(q: np.ndarray, eq: np.ndarray, halves: int, kb: np.ndarray, ek: np.ndarray, vb: np.ndarray,
+                 ev: np.ndarray, p0: int, table: np.ndarray, att_bits: int,
+                 out: np.ndarray) -> None:  # pragma: no cover  (compiled)
+    """`attend` over the byte cache (`append_bytes`), the same integers by byte dot products
+    (`simd.dot4`, four per lane and instruction). Queries q [B, T, KV, g, hd] (int64, magnitudes
+    below 2**(7 halves): halves 1 makes each a signed byte, halves 2 splits it as q = 128 hi + lo,
+    both bytes, whose scores recombine exactly in int64) at positions p0.., exponents eq [B, T, KV,
+    g]; key and value exponents ek, ev [B, KV, room]. After the table step (`_table_row`) each
+    weight e_j << (ev_j - low) (low the least value exponent up to the query's position; below
+    2**(att_bits + spread)) is written as base-128 digits, and each digit plane's sums with the int8
+    values (below 127 * 127 * context < 2**31, the bound the model asserts) are put together in
+    int64 before the rounded quotient. Writes out [B, T, KV, g, hd]."""
+    B, T, KV, g, hd = q.shape
+    wk, wv = byte_cache_widths(hd)
+    room = ek.shape[2]
+    m = halves * g
+    top_digits = (att_bits + 127 + DIGIT_BITS) // DIGIT_BITS  # int8 exponents spread at most 127
+    top_planes = (g * top_digits + 3) // 4 * 4
+    jobs = B * T * KV
+    parts = min(jobs, SCRATCH_PARTS)
+    for part in numba.prange(parts):
+        qb = np.zeros((m, wk), np.int8)  # padding columns stay 0: they add nothing
+        corr = np.empty(m, np.int32)
+        sc = np.empty((m, room), np.int32)
+        x = np.empty(room, np.int64)
+        den = np.empty(g, np.int64)
+        dig = np.empty((top_planes, room), np.uint8)
+        acc = np.empty(top_planes * wv, np.int32)
+        for job in range(part * jobs // parts, (part + 1) * jobs // parts):
+            b, t, h = job // (T * KV), (job // KV) % T, job % KV
+            n = p0 + t + 1
+            for r in range(g):
+                for d in range(hd):
+                    v = q[b, t, h, r, d]
+                    if halves == 1:
+                        qb[r, d] = v
+                    else:
+                        qb[r, d] = v >> 7
+                        qb[g + r, d] = v & 127
+            for i in range(m):
+                s = np.int32(0)
+                for d in range(hd):
+                    s += qb[i, d]
+                corr[i] = -128 * s
+            qw = qb.view(np.int32)
+            for i in range(0, m, 2):
+                _byte_scores(kb[b, h], qw, corr, i, n, wk, sc)
+            low, top = np.int64(ev[b, h, 0]), np.int64(ev[b, h, 0])
+            for j in range(1, n):
+                low = min(low, np.int64(ev[b, h, j]))
+                top = max(top, np.int64(ev[b, h, j]))
+            nd = (att_bits + top - low + DIGIT_BITS - 1) // DIGIT_BITS
+            groups = (n + VALUE_GROUP - 1) // VALUE_GROUP
+            for r in range(g):
+                sh = np.int64(eq[b, t, h, r])
+                top_x = np.iinfo(np.int64).min
+                for j in range(n):
+                    s = np.int64(sc[r, j]) if halves == 1 else (np.int64(sc[r, j]) << 7) + sc[g + r, j]
+                    x[j] = s << (sh + np.int64(ek[b, h, j]))
+                    top_x = max(top_x, x[j])
+                base = _table_base(top_x)
+                dn = np.int64(0)
+                for j in range(n):  # the table step of _table_row, with each weight made in the same pass
+                    e = _table_value(table, base, x[j])
+                    dn += e
+                    x[j] = e << (np.int64(ev[b, h, j]) - low)  # the weight of value row j
+                den[r] = dn
+                for k in range(nd):
+                    plane = dig[r * nd + k]
+                    for j in range(n):
+                        plane[j] = (x[j] >> (DIGIT_BITS * k)) & 127
+                    for j in range(n, groups * VALUE_GROUP):
+                        plane[j] = 0
+            planes = (g * nd + 3) // 4 * 4
+            for i in range(g * nd, planes):
+                for j in range(groups * VALUE_GROUP):
+                    dig[i, j] = 0
+            for i in range(0, planes, 4):
+                _byte_sums(vb[b, h], dig, i, groups, wv, acc)
+            for r in range(g):
+                for d in range(hd):
+                    total = np.int64(0)
+                    for k in range(nd):
+                        total += np.int64(acc[(r * nd + k) * wv + d]) << (DIGIT_BITS * k)
+                    out[b, t, h, r, d] = _rounded_quotient(total << low, den[r])

@@ -168,49 +168,43 @@ def test_single_chunk_decode_equals_score(model):
     assert _digest(_decode_all(eng, [seq])) == _digest(list(eng.score([seq], ALPHA)[0]))
 
 
-def _attend_reference(q, eq, kt, ek, vt, ev, p0, table) -> tuple[np.ndarray, int]:
-    """kernels.attend's module docstring written out in Python integers, one query row at a time;
-    also the greatest sum of a row's weights relative to its least value exponent (which picks the
-    kernel's 32- or 64-bit sums)."""
+def _attend_reference(q, eq, kt, ek, vt, ev, p0, table) -> np.ndarray:
+    """kernels.attend's module docstring written out in Python integers, one query row at a time."""
     B, T, KV, g, hd = q.shape
-    out, heavy = np.zeros(q.shape, np.int64), 0
+    out = np.zeros(q.shape, np.int64)
     for b, t, h, r in np.ndindex(B, T, KV, g):
         n = p0 + t + 1
         x = [int(q[b, t, h, r] @ kt[b, h, :, j].astype(np.int64)) << int(eq[b, t, h, r] + ek[b, h, j])
              for j in range(n)]
         base = (((max(x) + 2048) >> 12) << 12) + 2047
         e = [int(table[min((base - xj) >> 12, len(table) - 1)]) for xj in x]
-        den, low = sum(e), int(ev[b, h, :n].min())
-        heavy = max(heavy, sum(e[j] << int(ev[b, h, j]) - low for j in range(n)))
+        den = sum(e)
         for d in range(hd):
             total = sum((e[j] << int(ev[b, h, j])) * int(vt[b, h, d, j]) for j in range(n))
             out[b, t, h, r, d] = (2 * total + den) // (2 * den)
-    return out, heavy
+    return out
 
 
-@pytest.mark.parametrize("values", ["int8, weights in 32 bits", "int8, weights past 32 bits", "int32"])
-def test_attention_kernel_equals_its_definition(values):
-    """Both widths of the kernel's weighted sums (32-bit lanes when every row's weights sum below
-    kernels.NARROW_WEIGHTS, else 64-bit) give the integers of the definition, with an odd row count."""
-    rng = np.random.default_rng(len(values))
+@pytest.mark.parametrize("keys", ["int8", "int32"])
+def test_attention_kernel_equals_its_definition(keys):
+    """The kernel of the programs with int32 values gives the integers of the definition, with int8
+    keys and with the float64 program's int32 keys, and an odd row count (int8 values: test_simd)."""
+    rng = np.random.default_rng(len(keys))
     B, T, KV, g, hd, room, p0 = 2, 2, 2, 3, 8, 48, 37
     q = rng.integers(-2047, 2048, (B, T, KV, g, hd))
     eq = rng.integers(0, 3, (B, T, KV, g))
-    kt = rng.integers(-127, 128, (B, KV, hd, room), dtype=np.int8)
-    ek = rng.integers(0, 3, (B, KV, room), dtype=np.int8)
+    if keys == "int8":
+        kt, dots = rng.integers(-127, 128, (B, KV, hd, room), dtype=np.int8), np.empty(0, np.int32)
+        ek = rng.integers(0, 3, (B, KV, room), dtype=np.int8)
+    else:
+        kt, dots = rng.integers(-2**22, 2**22, (B, KV, hd, room), dtype=np.int32), np.empty(0, np.int64)
+        ek = np.zeros((B, KV, room), np.int8)
     table = (32768 * np.exp(-np.arange(40) / 6)).astype(np.int64)
     table[-1] = 0
-    if values == "int32":
-        vt, ev = rng.integers(-2**20, 2**20, (B, KV, hd, room), dtype=np.int32), np.zeros((B, KV, room), np.int8)
-    else:
-        vt = rng.integers(-128, 128, (B, KV, hd, room), dtype=np.int8)
-        ev = rng.integers(3, 6 if "in 32" in values else 14, (B, KV, room), dtype=np.int8)
+    vt, ev = rng.integers(-2**20, 2**20, (B, KV, hd, room), dtype=np.int32), np.zeros((B, KV, room), np.int8)
     out = np.zeros(q.shape, np.int64)
-    kernels.attend(q, eq, kt, ek, vt, ev, p0, table, np.empty(0, np.int32), out)
-    want, heavy = _attend_reference(q, eq, kt, ek, vt, ev, p0, table)
-    assert np.array_equal(out, want)
-    if values != "int32":
-        assert (heavy < kernels.NARROW_WEIGHTS) == ("in 32" in values)  # the branch the case is named for
+    kernels.attend(q, eq, kt, ek, vt, ev, p0, table, dots, out)
+    assert np.array_equal(out, _attend_reference(q, eq, kt, ek, vt, ev, p0, table))
 
 
 def test_silu_kernel_equals_torch_path(model):
@@ -360,7 +354,11 @@ def test_value_digits_equal_the_float64_product(program):
         cache._grow(S)
         rows = torch.randint(-127, 128, (B, KV, S, hd), generator=gen, dtype=torch.int8)
         rows[0, 0, 0] = 127  # the largest products
-        cache.v[0][..., :S] = rows.transpose(-1, -2)
+        wv = kernels.byte_cache_widths(hd)[1]  # the byte cache's value groups (kernels.append_bytes)
+        padded = torch.zeros((B, KV, cache.room, hd), dtype=torch.int8)
+        padded[:, :, :S] = rows
+        groups = cache.v[0].view(B, KV, cache.room // kernels.VALUE_GROUP, wv, kernels.VALUE_GROUP)
+        groups[:, :, :, :hd] = padded.view(B, KV, -1, kernels.VALUE_GROUP, hd).transpose(-1, -2)
         cache.vs[0][:, :, :S] = torch.randint(low, top + 1, (B, KV, S), generator=gen, dtype=torch.int8)
         cache.vs[0][0, 0, :2] = torch.tensor([top, low])
         s = torch.randint(-(1 << 20), 1 << 20, (B, KV, R, S), generator=gen).to(torch.float32)

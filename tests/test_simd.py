@@ -1,0 +1,92 @@
+"""The byte dot products of `archiver.simd` and the attention kernel built on them: the same integers
+in VNNI's instruction and in the portable form every other CPU compiles."""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import pytest
+
+from archiver import kernels, simd
+from tests.test_engine import _attend_reference
+
+FORMS = sorted({simd.NATIVE, False}, reverse=True)  # this CPU's form, and the portable one
+
+
+@pytest.fixture(params=FORMS, ids=lambda native: "vnni" if native else "portable")
+def compile_as(request, monkeypatch):
+    """Compiles a function's Python source afresh (no cache) with simd's chosen form."""
+    monkeypatch.setattr(simd, "NATIVE", request.param)
+    return lambda fn, **opts: numba.njit(**opts)(fn.py_func if hasattr(fn, "py_func") else fn)
+
+
+def _dots(u, s, start, out):  # pragma: no cover  (compiled)
+    a = simd.splat(start)
+    for i in range(u.size // 64):
+        a = simd.dot4(a, simd.load(u, i * 64), simd.load(s, i * 64))
+    simd.store(out, 0, a)
+
+
+def test_dot4_sums_each_lanes_four_products_and_wraps_at_32_bits(compile_as):
+    """Lane i gains u[4i + k] * s[4i + k] for k < 4, unsigned times signed bytes, at the extremes
+    too; the sum wraps as int32 arithmetic does (the kernels stay below 2**31, but both forms must
+    agree whatever comes)."""
+    dots = compile_as(_dots)
+    rng = np.random.default_rng(0)
+    u = rng.integers(0, 256, 64 * 7).astype(np.uint8)
+    s = rng.integers(-128, 128, 64 * 7).astype(np.int8)
+    u[:64], s[:64] = 255, -128  # the largest products
+    for start in (0, -12345, 2**31 - 1):
+        out = np.zeros(16, np.int32)
+        dots(u, s, np.int32(start), out)
+        want = (u.astype(np.int64) * s).reshape(7, 16, 4).sum((0, 2)) + start
+        assert np.array_equal(out, ((want + 2**31) % 2**32 - 2**31).astype(np.int32))
+
+
+def _byte_cache(kt, ek, vt, ev, n):
+    """The byte cache of keys kt and values vt [B, KV, hd, room] with exponents ek, ev, made by
+    kernels.append_bytes from rows that quantize back to exactly these integers."""
+    B, KV, hd, room = kt.shape
+    kv = np.concatenate([np.transpose(a.astype(np.int64), (0, 3, 1, 2)) << np.transpose(e, (0, 2, 1))[..., None]
+                         for a, e in ((kt, ek), (vt, ev))], axis=2)
+    wk, wv = kernels.byte_cache_widths(hd)
+    room = -(-room // 64) * 64
+    kb, vb = np.zeros((B, KV, room * wk), np.uint8), np.zeros((B, KV, room * wv), np.int8)
+    ek2, ev2 = np.zeros((B, KV, room), np.int8), np.zeros((B, KV, room), np.int8)
+    kernels.append_bytes(kv[:, :n], 0, 7, kb, ek2, vb, ev2)
+    assert np.array_equal(ek2[..., :n], ek[..., :n]) and np.array_equal(ev2[..., :n], ev[..., :n])
+    return kb, ek2, vb, ev2
+
+
+CASES = {"7-bit queries": (2, 2, 2, 3, 8, 37, 1), "split queries, many digit planes": (3, 3, 1, 4, 20, 70, 2),
+         "long history": (2, 1, 2, 2, 64, 700, 1)}  # B, T, KV, g, hd, p0, halves
+
+
+@pytest.mark.parametrize("form", ["as cached", "portable"])
+def test_attention_over_the_byte_cache_equals_its_definition(form, monkeypatch):
+    """kernels.attend_bytes (as the engine runs it, and compiled afresh in the portable form) gives
+    the integers of kernels.attend's definition: queries of one byte or split in two, head sizes
+    that are not a multiple of 4 or 64, odd groups, several queries per chunk after a history,
+    weights of one to six digit planes (several passes of four)."""
+    attend = kernels.attend_bytes
+    if form == "portable":
+        monkeypatch.setattr(simd, "NATIVE", False)
+        attend = numba.njit(parallel=True)(attend.py_func)
+    for case, (B, T, KV, g, hd, p0, halves) in CASES.items():
+        rng = np.random.default_rng(len(case))
+        lim = (1 << (7 * halves)) - 1
+        room = p0 + T + 5
+        q = rng.integers(-lim, lim + 1, (B, T, KV, g, hd))
+        q[0, 0, 0, 0, :2] = lim, -lim
+        eq = rng.integers(0, 3, (B, T, KV, g))
+        kt = rng.integers(-127, 128, (B, KV, hd, room), dtype=np.int8)
+        vt = rng.integers(-127, 128, (B, KV, hd, room), dtype=np.int8)
+        kt[:, :, 0], vt[:, :, 0] = 127, -127  # each row's largest magnitude: its exponent is exact
+        ek = rng.integers(0, 3, (B, KV, room), dtype=np.int8)
+        ev = rng.integers(3, 30 if "many" in case else 8, (B, KV, room), dtype=np.int8)
+        table = (2047 * np.exp(-np.arange(40) / 6)).astype(np.int64)
+        table[-1] = 0
+        kb, ek2, vb, ev2 = _byte_cache(kt, ek, vt, ev, p0 + T)
+        out = np.zeros(q.shape, np.int64)
+        attend(q, eq, halves, kb, ek2, vb, ev2, p0, table, int(table.max()).bit_length(), out)
+        assert np.array_equal(out, _attend_reference(q, eq, kt, ek, vt, ev, p0, table)), case
