@@ -228,9 +228,10 @@ class Engine:
         y[:, (H + KV) * hd :].clamp_(-self.v_limit, self.v_limit)
         return y
 
-    def _attend(self, q: torch.Tensor, cache: _Cache, li: int, p0: int) -> torch.Tensor:
-        """Causal softmax attention of q [B, T, H, hd] (Q10, at positions p0..) over the history;
-        returns the Q16 outputs [B, T, H * hd].
+    def _attend(self, y: torch.Tensor, cache: _Cache, li: int, p0: int) -> torch.Tensor:
+        """Appends the keys and values of y [B, T, H + 2 KV, hd] (a layer's `_qkv` rows, at
+        positions p0..) to the cache, then the causal softmax attention of its queries q = y[:, :,
+        :H] (Q10) over the history; returns the Q16 outputs [B, T, H * hd].
 
         Scores: x = (q.k) / 2**12, every partial sum a multiple of 2**-12 below 2**40, so the float64
         product is exact in any order. With the float64 key cache, the integer products of queries and
@@ -247,7 +248,9 @@ class Engine:
         rounded outputs, so the whole chain stays in cache.
         """
         if self.kernel:
-            return self._attend_kernel(q, cache, li, p0)
+            return self._attend_kernel(y, cache, li, p0)
+        cache.append(li, y[:, :, self.heads :])
+        q = y[:, :, : self.heads]
         B, T, H, hd = q.shape
         KV = self.kv_heads
         g = H // KV
@@ -311,10 +314,21 @@ class Engine:
                 out[b0:b1, a:b].view(nt, b - a, KV, g, hd).copy_(o.view(shape).transpose(1, 2))
         return out
 
-    def _attend_kernel(self, q: torch.Tensor, cache: _Cache, li: int, p0: int) -> torch.Tensor:
-        """_attend's program run by the compiled integer kernel over the integer cache (CPU)."""
-        B, T, H, hd = q.shape
+    def _attend_kernel(self, y: torch.Tensor, cache: _Cache, li: int, p0: int) -> torch.Tensor:
+        """_attend's program run by the compiled integer kernels over the integer cache (CPU): for a
+        few queries per chunk over the byte cache, appending and attending are one kernel."""
+        B, T, _, hd = y.shape
+        H = self.heads
         shape = (B, T, self.kv_heads, H // self.kv_heads)
+        if self.byte_cache and T < GEMM_QUERIES:
+            cache.reserve(p0 + T)
+            out = torch.empty((*shape, hd), dtype=torch.int64)
+            kernels.attend_bytes(y.contiguous().numpy(), H, self.q_bits, KEY8_BITS, p0, cache.k[li].numpy(),
+                                 cache.ks[li].numpy(), cache.v[li].numpy(), cache.vs[li].numpy(), self.att_exp.numpy(),
+                                 self.att_bits, out.numpy())
+            return out.view(B, T, H * hd)
+        cache.append(li, y[:, :, H:])
+        q = y[:, :, :H]
         if self.int8_keys:
             q, eq = self._pow2_quantize(q, self.q_bits)
             eq = eq.view(shape)
@@ -323,11 +337,6 @@ class Engine:
         if T >= GEMM_QUERIES:
             return self._attend_gemm(q.view(*shape, hd), eq, cache, li, p0).view(B, T, H * hd)
         out = torch.empty((*shape, hd), dtype=torch.int64)
-        if self.byte_cache:
-            kernels.attend_bytes(q.contiguous().view(*shape, hd).numpy(), eq.numpy(), 1 if self.q_bits <= 7 else 2,
-                                 cache.k[li].numpy(), cache.ks[li].numpy(), cache.v[li].numpy(), cache.vs[li].numpy(),
-                                 p0, self.att_exp.numpy(), self.att_bits, out.numpy())
-            return out.view(B, T, H * hd)
         dots = np.empty(0, np.int32 if self.int8_keys else np.int64)
         kernels.attend(q.contiguous().view(*shape, hd).numpy(), eq.numpy(), cache.k[li].numpy(), cache.ks[li].numpy(),
                        cache.v[li].numpy(), cache.vs[li].numpy(), p0, self.att_exp.numpy(), dots, out.numpy())
@@ -467,8 +476,7 @@ class Engine:
         for li, (qkv_m, o_m, gu_m, down_m) in enumerate(self.layers):
             qkv = self._rowwise(lambda t, r, m=qkv_m: self._qkv(t, m, cos[r], sin[r]), x, qkv)
             split = qkv.view(B, T, H + 2 * KV, hd)
-            cache.append(li, split[:, :, H:])
-            att = self._attend(split[:, :, :H], cache, li, p0).view(B * T, H * hd)
+            att = self._attend(split, cache, li, p0).view(B * T, H * hd)
             self._rowwise(lambda t, r, m=o_m: self._linear(t, m, into=x[r]), att)
             self._rowwise(lambda t, r, gm=gu_m, dm=down_m: self._mlp(t, gm, dm, into=x[r]), x)
         cache.length = p0 + T
@@ -660,13 +668,17 @@ class _Cache:
                 store[li] = new
         self.room = room
 
-    def append(self, li: int, kv: torch.Tensor) -> None:
-        """Store the keys and values kv [B, T, 2 KV, hd] (key heads first) at positions length..length+T."""
-        a, b = self.length, self.length + kv.shape[1]
+    def reserve(self, b: int) -> None:
+        """Room for positions below b (a ValueError past the capacity)."""
         if b > self.capacity:
             raise ValueError("sequence longer than the model context")
         if b > self.room:
             self._grow(b)
+
+    def append(self, li: int, kv: torch.Tensor) -> None:
+        """Store the keys and values kv [B, T, 2 KV, hd] (key heads first) at positions length..length+T."""
+        a, b = self.length, self.length + kv.shape[1]
+        self.reserve(b)
         if self.engine.byte_cache:
             kernels.append_bytes(kv.numpy(), a, KEY8_BITS, self.k[li].numpy(), self.ks[li].numpy(), self.v[li].numpy(),
                                  self.vs[li].numpy())

@@ -472,21 +472,29 @@ def append_bytes(kv: np.ndarray, a: int, bits: int, kb: np.ndarray, ek: np.ndarr
     hold four positions of 16 columns (wk, wv from `byte_cache_widths`; padding left unwritten)."""
     B, T, KV2, hd = kv.shape
     KV = KV2 // 2
-    wk, wv = byte_cache_widths(hd)
     for job in numba.prange(B * KV):
         b, h = job // KV, job % KV
         row = np.empty(hd, np.int64)
-        kbh, vbh = kb[b, h], vb[b, h]
         for t in range(T):
-            p = a + t
-            ek[b, h, p] = _pow2_row(kv[b, t, h], bits, row)
-            base = (p // KEY_BLOCK) * wk * KEY_BLOCK + (p % KEY_BLOCK) * 4
-            for d in range(hd):
-                kbh[base + (d // 4) * 4 * KEY_BLOCK + d % 4] = row[d] + 128
-            ev[b, h, p] = _pow2_row(kv[b, t, KV + h], bits, row)
-            base = (p // VALUE_GROUP) * wv * VALUE_GROUP + p % VALUE_GROUP
-            for d in range(hd):
-                vbh[base + d * VALUE_GROUP] = row[d]
+            _append_byte_position(kv[b, t, h], kv[b, t, KV + h], bits, row, kb[b, h], ek[b, h], vb[b, h], ev[b, h],
+                                  a + t)
+
+
+@numba.njit(inline="always")
+def _append_byte_position(key: np.ndarray, value: np.ndarray, bits: int, row: np.ndarray, kbh: np.ndarray,
+                          ekh: np.ndarray, vbh: np.ndarray, evh: np.ndarray, p: int) -> None:  # pragma: no cover
+    """One chunk's and head's key and value rows (int64) into position p of its byte cache (see
+    `append_bytes`); row is scratch of their length."""
+    hd = key.size
+    wk, wv = byte_cache_widths(hd)
+    ekh[p] = _pow2_row(key, bits, row)
+    base = (p // KEY_BLOCK) * wk * KEY_BLOCK + (p % KEY_BLOCK) * 4
+    for d in range(hd):
+        kbh[base + (d // 4) * 4 * KEY_BLOCK + d % 4] = row[d] + 128
+    evh[p] = _pow2_row(value, bits, row)
+    base = (p // VALUE_GROUP) * wv * VALUE_GROUP + p % VALUE_GROUP
+    for d in range(hd):
+        vbh[base + d * VALUE_GROUP] = row[d]
 
 
 @numba.njit(inline="always")
@@ -559,28 +567,36 @@ def _byte_sums(vbh: np.ndarray, dig: np.ndarray, i: int, groups: int, wv: int,
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def attend_bytes(q: np.ndarray, eq: np.ndarray, halves: int, kb: np.ndarray, ek: np.ndarray, vb: np.ndarray,
-                 ev: np.ndarray, p0: int, table: np.ndarray, att_bits: int,
+def attend_bytes(y: np.ndarray, heads: int, q_bits: int, bits: int, a: int, kb: np.ndarray, ek: np.ndarray,
+                 vb: np.ndarray, ev: np.ndarray, table: np.ndarray, att_bits: int,
                  out: np.ndarray) -> None:  # pragma: no cover  (compiled)
     """`attend` over the byte cache (`append_bytes`), the same integers by byte dot products
-    (`simd.dot4`, four per lane and instruction). Queries q [B, T, KV, g, hd] (int64, magnitudes
-    below 2**(7 halves): halves 1 makes each a signed byte, halves 2 splits it as q = 128 hi + lo,
-    both bytes, whose scores recombine exactly in int64) at positions p0.., exponents eq [B, T, KV,
-    g]; key and value exponents ek, ev [B, KV, room]. After the table step (`_table_row`) each
-    weight e_j << (ev_j - low) (low the least value exponent up to the query's position; below
-    2**(att_bits + spread)) is written as base-128 digits, and each digit plane's sums with the int8
-    values (below 127 * 127 * context < 2**31, the bound the model asserts) are put together in
-    int64 before the rounded quotient. Writes out [B, T, KV, g, hd]."""
-    B, T, KV, g, hd = q.shape
+    (`simd.dot4`, four per lane and instruction), with the steps around it in the same pass. y
+    [B, T, heads + 2 KV, hd] (int64) holds a layer's rotated queries, keys and values of the
+    positions a..a+T-1: each chunk's and head's keys and values are appended first (as
+    `append_bytes` does, pow2-quantized to bits), then each query row is pow2-quantized to q_bits
+    (as `pow2_quantize` does) and attends over positions 0..its own. Queries of up to 7 bits are
+    one signed byte, wider ones are split as q = 128 hi + lo, both bytes, whose scores recombine
+    exactly in int64. After the table step (`_table_base`, `_table_value`) each weight e_j <<
+    (ev_j - low) (low the least value exponent up to the query's position; below 2**(att_bits +
+    spread)) is written as base-128 digits, and each digit plane's sums with the int8 values
+    (below 127 * 127 * context < 2**31, the bound the model asserts) are put together in int64
+    before the rounded quotient. Writes out [B, T, KV, g, hd]."""
+    B, T, width, hd = y.shape
+    KV = (width - heads) // 2
+    g = heads // KV
+    halves = 1 if q_bits <= 7 else 2
     wk, wv = byte_cache_widths(hd)
     room = ek.shape[2]
     m = halves * g
     top_digits = (att_bits + 127 + DIGIT_BITS) // DIGIT_BITS  # int8 exponents spread at most 127
     top_planes = (g * top_digits + 3) // 4 * 4
-    jobs = B * T * KV
+    jobs = B * KV
     parts = min(jobs, SCRATCH_PARTS)
     for part in numba.prange(parts):
+        row = np.empty(hd, np.int64)
         qb = np.zeros((m, wk), np.int8)  # padding columns stay 0: they add nothing
+        eq = np.empty(g, np.int64)
         corr = np.empty(m, np.int32)
         sc = np.empty((m, room), np.int32)
         x = np.empty(room, np.int64)
@@ -588,59 +604,62 @@ def attend_bytes(q: np.ndarray, eq: np.ndarray, halves: int, kb: np.ndarray, ek:
         dig = np.empty((top_planes, room), np.uint8)
         acc = np.empty(top_planes * wv, np.int32)
         for job in range(part * jobs // parts, (part + 1) * jobs // parts):
-            b, t, h = job // (T * KV), (job // KV) % T, job % KV
-            n = p0 + t + 1
-            for r in range(g):
-                for d in range(hd):
-                    v = q[b, t, h, r, d]
-                    if halves == 1:
-                        qb[r, d] = v
-                    else:
-                        qb[r, d] = v >> 7
-                        qb[g + r, d] = v & 127
-            for i in range(m):
-                s = np.int32(0)
-                for d in range(hd):
-                    s += qb[i, d]
-                corr[i] = -128 * s
-            qw = qb.view(np.int32)
-            for i in range(0, m, 2):
-                _byte_scores(kb[b, h], qw, corr, i, n, wk, sc)
-            low, top = np.int64(ev[b, h, 0]), np.int64(ev[b, h, 0])
-            for j in range(1, n):
-                low = min(low, np.int64(ev[b, h, j]))
-                top = max(top, np.int64(ev[b, h, j]))
-            nd = (att_bits + top - low + DIGIT_BITS - 1) // DIGIT_BITS
-            groups = (n + VALUE_GROUP - 1) // VALUE_GROUP
-            for r in range(g):
-                sh = np.int64(eq[b, t, h, r])
-                top_x = np.iinfo(np.int64).min
-                for j in range(n):
-                    s = np.int64(sc[r, j]) if halves == 1 else (np.int64(sc[r, j]) << 7) + sc[g + r, j]
-                    x[j] = s << (sh + np.int64(ek[b, h, j]))
-                    top_x = max(top_x, x[j])
-                base = _table_base(top_x)
-                dn = np.int64(0)
-                for j in range(n):  # the table step of _table_row, with each weight made in the same pass
-                    e = _table_value(table, base, x[j])
-                    dn += e
-                    x[j] = e << (np.int64(ev[b, h, j]) - low)  # the weight of value row j
-                den[r] = dn
-                for k in range(nd):
-                    plane = dig[r * nd + k]
+            b, h = job // KV, job % KV
+            for t in range(T):
+                _append_byte_position(y[b, t, heads + h], y[b, t, heads + KV + h], bits, row, kb[b, h], ek[b, h],
+                                      vb[b, h], ev[b, h], a + t)
+            for t in range(T):
+                n = a + t + 1
+                for r in range(g):
+                    eq[r] = _pow2_row(y[b, t, h * g + r], q_bits, row)
+                    for d in range(hd):
+                        if halves == 1:
+                            qb[r, d] = row[d]
+                        else:
+                            qb[r, d] = row[d] >> 7
+                            qb[g + r, d] = row[d] & 127
+                for i in range(m):
+                    s = np.int32(0)
+                    for d in range(hd):
+                        s += qb[i, d]
+                    corr[i] = -128 * s
+                qw = qb.view(np.int32)
+                for i in range(0, m, 2):
+                    _byte_scores(kb[b, h], qw, corr, i, n, wk, sc)
+                low, top = np.int64(ev[b, h, 0]), np.int64(ev[b, h, 0])
+                for j in range(1, n):
+                    low = min(low, np.int64(ev[b, h, j]))
+                    top = max(top, np.int64(ev[b, h, j]))
+                nd = (att_bits + top - low + DIGIT_BITS - 1) // DIGIT_BITS
+                groups = (n + VALUE_GROUP - 1) // VALUE_GROUP
+                for r in range(g):
+                    top_x = np.iinfo(np.int64).min
                     for j in range(n):
-                        plane[j] = (x[j] >> (DIGIT_BITS * k)) & 127
-                    for j in range(n, groups * VALUE_GROUP):
-                        plane[j] = 0
-            planes = (g * nd + 3) // 4 * 4
-            for i in range(g * nd, planes):
-                for j in range(groups * VALUE_GROUP):
-                    dig[i, j] = 0
-            for i in range(0, planes, 4):
-                _byte_sums(vb[b, h], dig, i, groups, wv, acc)
-            for r in range(g):
-                for d in range(hd):
-                    total = np.int64(0)
+                        s = np.int64(sc[r, j]) if halves == 1 else (np.int64(sc[r, j]) << 7) + sc[g + r, j]
+                        x[j] = s << (eq[r] + np.int64(ek[b, h, j]))
+                        top_x = max(top_x, x[j])
+                    base = _table_base(top_x)
+                    dn = np.int64(0)
+                    for j in range(n):  # the table step of _table_row, with each weight made in the same pass
+                        e = _table_value(table, base, x[j])
+                        dn += e
+                        x[j] = e << (np.int64(ev[b, h, j]) - low)  # the weight of value row j
+                    den[r] = dn
                     for k in range(nd):
-                        total += np.int64(acc[(r * nd + k) * wv + d]) << (DIGIT_BITS * k)
-                    out[b, t, h, r, d] = _rounded_quotient(total << low, den[r])
+                        plane = dig[r * nd + k]
+                        for j in range(n):
+                            plane[j] = (x[j] >> (DIGIT_BITS * k)) & 127
+                        for j in range(n, groups * VALUE_GROUP):
+                            plane[j] = 0
+                planes = (g * nd + 3) // 4 * 4
+                for i in range(g * nd, planes):
+                    for j in range(groups * VALUE_GROUP):
+                        dig[i, j] = 0
+                for i in range(0, planes, 4):
+                    _byte_sums(vb[b, h], dig, i, groups, wv, acc)
+                for r in range(g):
+                    for d in range(hd):
+                        total = np.int64(0)
+                        for k in range(nd):
+                            total += np.int64(acc[(r * nd + k) * wv + d]) << (DIGIT_BITS * k)
+                        out[b, t, h, r, d] = _rounded_quotient(total << low, den[r])

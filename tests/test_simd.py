@@ -64,10 +64,12 @@ CASES = {"7-bit queries": (2, 2, 2, 3, 8, 37, 1), "split queries, many digit pla
 
 @pytest.mark.parametrize("form", ["as cached", "portable"])
 def test_attention_over_the_byte_cache_equals_its_definition(form, monkeypatch):
-    """kernels.attend_bytes (as the engine runs it, and compiled afresh in the portable form) gives
-    the integers of kernels.attend's definition: queries of one byte or split in two, head sizes
-    that are not a multiple of 4 or 64, odd groups, several queries per chunk after a history,
-    weights of one to six digit planes (several passes of four)."""
+    """kernels.attend_bytes (as the engine runs it, and compiled afresh in the portable form)
+    appends a layer's new keys and values and gives the integers of kernels.attend's definition:
+    queries of one byte or split in two, head sizes that are not a multiple of 4 or 64, odd
+    groups, several queries per chunk after a history, weights of one to six digit planes
+    (several passes of four). Every row's largest magnitude is the limit of its bits, so the
+    rows it quantizes are exactly the definition's integers times their powers of two."""
     attend = kernels.attend_bytes
     if form == "portable":
         monkeypatch.setattr(simd, "NATIVE", False)
@@ -75,18 +77,22 @@ def test_attention_over_the_byte_cache_equals_its_definition(form, monkeypatch):
     for case, (B, T, KV, g, hd, p0, halves) in CASES.items():
         rng = np.random.default_rng(len(case))
         lim = (1 << (7 * halves)) - 1
-        room = p0 + T + 5
+        room = p0 + T
         q = rng.integers(-lim, lim + 1, (B, T, KV, g, hd))
-        q[0, 0, 0, 0, :2] = lim, -lim
+        q[..., 0] = lim
         eq = rng.integers(0, 3, (B, T, KV, g))
         kt = rng.integers(-127, 128, (B, KV, hd, room), dtype=np.int8)
         vt = rng.integers(-127, 128, (B, KV, hd, room), dtype=np.int8)
-        kt[:, :, 0], vt[:, :, 0] = 127, -127  # each row's largest magnitude: its exponent is exact
+        kt[:, :, 0], vt[:, :, 0] = 127, -127
         ek = rng.integers(0, 3, (B, KV, room), dtype=np.int8)
         ev = rng.integers(3, 30 if "many" in case else 8, (B, KV, room), dtype=np.int8)
         table = (2047 * np.exp(-np.arange(40) / 6)).astype(np.int64)
         table[-1] = 0
-        kb, ek2, vb, ev2 = _byte_cache(kt, ek, vt, ev, p0 + T)
+        kb, ek2, vb, ev2 = _byte_cache(kt, ek, vt, ev, p0)  # the history; the kernel appends the rest
+        new = [np.transpose(a[..., p0:].astype(np.int64) << e[..., None, p0:], (0, 3, 1, 2))
+               for a, e in ((kt, ek), (vt, ev))]
+        y = np.concatenate([(q << eq[..., None]).reshape(B, T, KV * g, hd), *new], axis=2)
         out = np.zeros(q.shape, np.int64)
-        attend(q, eq, halves, kb, ek2, vb, ev2, p0, table, int(table.max()).bit_length(), out)
+        attend(y, KV * g, 7 * halves, 7, p0, kb, ek2, vb, ev2, table, int(table.max()).bit_length(), out)
+        assert np.array_equal(ek2[..., :room], ek) and np.array_equal(ev2[..., :room], ev), case
         assert np.array_equal(out, _attend_reference(q, eq, kt, ek, vt, ev, p0, table)), case
