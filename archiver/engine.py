@@ -146,17 +146,22 @@ class Engine:
                 return y
             into += y
             return None
-        if self.backend != "int":
-            acc = gemm(q, m.wt, self.backend)
-        elif q.shape[0] <= GEMV_ROWS:
-            acc = torch.empty((q.shape[0], m.w.shape[0]), dtype=torch.int32)
-            kernels.gemv(q.numpy(), m.w.numpy(), acc.numpy())
-        else:
-            acc = torch._int_mm(q, m.wt)
+        acc = self._gemm(q, m)
         out = torch.empty(acc.shape, dtype=torch.int64) if into is None else into
         kernels.rescale(acc.numpy(), m.mult.numpy(), row_mult.numpy().reshape(-1), base,
                         _NO_SHIFTS if e is None else e.numpy().reshape(-1), into is not None, out.numpy())
         return None if into is not None else out
+
+    def _gemm(self, q: torch.Tensor, m: _Prepared) -> torch.Tensor:
+        """The kernel path's products of int8 rows q with m: `_int_mm`, or `kernels.gemv` for a few
+        rows (int32), or the backend's exact float GEMM."""
+        if self.backend != "int":
+            return gemm(q, m.wt, self.backend)
+        if q.shape[0] <= GEMV_ROWS:
+            acc = torch.empty((q.shape[0], m.w.shape[0]), dtype=torch.int32)
+            kernels.gemv(q.numpy(), m.w.numpy(), acc.numpy())
+            return acc
+        return torch._int_mm(q, m.wt)
 
     def _linear(self, x: torch.Tensor, m: _Prepared, into: torch.Tensor | None = None) -> torch.Tensor | None:
         """The linear layer m of rows x (its input quantized per row), added into into when given."""
@@ -174,17 +179,21 @@ class Engine:
 
         The sum of squares is taken in float64: every partial sum is an integer below 127**2 * 2**14
         < 2**53, so it is exact in any order (the kernel path sums in int64: `kernels.norm_quantize`)."""
+        q, inv = self._norm_quantize(x)
+        return self._product(q, m, inv, m.shift + NORM_FRAC - F)
+
+    def _norm_quantize(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """_normed_linear's input: rows x quantized to int8, and their inverse root mean squares."""
         scale = x.shape[-1] << (2 * NORM_FRAC)
         if self.kernel:
             q = torch.empty(x.shape, dtype=torch.int8)
             inv = torch.empty(x.shape[0], dtype=torch.int64)
             kernels.norm_quantize(x.contiguous().numpy(), scale, q.numpy(), inv.numpy())
-        else:
-            q, _, _ = quantize_rows(x)
-            qf = q.to(torch.float64)
-            ss = torch.linalg.vecdot(qf, qf).to(torch.int64).clamp_(min=1).unsqueeze(-1)
-            inv = isqrt(torch.div(x.new_full((), scale), ss, rounding_mode="floor"))
-        return self._product(q, m, inv, m.shift + NORM_FRAC - F)
+            return q, inv
+        q, _, _ = quantize_rows(x)
+        qf = q.to(torch.float64)
+        ss = torch.linalg.vecdot(qf, qf).to(torch.int64).clamp_(min=1).unsqueeze(-1)
+        return q, isqrt(torch.div(x.new_full((), scale), ss, rounding_mode="floor"))
 
     def _rope_q10(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """Rotary embedding of x [N, heads, hd] (Q16) by its rows' cos, sin [N, 1, hd/2] (Q14), rounded
@@ -440,13 +449,10 @@ class Engine:
 
     def _silu_mul(self, gu: torch.Tensor) -> torch.Tensor:
         """rshift_round(silu(g) * u, F) with silu(g) = rshift_round(g * sigmoid[idx], 15), for the
-        halves g, u of gu [N, 2 * inter]; on the torch path in place in the looked-up table values
-        (index_select: the fast path of a 1-D table lookup)."""
+        halves g, u of gu [N, 2 * inter], in place in the looked-up table values (index_select: the
+        fast path of a 1-D table lookup). The torch path's; the kernel path's is in
+        `kernels.gated_quantize`."""
         sig = self.t["sigmoid"]
-        if self.kernel:
-            out = torch.empty((gu.shape[0], self.inter), dtype=torch.int64)
-            kernels.silu_mul(gu.contiguous().numpy(), self.inter, sig.numpy(), F - 8, F, out.numpy())
-            return out
         g, u = gu[..., : self.inter], gu[..., self.inter :]
         idx = (g >> (F - 8)).add_(sig.numel() // 2).clamp_(0, sig.numel() - 1)
         h = torch.index_select(sig, 0, idx.view(-1)).view(g.shape)
@@ -489,9 +495,19 @@ class Engine:
 
     def _mlp(self, x: torch.Tensor, gu_m: _Prepared, down_m: _Prepared, into: torch.Tensor) -> None:
         """The gated MLP of rows x, added into into (the residual stream: x itself may be into, as
-        x is read in full by the first product before the last one adds its rows)."""
-        gu = self._normed_linear(x, gu_m)
-        self._linear(self._silu_mul(gu), down_m, into)
+        x is read in full by the first product before the last one adds its rows). On the kernel
+        path everything between the two products is one pass (`kernels.gated_quantize`)."""
+        if not self.kernel:
+            self._linear(self._silu_mul(self._normed_linear(x, gu_m)), down_m, into)
+            return
+        q, inv = self._norm_quantize(x)
+        acc = self._gemm(q, gu_m)
+        n = x.shape[0]
+        h = torch.empty((n, self.inter), dtype=torch.int8)
+        rm, re = torch.empty(n, dtype=torch.int64), torch.empty(n, dtype=torch.int64)
+        kernels.gated_quantize(acc.numpy(), gu_m.mult.numpy(), inv.numpy().reshape(-1), gu_m.shift + NORM_FRAC - F,
+                               self.t["sigmoid"].numpy(), F - 8, F, h.numpy(), rm.numpy(), re.numpy())
+        self._product(h, down_m, rm, down_m.shift + 7, re, into)
 
     def _rowwise(self, fn, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor | None:
         """fn(tile, rows) applied to the rows of x [N, k] in tiles of ROW_TILE rows (rows is the

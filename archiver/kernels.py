@@ -3,7 +3,8 @@
 Each kernel computes exactly the integers of a torch implementation that every device can run:
 `attend` those of `Engine._attend`, `quantize_rows` and `rescale` those of `quantize_rows` and
 `rescale_` in `archiver.fixedpoint` (rescale optionally adding into the residual stream),
-`norm_quantize` the RMSNorm of `Engine._normed_linear`, `silu_mul` those of `Engine._silu_mul`,
+`norm_quantize` the RMSNorm of `Engine._normed_linear`, `gated_quantize` the steps of `Engine._mlp`
+between its products (a rescale, `Engine._silu_mul` and a quantize_rows),
 `frequencies` those of `Engine.frequencies`, `pow2_quantize` those of `pow2_quantize` in
 `archiver.fixedpoint`, `append_kv` the cache writes of `_Cache.append`, `rope_q10` those of
 `Engine._rope_q10` (and the value clamp of `Engine._qkv`), and `gemv` those of `_int_mm` for a
@@ -45,6 +46,8 @@ import numpy as np
 
 from archiver import simd
 from archiver.fixedpoint import MANTISSA_BITS, SCALE_TOP
+
+SCRATCH_PARTS = 64  # kernels with scratch rows split their jobs in this many parts, each allocating it once
 
 
 @numba.njit(inline="always")
@@ -215,29 +218,52 @@ def rescale(acc: np.ndarray, mult: np.ndarray, row_mult: np.ndarray, base: int, 
     """fixedpoint.rescale_ of acc [N, n] (int32 or int64) into out [N, n] (int64), or added to out's
     values when add (a residual connection, in the same pass), with row_mult [N] and the shifts
     s_i = base - e_i (e [N]; an empty e means s_i = base)."""
-    N, n = acc.shape
-    for i in numba.prange(N):
-        si = base - e[i] if e.size else base
-        rm = row_mult[i] << max(-si, 0)
-        pos = max(si, 0)
-        half = (np.int64(1) << pos) >> 1
-        for j in range(n):
-            y = (np.int64(acc[i, j]) * mult[j] * rm + half) >> pos
-            out[i, j] = out[i, j] + y if add else y
+    for i in numba.prange(acc.shape[0]):
+        _rescale_row(acc[i], mult, row_mult[i], base - e[i] if e.size else base, add, out[i])
+
+
+@numba.njit(inline="always")
+def _rescale_row(acc: np.ndarray, mult: np.ndarray, row_mult: np.int64, si: np.int64, add: bool,
+                 out: np.ndarray) -> None:  # pragma: no cover
+    """`rescale` of one row acc with its row multiplier and shift si into out (added when add)."""
+    rm = row_mult << max(-si, 0)
+    pos = max(si, 0)
+    half = (np.int64(1) << pos) >> 1
+    for j in range(acc.size):
+        y = (np.int64(acc[j]) * mult[j] * rm + half) >> pos
+        out[j] = out[j] + y if add else y
+
+
+@numba.njit(inline="always")
+def _silu_row(gu: np.ndarray, inter: int, sig: np.ndarray, step_shift: int, frac: int,
+              out: np.ndarray) -> None:  # pragma: no cover
+    """`Engine._silu_mul` of one row gu (gate then up halves) into out [inter]."""
+    mid = sig.size // 2
+    top = sig.size - 1
+    for j in range(inter):
+        g = gu[j]
+        h = (sig[min(max((g >> step_shift) + mid, 0), top)] * g + (1 << 14)) >> 15
+        out[j] = (h * gu[inter + j] + (np.int64(1) << (frac - 1))) >> frac
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def silu_mul(gu: np.ndarray, inter: int, sig: np.ndarray, step_shift: int, frac: int,
-             out: np.ndarray) -> None:  # pragma: no cover
-    """Engine._silu_mul of the halves g = gu[:, :inter], u = gu[:, inter:] into out [N, inter]."""
-    N = gu.shape[0]
-    mid = sig.size // 2
-    top = sig.size - 1
-    for i in numba.prange(N):
-        for j in range(inter):
-            g = gu[i, j]
-            h = (sig[min(max((g >> step_shift) + mid, 0), top)] * g + (1 << 14)) >> 15
-            out[i, j] = (h * gu[i, inter + j] + (np.int64(1) << (frac - 1))) >> frac
+def gated_quantize(acc: np.ndarray, mult: np.ndarray, row_mult: np.ndarray, base: int, sig: np.ndarray,
+                   step_shift: int, frac: int, q: np.ndarray, m: np.ndarray,
+                   e: np.ndarray) -> None:  # pragma: no cover  (compiled)
+    """The gated MLP between its two products in one pass: the gate and up products acc [N, 2 inter]
+    (int32) rescaled (`rescale` with row_mult [N] and shift base), through `Engine._silu_mul`, quantized
+    (`quantize_rows`) into q [N, inter] (int8), m, e [N] for the down product. Where three kernels
+    wrote and read two int64 tables, each row stays in cache."""
+    N, n = acc.shape
+    inter = n // 2
+    parts = min(N, SCRATCH_PARTS)
+    for part in numba.prange(parts):
+        gu = np.empty(n, np.int64)
+        h = np.empty(inter, np.int64)
+        for i in range(part * N // parts, (part + 1) * N // parts):
+            _rescale_row(acc[i], mult, row_mult[i], base, False, gu)
+            _silu_row(gu, inter, sig, step_shift, frac, h)
+            m[i], e[i] = _quantize_row(h, q[i])
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
@@ -450,7 +476,6 @@ def rope_q10(y: np.ndarray, heads: int, hd: int, cos: np.ndarray, sin: np.ndarra
 KEY_BLOCK = 16  # positions per block of the byte cache's keys: one simd.Vec of scores
 VALUE_GROUP = 4  # positions per group of the byte cache's values: one simd.dot4 lane's four bytes
 VALUE_SPAN = 64  # value columns per pass of attend_bytes's weighted sums: four Vec accumulators
-SCRATCH_PARTS = 64  # attend_bytes splits its jobs in this many parts, each allocating its scratch once
 
 
 @numba.njit(cache=True)

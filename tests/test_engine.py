@@ -13,7 +13,8 @@ import torch
 
 from archiver import intmodel, kernels
 from archiver.coder import ideal_bits
-from archiver.engine import _ROPE_BIAS, _ROPE_SHIFT, TOTAL, Engine, _Cache
+from archiver.engine import _ROPE_BIAS, _ROPE_SHIFT, NORM_FRAC, TOTAL, Engine, _Cache
+from archiver.fixedpoint import F, quantize_rows, rescale_
 from archiver.modelfile import ModelError
 from tests.conftest import ROOT, TINY
 
@@ -207,13 +208,25 @@ def test_attention_kernel_equals_its_definition(keys):
     assert np.array_equal(out, _attend_reference(q, eq, kt, ek, vt, ev, p0, table))
 
 
-def test_silu_kernel_equals_torch_path(model):
-    """Across the whole sigmoid table and past both of its ends."""
+def test_gated_kernel_equals_torch_path(model):
+    """kernels.gated_quantize (rescale, silu times up, quantize, in one pass) gives the torch path's
+    integers: across the whole sigmoid table and past both of its ends (products rescaled by 1),
+    and with the layer's own multipliers and random row scales."""
     kernel, torch_path = Engine(model, path="kernels"), Engine(model, path="torch")
     n = model.config["intermediate_size"]
+    gen = torch.Generator().manual_seed(0)
     g = torch.linspace(-(20 << 16), 20 << 16, 8 * n, dtype=torch.float64).to(torch.int64).view(8, n)
-    gu = torch.cat([g, torch.randint(-(1 << 20), 1 << 20, (8, n), generator=torch.Generator().manual_seed(0))], 1)
-    assert torch.equal(kernel._silu_mul(gu), torch_path._silu_mul(gu.clone()))
+    acc = torch.cat([g, torch.randint(-(1 << 20), 1 << 20, (8, n), generator=gen)], 1).to(torch.int32)
+    m = kernel.layers[0][2]  # gate_up
+    for mult, row_mult, base in ((torch.ones(2 * n, dtype=torch.int64), torch.ones(8, dtype=torch.int64), 0),
+                                 (m.mult, torch.randint(1, 1 << 15, (8,), generator=gen), m.shift + NORM_FRAC - F)):
+        q = torch.empty((8, n), dtype=torch.int8)
+        qm, qe = torch.empty(8, dtype=torch.int64), torch.empty(8, dtype=torch.int64)
+        kernels.gated_quantize(acc.numpy(), mult.numpy(), row_mult.numpy(), base, kernel.t["sigmoid"].numpy(), F - 8,
+                               F, q.numpy(), qm.numpy(), qe.numpy())
+        h = torch_path._silu_mul(rescale_(acc.to(torch.int64), mult, row_mult[:, None], base))
+        want_q, want_m, want_e = quantize_rows(h)
+        assert torch.equal(q, want_q) and torch.equal(qm, want_m.view(-1)) and torch.equal(qe, want_e.view(-1))
 
 
 def test_rope_kernel_equals_torch_path(model):
