@@ -495,31 +495,30 @@ def append_bytes(kv: np.ndarray, a: int, bits: int, kb: np.ndarray, ek: np.ndarr
     64 bytes hold four columns of 16 positions, as `simd.dot4` pairs them with a query's bytes;
     its values into vb [B, KV, room * wv] laid out [room / VALUE_GROUP, wv, VALUE_GROUP]: 64 bytes
     hold four positions of 16 columns (wk, wv from `byte_cache_widths`; padding left unwritten)."""
-    B, T, KV2, hd = kv.shape
-    KV = KV2 // 2
-    for job in numba.prange(B * KV):
-        b, h = job // KV, job % KV
-        row = np.empty(hd, np.int64)
-        for t in range(T):
-            _append_byte_position(kv[b, t, h], kv[b, t, KV + h], bits, row, kb[b, h], ek[b, h], vb[b, h], ev[b, h],
-                                  a + t)
+    KV = kv.shape[2] // 2
+    for job in numba.prange(kv.shape[0] * KV):
+        _append_byte_rows(kv, job // KV, job % KV, 0, KV, bits, a, np.empty(kv.shape[3], np.int64), kb, ek, vb, ev)
 
 
 @numba.njit(inline="always")
-def _append_byte_position(key: np.ndarray, value: np.ndarray, bits: int, row: np.ndarray, kbh: np.ndarray,
-                          ekh: np.ndarray, vbh: np.ndarray, evh: np.ndarray, p: int) -> None:  # pragma: no cover
-    """One chunk's and head's key and value rows (int64) into position p of its byte cache (see
-    `append_bytes`); row is scratch of their length."""
-    hd = key.size
+def _append_byte_rows(rows: np.ndarray, b: int, h: int, keys: int, values: int, bits: int, a: int, row: np.ndarray,
+                      kb: np.ndarray, ek: np.ndarray, vb: np.ndarray, ev: np.ndarray) -> None:  # pragma: no cover
+    """Chunk b's head h of rows [B, T, heads, hd] (int64; its key at head keys + h, its value at
+    head values + h) into positions a..a+T-1 of the byte cache (see `append_bytes`); row is
+    scratch of length hd."""
+    hd = rows.shape[3]
     wk, wv = byte_cache_widths(hd)
-    ekh[p] = _pow2_row(key, bits, row)
-    base = (p // KEY_BLOCK) * wk * KEY_BLOCK + (p % KEY_BLOCK) * 4
-    for d in range(hd):
-        kbh[base + (d // 4) * 4 * KEY_BLOCK + d % 4] = row[d] + 128
-    evh[p] = _pow2_row(value, bits, row)
-    base = (p // VALUE_GROUP) * wv * VALUE_GROUP + p % VALUE_GROUP
-    for d in range(hd):
-        vbh[base + d * VALUE_GROUP] = row[d]
+    kbh, vbh = kb[b, h], vb[b, h]
+    for t in range(rows.shape[1]):
+        p = a + t
+        ek[b, h, p] = _pow2_row(rows[b, t, keys + h], bits, row)
+        base = (p // KEY_BLOCK) * wk * KEY_BLOCK + (p % KEY_BLOCK) * 4
+        for d in range(hd):
+            kbh[base + (d // 4) * 4 * KEY_BLOCK + d % 4] = row[d] + 128
+        ev[b, h, p] = _pow2_row(rows[b, t, values + h], bits, row)
+        base = (p // VALUE_GROUP) * wv * VALUE_GROUP + p % VALUE_GROUP
+        for d in range(hd):
+            vbh[base + d * VALUE_GROUP] = row[d]
 
 
 @numba.njit(inline="always")
@@ -554,41 +553,25 @@ def _byte_sums(vbh: np.ndarray, dig: np.ndarray, i: int, groups: int, wv: int,
         dig[i + 3].view(np.int32)  # four positions' digits per int32
     for span in range(wv // VALUE_SPAN):
         z = simd.splat(0)
-        a00, a01, a02, a03, a10, a11, a12, a13 = z, z, z, z, z, z, z, z
-        a20, a21, a22, a23, a30, a31, a32, a33 = z, z, z, z, z, z, z, z
+        a0 = a1 = a2 = a3 = (z, z, z, z)
         for j in range(groups):
             off = j * wv * VALUE_GROUP + span * VALUE_SPAN * VALUE_GROUP
-            v0, v1 = simd.load(vbh, off), simd.load(vbh, off + 64)
-            v2, v3 = simd.load(vbh, off + 128), simd.load(vbh, off + 192)
-            w = simd.splat(p0[j])
-            a00, a01, a02, a03 = simd.dot4(a00, w, v0), simd.dot4(a01, w, v1), simd.dot4(a02, w, v2), \
-                simd.dot4(a03, w, v3)
-            w = simd.splat(p1[j])
-            a10, a11, a12, a13 = simd.dot4(a10, w, v0), simd.dot4(a11, w, v1), simd.dot4(a12, w, v2), \
-                simd.dot4(a13, w, v3)
-            w = simd.splat(p2[j])
-            a20, a21, a22, a23 = simd.dot4(a20, w, v0), simd.dot4(a21, w, v1), simd.dot4(a22, w, v2), \
-                simd.dot4(a23, w, v3)
-            w = simd.splat(p3[j])
-            a30, a31, a32, a33 = simd.dot4(a30, w, v0), simd.dot4(a31, w, v1), simd.dot4(a32, w, v2), \
-                simd.dot4(a33, w, v3)
+            v = (simd.load(vbh, off), simd.load(vbh, off + 64), simd.load(vbh, off + 128), simd.load(vbh, off + 192))
+            a0 = _dot4_columns(a0, simd.splat(p0[j]), v)
+            a1 = _dot4_columns(a1, simd.splat(p1[j]), v)
+            a2 = _dot4_columns(a2, simd.splat(p2[j]), v)
+            a3 = _dot4_columns(a3, simd.splat(p3[j]), v)
         col = i * wv + span * VALUE_SPAN
-        simd.store(acc, col, a00)
-        simd.store(acc, col + 16, a01)
-        simd.store(acc, col + 32, a02)
-        simd.store(acc, col + 48, a03)
-        simd.store(acc, col + wv, a10)
-        simd.store(acc, col + wv + 16, a11)
-        simd.store(acc, col + wv + 32, a12)
-        simd.store(acc, col + wv + 48, a13)
-        simd.store(acc, col + 2 * wv, a20)
-        simd.store(acc, col + 2 * wv + 16, a21)
-        simd.store(acc, col + 2 * wv + 32, a22)
-        simd.store(acc, col + 2 * wv + 48, a23)
-        simd.store(acc, col + 3 * wv, a30)
-        simd.store(acc, col + 3 * wv + 16, a31)
-        simd.store(acc, col + 3 * wv + 32, a32)
-        simd.store(acc, col + 3 * wv + 48, a33)
+        for k, sums in enumerate((a0, a1, a2, a3)):
+            for c in range(4):
+                simd.store(acc, col + k * wv + 16 * c, sums[c])
+
+
+@numba.njit(inline="always")
+def _dot4_columns(a: tuple, w: simd.Vec, v: tuple) -> tuple:  # pragma: no cover  (compiled)
+    """One digit plane's four accumulators a (of 16 value columns each) plus its digits w times
+    the four vectors of value bytes v."""
+    return simd.dot4(a[0], w, v[0]), simd.dot4(a[1], w, v[1]), simd.dot4(a[2], w, v[2]), simd.dot4(a[3], w, v[3])
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
@@ -630,9 +613,7 @@ def attend_bytes(y: np.ndarray, heads: int, q_bits: int, bits: int, a: int, kb: 
         acc = np.empty(top_planes * wv, np.int32)
         for job in range(part * jobs // parts, (part + 1) * jobs // parts):
             b, h = job // KV, job % KV
-            for t in range(T):
-                _append_byte_position(y[b, t, heads + h], y[b, t, heads + KV + h], bits, row, kb[b, h], ek[b, h],
-                                      vb[b, h], ev[b, h], a + t)
+            _append_byte_rows(y, b, h, heads, heads + KV, bits, a, row, kb, ek, vb, ev)
             for t in range(T):
                 n = a + t + 1
                 for r in range(g):
