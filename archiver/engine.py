@@ -225,12 +225,16 @@ class Engine:
         """Rows x [N, d] -> [N, (H + 2 KV) hd]: Q10 rotated queries and keys, then values clamped to
         +-v_limit (the bounds that keep the float64 attention exact)."""
         H, KV, hd = self.heads, self.kv_heads, self.head_dim
-        y = self._normed_linear(x, m)
         n = x.shape[0]
-        if self.kernel:  # queries and keys are adjacent heads: one pass
-            kernels.rope_q10(y.numpy(), H + KV, hd, cos.reshape(n, -1).numpy(), sin.reshape(n, -1).numpy(),
-                             _ROPE_SHIFT, _ROPE_BIAS, self.qk_limit, self.v_limit)
+        if self.kernel:  # the product's rescale and rotation in one pass (queries and keys are adjacent heads)
+            q, inv = self._norm_quantize(x)
+            acc = self._gemm(q, m)
+            y = torch.empty(acc.shape, dtype=torch.int64)
+            kernels.rescale_rope(acc.numpy(), m.mult.numpy(), inv.numpy().reshape(-1), m.shift + NORM_FRAC - F, H + KV,
+                                 hd, cos.reshape(n, -1).numpy(), sin.reshape(n, -1).numpy(), _ROPE_SHIFT, _ROPE_BIAS,
+                                 self.qk_limit, self.v_limit, y.numpy())
             return y
+        y = self._normed_linear(x, m)
         k = slice(H * hd, (H + KV) * hd)
         y[:, : H * hd] = self._rope_q10(y[:, : H * hd].view(n, H, hd), cos, sin).view(n, H * hd)
         y[:, k] = self._rope_q10(y[:, k].view(n, KV, hd), cos, sin).view(n, KV * hd)

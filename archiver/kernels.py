@@ -6,9 +6,9 @@ Each kernel computes exactly the integers of a torch implementation that every d
 `norm_quantize` the RMSNorm of `Engine._normed_linear`, `gated_quantize` the steps of `Engine._mlp`
 between its products (a rescale, `Engine._silu_mul` and a quantize_rows),
 `frequencies` those of `Engine.frequencies`, `pow2_quantize` those of `pow2_quantize` in
-`archiver.fixedpoint`, `append_kv` the cache writes of `_Cache.append`, `rope_q10` those of
-`Engine._rope_q10` (and the value clamp of `Engine._qkv`), and `gemv` those of `_int_mm` for a
-few rows (decoding a few chunks).
+`archiver.fixedpoint`, `append_kv` the cache writes of `_Cache.append`, `rescale_rope` those of
+`Engine._qkv` after its product (a rescale, `Engine._rope_q10` and the value clamp), and `gemv`
+those of `_int_mm` for a few rows (decoding a few chunks).
 `softmax_table` is `attend`'s table step alone, for the engine's GEMM form of attention on long
 chunks (`Engine._attend_gemm`), where GEMMs compute the exact products; `softmax_digits` is
 the same step for int8 values, whose weighted sum is then int8 GEMMs, and `rounded_quotients` is
@@ -453,23 +453,28 @@ def append_kv(kv: np.ndarray, a: int, bits: int, k8: bool, v8: bool, kt: np.ndar
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def rope_q10(y: np.ndarray, heads: int, hd: int, cos: np.ndarray, sin: np.ndarray, shift: int, bias: int,
-             limit: int, rest_limit: int) -> None:  # pragma: no cover  (compiled)
-    """Engine._rope_q10 in place on the first heads * hd columns of y [N, width] (int64), by the
-    rows' cos, sin [N, hd / 2]: (x1 cos - x2 sin + bias) >> shift and (x2 cos + x1 sin + bias) >>
-    shift, clamped to +-limit; the columns after them (the values, in Engine._qkv) are clamped to
-    +-rest_limit in the same pass."""
-    N, width = y.shape
+def rescale_rope(acc: np.ndarray, mult: np.ndarray, row_mult: np.ndarray, base: int, heads: int, hd: int,
+                 cos: np.ndarray, sin: np.ndarray, shift: int, bias: int, limit: int, rest_limit: int,
+                 out: np.ndarray) -> None:  # pragma: no cover  (compiled)
+    """Engine._qkv after its product in one pass: each row of acc [N, width] (int32 or int64)
+    rescaled (`rescale` with row_mult [N] and shift base) into out [N, width] (int64), then
+    Engine._rope_q10 on its first heads * hd columns by the row's cos, sin [N, hd / 2]: (x1 cos -
+    x2 sin + bias) >> shift and (x2 cos + x1 sin + bias) >> shift, clamped to +-limit; the columns
+    after them (the values) clamped to +-rest_limit."""
+    N, width = acc.shape
     half = hd // 2
     for i in numba.prange(N):
+        y = out[i]
+        _rescale_row(acc[i], mult, row_mult[i], base, False, y)
         for j in range(heads * hd, width):
-            y[i, j] = min(rest_limit, max(-rest_limit, y[i, j]))
+            y[j] = min(rest_limit, max(-rest_limit, y[j]))
         for h in range(heads):
             a = h * hd
             for j in range(half):
-                x1, x2 = y[i, a + j], y[i, a + half + j]
-                y[i, a + j] = min(limit, max(-limit, (x1 * cos[i, j] - x2 * sin[i, j] + bias) >> shift))
-                y[i, a + half + j] = min(limit, max(-limit, (x2 * cos[i, j] + x1 * sin[i, j] + bias) >> shift))
+                x1, x2 = y[a + j], y[a + half + j]
+                y[a + j] = min(limit, max(-limit, (x1 * cos[i, j] - x2 * sin[i, j] + bias) >> shift))
+                y[a + half + j] = min(limit, max(-limit, (x2 * cos[i, j] + x1 * sin[i, j] + bias) >> shift))
+
 
 
 # ---- the byte cache: int8 keys and values laid out for simd.dot4 ------------------------------

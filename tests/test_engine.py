@@ -231,7 +231,8 @@ def test_gated_kernel_equals_torch_path(model):
 
 def test_rope_kernel_equals_torch_path(model):
     """Rotary positions on query and key heads at every table row, inputs up to 2**44, and the
-    clamp to +-qk_limit on both sides; the value columns after them clamped to +-v_limit."""
+    clamp to +-qk_limit on both sides; the value columns after them clamped to +-v_limit (the
+    kernel's rescale, which `rescale` shares, is tested with the forwards)."""
     kernel, torch_path = Engine(model, path="kernels"), Engine(model, path="torch")
     H, KV, hd = kernel.heads, kernel.kv_heads, kernel.head_dim
     n = model.context
@@ -243,9 +244,12 @@ def test_rope_kernel_equals_torch_path(model):
     v[: n // 2] >>= 24  # below the limit as well
     want = torch.cat([torch_path._rope_q10(x[:, :H].clone(), cos, sin),
                       torch_path._rope_q10(x[:, H:].clone(), cos, sin), v.clamp(-kernel.v_limit, kernel.v_limit)], 1)
-    y = torch.cat([x, v], 1).view(n, -1)
-    kernels.rope_q10(y.numpy(), H + KV, hd, cos.reshape(n, -1).numpy(), sin.reshape(n, -1).numpy(),
-                     _ROPE_SHIFT, _ROPE_BIAS, kernel.qk_limit, kernel.v_limit)
+    acc = torch.cat([x, v], 1).view(n, -1)  # rescaled by 1: the rotation sees these inputs
+    mult, row_mult = np.ones(acc.shape[1], np.int64), np.ones(n, np.int64)
+    y = torch.empty_like(acc)
+    kernels.rescale_rope(acc.numpy(), mult, row_mult, 0, H + KV, hd, cos.reshape(n, -1).numpy(),
+                         sin.reshape(n, -1).numpy(), _ROPE_SHIFT, _ROPE_BIAS, kernel.qk_limit, kernel.v_limit,
+                         y.numpy())
     assert torch.equal(y.view_as(want), want) and (want[:, : H + KV].abs() == kernel.qk_limit).any()
     assert (want[:, H + KV :].abs() == kernel.v_limit).any() and (want[:, H + KV :].abs() < kernel.v_limit).any()
 
