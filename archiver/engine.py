@@ -180,7 +180,18 @@ class Engine:
         The sum of squares is taken in float64: every partial sum is an integer below 127**2 * 2**14
         < 2**53, so it is exact in any order (the kernel path sums in int64: `kernels.norm_quantize`)."""
         q, inv = self._norm_quantize(x)
-        return self._product(q, m, inv, m.shift + NORM_FRAC - F)
+        return self._product(q, m, inv, self._norm_shift(m))
+
+    @staticmethod
+    def _norm_shift(m: _Prepared) -> int:
+        """The rescale shift of a normed product: m's own, plus the Q15 of the inverse root."""
+        return m.shift + NORM_FRAC - F
+
+    def _normed_gemm(self, x: torch.Tensor, m: _Prepared) -> tuple[torch.Tensor, torch.Tensor]:
+        """The kernel path's normed product before its rescale: the products of the normed rows x
+        with m, and the rows' inverse roots (for a kernel that rescales and goes on in one pass)."""
+        q, inv = self._norm_quantize(x)
+        return self._gemm(q, m), inv.reshape(-1)
 
     def _norm_quantize(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """_normed_linear's input: rows x quantized to int8, and their inverse root mean squares."""
@@ -227,11 +238,10 @@ class Engine:
         H, KV, hd = self.heads, self.kv_heads, self.head_dim
         n = x.shape[0]
         if self.kernel:  # the product's rescale and rotation in one pass (queries and keys are adjacent heads)
-            q, inv = self._norm_quantize(x)
-            acc = self._gemm(q, m)
+            acc, inv = self._normed_gemm(x, m)
             y = torch.empty(acc.shape, dtype=torch.int64)
-            kernels.rescale_rope(acc.numpy(), m.mult.numpy(), inv.numpy().reshape(-1), m.shift + NORM_FRAC - F, H + KV,
-                                 hd, cos.reshape(n, -1).numpy(), sin.reshape(n, -1).numpy(), _ROPE_SHIFT, _ROPE_BIAS,
+            kernels.rescale_rope(acc.numpy(), m.mult.numpy(), inv.numpy(), self._norm_shift(m), H + KV, hd,
+                                 cos.reshape(n, -1).numpy(), sin.reshape(n, -1).numpy(), _ROPE_SHIFT, _ROPE_BIAS,
                                  self.qk_limit, self.v_limit, y.numpy())
             return y
         y = self._normed_linear(x, m)
@@ -504,12 +514,11 @@ class Engine:
         if not self.kernel:
             self._linear(self._silu_mul(self._normed_linear(x, gu_m)), down_m, into)
             return
-        q, inv = self._norm_quantize(x)
-        acc = self._gemm(q, gu_m)
+        acc, inv = self._normed_gemm(x, gu_m)
         n = x.shape[0]
         h = torch.empty((n, self.inter), dtype=torch.int8)
         rm, re = torch.empty(n, dtype=torch.int64), torch.empty(n, dtype=torch.int64)
-        kernels.gated_quantize(acc.numpy(), gu_m.mult.numpy(), inv.numpy().reshape(-1), gu_m.shift + NORM_FRAC - F,
+        kernels.gated_quantize(acc.numpy(), gu_m.mult.numpy(), inv.numpy(), self._norm_shift(gu_m),
                                self.t["sigmoid"].numpy(), F - 8, F, h.numpy(), rm.numpy(), re.numpy())
         self._product(h, down_m, rm, down_m.shift + 7, re, into)
 

@@ -345,6 +345,17 @@ def softmax_table(s: np.ndarray, eq: np.ndarray, ek: np.ndarray, first: int, g: 
 DIGIT_BITS = 7  # softmax_digits writes base-128 digits: each fits an int8
 
 
+@numba.njit(inline="always")
+def _digit_plane(w: np.ndarray, n: int, k: int, plane: np.ndarray, end: int) -> None:  # pragma: no cover
+    """Digit k (base 2**DIGIT_BITS) of the weights w[:n] into plane[:n], and 0 from n up to end:
+    the int8 (or unsigned byte) operand of the value products of `softmax_digits` and
+    `attend_bytes`."""
+    for j in range(n):
+        plane[j] = (w[j] >> (DIGIT_BITS * k)) & 127
+    for j in range(n, end):
+        plane[j] = 0
+
+
 @numba.njit(parallel=True, cache=True, nogil=True)
 def softmax_digits(s: np.ndarray, eq: np.ndarray, ek: np.ndarray, ev: np.ndarray, low: int, first: int, g: int,
                    table: np.ndarray, d: np.ndarray, den: np.ndarray) -> None:  # pragma: no cover  (compiled)
@@ -364,11 +375,7 @@ def softmax_digits(s: np.ndarray, eq: np.ndarray, ek: np.ndarray, ev: np.ndarray
         for j in range(n):
             x[j] <<= np.int64(ev[b, h, j]) - low
         for k in range(nd):
-            dk = d[b, h, k, r]
-            for j in range(n):
-                dk[j] = (x[j] >> (DIGIT_BITS * k)) & 127
-            for j in range(n, S):
-                dk[j] = 0
+            _digit_plane(x, n, k, d[b, h, k, r], S)
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
@@ -657,11 +664,7 @@ def attend_bytes(y: np.ndarray, heads: int, q_bits: int, bits: int, a: int, kb: 
                         x[j] = e << (np.int64(ev[b, h, j]) - low)  # the weight of value row j
                     den[r] = dn
                     for k in range(nd):
-                        plane = dig[r * nd + k]
-                        for j in range(n):
-                            plane[j] = (x[j] >> (DIGIT_BITS * k)) & 127
-                        for j in range(n, groups * VALUE_GROUP):
-                            plane[j] = 0
+                        _digit_plane(x, n, k, dig[r * nd + k], groups * VALUE_GROUP)
                 planes = (g * nd + 3) // 4 * 4
                 for i in range(g * nd, planes):
                     for j in range(groups * VALUE_GROUP):

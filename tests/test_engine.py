@@ -13,7 +13,7 @@ import torch
 
 from archiver import intmodel, kernels
 from archiver.coder import ideal_bits
-from archiver.engine import _ROPE_BIAS, _ROPE_SHIFT, NORM_FRAC, TOTAL, Engine, _Cache
+from archiver.engine import _ROPE_BIAS, _ROPE_SHIFT, TOTAL, Engine, _Cache
 from archiver.fixedpoint import F, quantize_rows, rescale_
 from archiver.modelfile import ModelError
 from tests.conftest import ROOT, TINY
@@ -219,7 +219,7 @@ def test_gated_kernel_equals_torch_path(model):
     acc = torch.cat([g, torch.randint(-(1 << 20), 1 << 20, (8, n), generator=gen)], 1).to(torch.int32)
     m = kernel.layers[0][2]  # gate_up
     for mult, row_mult, base in ((torch.ones(2 * n, dtype=torch.int64), torch.ones(8, dtype=torch.int64), 0),
-                                 (m.mult, torch.randint(1, 1 << 15, (8,), generator=gen), m.shift + NORM_FRAC - F)):
+                                 (m.mult, torch.randint(1, 1 << 15, (8,), generator=gen), kernel._norm_shift(m))):
         q = torch.empty((8, n), dtype=torch.int8)
         qm, qe = torch.empty(8, dtype=torch.int64), torch.empty(8, dtype=torch.int64)
         kernels.gated_quantize(acc.numpy(), mult.numpy(), row_mult.numpy(), base, kernel.t["sigmoid"].numpy(), F - 8,

@@ -13,11 +13,10 @@ from tests.test_engine import _attend_reference
 FORMS = sorted({simd.NATIVE, False}, reverse=True)  # this CPU's form, and the portable one
 
 
-@pytest.fixture(params=FORMS, ids=lambda native: "vnni" if native else "portable")
-def compile_as(request, monkeypatch):
-    """Compiles a function's Python source afresh (no cache) with simd's chosen form."""
-    monkeypatch.setattr(simd, "NATIVE", request.param)
-    return lambda fn, **opts: numba.njit(**opts)(fn.py_func if hasattr(fn, "py_func") else fn)
+def _compiled(fn, native: bool, monkeypatch, **opts):
+    """fn compiled afresh (no cache) with simd's VNNI form (native) or its portable one."""
+    monkeypatch.setattr(simd, "NATIVE", native)
+    return numba.njit(**opts)(fn)
 
 
 def _dots(u, s, start, out):  # pragma: no cover  (compiled)
@@ -27,11 +26,12 @@ def _dots(u, s, start, out):  # pragma: no cover  (compiled)
     simd.store(out, 0, a)
 
 
-def test_dot4_sums_each_lanes_four_products_and_wraps_at_32_bits(compile_as):
+@pytest.mark.parametrize("native", FORMS, ids=lambda native: "vnni" if native else "portable")
+def test_dot4_sums_each_lanes_four_products_and_wraps_at_32_bits(native, monkeypatch):
     """Lane i gains u[4i + k] * s[4i + k] for k < 4, unsigned times signed bytes, at the extremes
     too; the sum wraps as int32 arithmetic does (the kernels stay below 2**31, but both forms must
     agree whatever comes)."""
-    dots = compile_as(_dots)
+    dots = _compiled(_dots, native, monkeypatch)
     rng = np.random.default_rng(0)
     u = rng.integers(0, 256, 64 * 7).astype(np.uint8)
     s = rng.integers(-128, 128, 64 * 7).astype(np.int8)
@@ -43,19 +43,24 @@ def test_dot4_sums_each_lanes_four_products_and_wraps_at_32_bits(compile_as):
         assert np.array_equal(out, ((want + 2**31) % 2**32 - 2**31).astype(np.int32))
 
 
-def _byte_cache(kt, ek, vt, ev, n):
-    """The byte cache of keys kt and values vt [B, KV, hd, room] with exponents ek, ev, made by
-    kernels.append_bytes from rows that quantize back to exactly these integers."""
-    B, KV, hd, room = kt.shape
-    kv = np.concatenate([np.transpose(a.astype(np.int64), (0, 3, 1, 2)) << np.transpose(e, (0, 2, 1))[..., None]
-                         for a, e in ((kt, ek), (vt, ev))], axis=2)
+def _kv_rows(kt, ek, vt, ev):
+    """The rows [B, room, 2 KV, hd] (int64, key heads first) of keys kt and values vt [B, KV, hd,
+    room] times their powers of two ek, ev [B, KV, room]: what quantizes back to exactly them
+    when each row's largest magnitude is 127."""
+    return np.concatenate([np.transpose(a.astype(np.int64), (0, 3, 1, 2)) << np.transpose(e, (0, 2, 1))[..., None]
+                           for a, e in ((kt, ek), (vt, ev))], axis=2)
+
+
+def _byte_cache(kv, n):
+    """The byte cache of the first n positions of kv (`_kv_rows`), made by kernels.append_bytes,
+    with room for all of kv's positions (in whole blocks)."""
+    B, room, KV2, hd = kv.shape
     wk, wv = kernels.byte_cache_widths(hd)
     room = -(-room // 64) * 64
-    kb, vb = np.zeros((B, KV, room * wk), np.uint8), np.zeros((B, KV, room * wv), np.int8)
-    ek2, ev2 = np.zeros((B, KV, room), np.int8), np.zeros((B, KV, room), np.int8)
-    kernels.append_bytes(kv[:, :n], 0, 7, kb, ek2, vb, ev2)
-    assert np.array_equal(ek2[..., :n], ek[..., :n]) and np.array_equal(ev2[..., :n], ev[..., :n])
-    return kb, ek2, vb, ev2
+    kb, vb = np.zeros((B, KV2 // 2, room * wk), np.uint8), np.zeros((B, KV2 // 2, room * wv), np.int8)
+    ek, ev = np.zeros((B, KV2 // 2, room), np.int8), np.zeros((B, KV2 // 2, room), np.int8)
+    kernels.append_bytes(kv[:, :n], 0, 7, kb, ek, vb, ev)
+    return kb, ek, vb, ev
 
 
 CASES = {"7-bit queries": (2, 2, 2, 3, 8, 37, 1), "split queries, many digit planes": (3, 3, 1, 4, 20, 70, 2),
@@ -72,8 +77,7 @@ def test_attention_over_the_byte_cache_equals_its_definition(form, monkeypatch):
     rows it quantizes are exactly the definition's integers times their powers of two."""
     attend = kernels.attend_bytes
     if form == "portable":
-        monkeypatch.setattr(simd, "NATIVE", False)
-        attend = numba.njit(parallel=True)(attend.py_func)
+        attend = _compiled(attend.py_func, False, monkeypatch, parallel=True)
     for case, (B, T, KV, g, hd, p0, halves) in CASES.items():
         rng = np.random.default_rng(len(case))
         lim = (1 << (7 * halves)) - 1
@@ -88,10 +92,9 @@ def test_attention_over_the_byte_cache_equals_its_definition(form, monkeypatch):
         ev = rng.integers(3, 30 if "many" in case else 8, (B, KV, room), dtype=np.int8)
         table = (2047 * np.exp(-np.arange(40) / 6)).astype(np.int64)
         table[-1] = 0
-        kb, ek2, vb, ev2 = _byte_cache(kt, ek, vt, ev, p0)  # the history; the kernel appends the rest
-        new = [np.transpose(a[..., p0:].astype(np.int64) << e[..., None, p0:], (0, 3, 1, 2))
-               for a, e in ((kt, ek), (vt, ev))]
-        y = np.concatenate([(q << eq[..., None]).reshape(B, T, KV * g, hd), *new], axis=2)
+        kv = _kv_rows(kt, ek, vt, ev)
+        kb, ek2, vb, ev2 = _byte_cache(kv, p0)  # the history; the kernel appends the rest
+        y = np.concatenate([(q << eq[..., None]).reshape(B, T, KV * g, hd), kv[:, p0:]], axis=2)
         out = np.zeros(q.shape, np.int64)
         attend(y, KV * g, 7 * halves, 7, p0, kb, ek2, vb, ev2, table, int(table.max()).bit_length(), out)
         assert np.array_equal(ek2[..., :room], ek) and np.array_equal(ev2[..., :room], ev), case
