@@ -12,6 +12,9 @@ wrap alike in both, so a kernel's output is the same on every machine; only its 
 `Vec` is sixteen int32 lanes held in a register (a numba type over LLVM's <16 x i32>): `splat`,
 `load` (64 bytes of an array, as `dot4` takes them), `dot4` and `store` (16 int32 into an array) are
 all a kernel needs. None of them checks bounds; the kernels' layouts keep every access inside.
+`prefetch` asks for a cache line ahead of its use (LLVM's generic hint: a no-op where a CPU has
+none, and never a fault), so that a kernel's arithmetic overlaps the memory reads its next
+products wait for.
 
 Set LMARC_SIMD=portable to compile the portable form on a VNNI CPU (the tests compare the two).
 numba's cache does not see this module's choice: a kernel cached under one form keeps it, which
@@ -34,6 +37,7 @@ _I32 = ir.IntType(32)
 _V16 = ir.VectorType(_I32, LANES)
 _BYTES = ir.VectorType(ir.IntType(8), 4 * LANES)
 _WIDE = ir.VectorType(_I32, 4 * LANES)
+_BYTE_POINTER = ir.IntType(8).as_pointer()
 
 
 def _native() -> bool:
@@ -139,3 +143,22 @@ def dot4(typingctx, acc, u, s):
 
     return vec(vec, vec, vec), codegen
 
+
+
+@intrinsic
+def prefetch(typingctx, arr, off):
+    """Hint that the cache line of flat element off of a C-contiguous array will be read soon
+    (into the second-level cache: `attend_bytes` fetches a chunk's whole values, larger than the
+    first level, while its table step runs)."""
+    if not (isinstance(arr, types.Array) and arr.layout == "C"):
+        return None
+
+    def codegen(context, builder, sig, args):
+        p = builder.bitcast(_element_pointer(context, builder, sig.args[0], args[0], args[1]), _BYTE_POINTER)
+        hint = ir.FunctionType(ir.VoidType(), [_BYTE_POINTER, _I32, _I32, _I32])
+        fn = cgutils.get_or_insert_function(builder.module, hint, "llvm.prefetch.p0i8")
+        # read, locality 2 (prefetcht1: second-level cache), data cache
+        builder.call(fn, [p, ir.Constant(_I32, 0), ir.Constant(_I32, 2), ir.Constant(_I32, 1)])
+        return context.get_dummy_value()
+
+    return types.void(arr, types.intp), codegen
