@@ -39,7 +39,7 @@ TOTAL = 1 << TOTAL_BITS
 NORM_FRAC = 15  # 1/rms in Q15
 KEY_FRAC = 10  # queries and keys enter the score product in Q10
 QUERY_BLOCK = 64  # query positions per attention block in the parallel path
-GEMM_QUERIES = 16  # from this many queries per chunk on, the kernel path's attention runs as float GEMMs
+GEMM_QUERIES = 16  # from this many queries per chunk on, the kernel path's attention of int32 values runs as GEMMs
 SCORE_TILE = 4 << 20  # bytes of a GEMM attention block's scores per tile of chunks: they stay in cache until used
 ATTN_TILE = 1 << 18  # float64 scores per attention tile (2 MiB): the softmax chain stays in cache
 KEY8_BITS = 7  # int8 key cache: keys as 7-bit magnitudes times a power of two per position
@@ -338,12 +338,14 @@ class Engine:
         return out
 
     def _attend_kernel(self, y: torch.Tensor, cache: _Cache, li: int, p0: int) -> torch.Tensor:
-        """_attend's program run by the compiled integer kernels over the integer cache (CPU): for a
-        few queries per chunk over the byte cache, appending and attending are one kernel."""
+        """_attend's program run by the compiled integer kernels over the integer cache (CPU). Over the
+        byte cache appending and attending are one kernel, `kernels.attend_bytes`, for any number
+        of queries: a 16-chunk scoring of the default model took 0.61 s where the GEMM form
+        (`_attend_gemm`) of the same integers took 0.77, `default-v5` 0.82 against 1.34."""
         B, T, _, hd = y.shape
         H = self.heads
         shape = (B, T, self.kv_heads, H // self.kv_heads)
-        if self.byte_cache and T < GEMM_QUERIES:
+        if self.byte_cache:
             cache.reserve(p0 + T)
             out = torch.empty((*shape, hd), dtype=torch.int64)
             kernels.attend_bytes(y.contiguous().numpy(), H, self.q_bits, KEY8_BITS, p0, cache.k[li].numpy(),
@@ -367,21 +369,20 @@ class Engine:
 
     def _attend_gemm(self, q: torch.Tensor, eq: torch.Tensor, cache: _Cache, li: int, p0: int) -> torch.Tensor:
         """`kernels.attend`'s program for many queries q [B, T, KV, g, hd] (exponents eq [B, T, KV,
-        g]): the two products run as GEMMs, which are exact here and several times faster than the
-        kernel's integer loops on a long chunk. Scores q . k as int8 GEMMs of split queries for int8
-        keys (`_int8_scores`; 10% less time than float32 GEMMs on a SmolLM2 chunk, level on the
-        default model's batches), or in float64 (exact below 2**53); the table step in
-        `kernels.softmax_table`; then sum_j e_j v_j in float64, exact because it stays below 2**53
-        (the bound the model asserts), or for int8 values as int8 GEMMs (`_value_digits`, which
-        makes its own table step); and the kernel's rounded quotient (`kernels.rounded_quotients`,
-        straight into place). Each block of queries runs in tiles of chunks whose scores take at most
-        SCORE_TILE bytes, from their product to the quotients, so they are still in cache when read:
-        a 16-chunk batch of the default model 18-20% faster than whole blocks. Returns [B, T, KV,
-        g, hd]."""
+        g]) of a model with int32 values: the two products run as GEMMs, which are exact here and
+        several times faster than the kernel's integer loops on a long chunk. Scores q . k as int8
+        GEMMs of split queries for int8 keys (`_int8_scores`; 10% less time than float32 GEMMs on a
+        SmolLM2 chunk, level on the default model's batches), or in float64 (exact below 2**53);
+        the table step in `kernels.softmax_table`; then sum_j e_j v_j in float64, exact because it
+        stays below 2**53 (the bound the model asserts); and the kernel's rounded quotient
+        (`kernels.rounded_quotients`, straight into place). Each block of queries runs in tiles of
+        chunks whose scores take at most SCORE_TILE bytes, from their product to the quotients, so
+        they are still in cache when read: a 16-chunk batch of the default model 18-20% faster than
+        whole blocks (when it still took this form). Returns [B, T, KV, g, hd]."""
         B, T, KV, g, hd = q.shape
         n = p0 + T
         keys = cache.key_columns(li, n)  # [B, KV, hd, >= n]
-        values = cache.value_rows(li, n, torch.int8 if self.int8_values else torch.float64)  # [B, KV, n, hd]
+        values = cache.value_rows(li, n)  # [B, KV, n, hd]
         ek = cache.ks[li].numpy()
         table = self.att_exp.numpy()
         out = torch.empty(q.shape, dtype=torch.int64)
@@ -398,14 +399,10 @@ class Engine:
                     s = torch.matmul(qt.to(torch.float64), keys[c, ..., :S])
                 den = torch.empty((qt.shape[0], KV, R), dtype=torch.int64)
                 eqb = eq[c, a:b].transpose(1, 2).reshape(-1, KV, R).numpy()
-                low = 0
-                if self.int8_values:
-                    planes, low = self._value_digits(s, eqb, ek[c], cache.vs[li][c], values[c], p0 + a, g, den)
-                else:
-                    e = torch.empty((qt.shape[0], KV, R, S), dtype=torch.float64)
-                    kernels.softmax_table(s.numpy(), eqb, ek[c], p0 + a, g, table, e.numpy(), den.numpy())
-                    planes = torch.matmul(e, values[c, :, :S]).unsqueeze(2)  # one float64 plane of exact sums
-                kernels.rounded_quotients(planes.numpy(), den.numpy(), a, g, low, out[c].numpy())
+                e = torch.empty((qt.shape[0], KV, R, S), dtype=torch.float64)
+                kernels.softmax_table(s.numpy(), eqb, ek[c], p0 + a, g, table, e.numpy(), den.numpy())
+                sums = torch.matmul(e, values[c, :, :S])  # exact: below 2**53
+                kernels.rounded_quotients(sums.numpy(), den.numpy(), a, g, out[c].numpy())
         return out
 
     def _int8_scores(self, qt: torch.Tensor, keys: torch.Tensor, S: int) -> torch.Tensor:
@@ -428,30 +425,6 @@ class Engine:
             for h in range(KV):
                 torch._int_mm(rows[b, h], keys[b, h, :, :S], out=s[b, h])
         return s
-
-    def _value_digits(self, s: torch.Tensor, eq: np.ndarray, ek: np.ndarray, ev: torch.Tensor, v: torch.Tensor,
-                      first: int, g: int, den: torch.Tensor) -> tuple[torch.Tensor, int]:
-        """sum_j (e_j << ev_j) v_j of a block of rows (int8 values), as exact int8 GEMMs: the kernel
-        writes each weight e_j << (ev_j - low) as base-128 digits (low the least exponent: value
-        rows are rounded to 7 bits, so the exponents of a trained model start well above 0 and
-        their spread is what sets the digits: 3 instead of 4 or 5 on SmolLM2's and the default
-        model's layers with the Q15 table, 2 with the 11-bit table of the "att_exp_bits": 11
-        program, see `intmodel.att_exp_table`), and a chunk's and head's digit planes times the
-        int8 value magnitudes are one `_int_mm` (int32 sums below 127 * 127 * context < 2**31).
-        Returns those products as planes [B, KV, ND, R, hd], plane k counting 2**(low + 7k), and
-        low, for `kernels.rounded_quotients` to put together: the float64 product's integers at int8
-        GEMM speed. Writes the table values' sums into den [B, KV, R]."""
-        (B, KV, R), S = eq.shape, s.shape[3]  # s may hold split products: 2R rows
-        low, top = int(ev[:, :, :S].min()), int(ev[:, :, :S].max())
-        digits = -(-(self.att_bits + top - low) // kernels.DIGIT_BITS)  # each e_j << (ev_j - low) fits
-        d = torch.empty((B, KV, digits, R, S), dtype=torch.int8)
-        kernels.softmax_digits(s.numpy(), eq, ek, ev.numpy(), low, first, g, self.att_exp.numpy(), d.numpy(),
-                               den.numpy())
-        planes = torch.empty((B, KV, digits, R, self.head_dim), dtype=torch.int32)
-        for b in range(B):
-            for h in range(KV):
-                torch._int_mm(d[b, h].view(digits * R, S), v[b, h, :S], out=planes[b, h].view(digits * R, -1))
-        return planes, low
 
     def _tri(self, n: int, g: int) -> torch.Tensor:
         """Causal mask of a diagonal block: rows (t, head) t < n, columns u < n, True where u > t."""
@@ -631,13 +604,12 @@ class _Cache:
     keys) or int32 (float64-program keys, below 2**23), values transposed the same way [B, KV,
     hd, room] as int32 (below 2**28), with the key exponents as int8 [B, KV, room] (zero for the
     float64 program).
-    A model whose config says "value_cache": "int8" rounds each position's value row (per KV
-    head) like its keys; the torch path holds the rounded values in float64 (exact), the kernel
-    path their int8 magnitudes and exponents vs int8 [B, KV, room] (zero for values kept whole).
-    With int8 keys and values the kernel path keeps the byte cache of `kernels.append_bytes`
-    instead (flat per chunk and head: keys as unsigned bytes in blocks of 16 positions, values in
-    groups of 4 positions), the layout whose byte dot products `kernels.attend_bytes` takes four
-    at a time; the GEMM form of attention reads it through `key_columns` and `value_rows`.
+    A model whose config says "value_cache": "int8" (and then int8 keys too) rounds each
+    position's value row (per KV head) like its keys; the torch path holds the rounded values in
+    float64 (exact), the kernel path keeps the byte cache of `kernels.attend_bytes` instead (flat
+    per chunk and head: keys as unsigned bytes in blocks of 16 positions, values in groups of 4
+    positions, exponents vs int8 [B, KV, room]), the layout whose byte dot products
+    `kernels.attend_bytes` takes four at a time.
     A decode step reads each row of positions from 0 up to the step's position. On the kernel path
     the room grows by ROOM_STEP positions, so those rows lie almost end to end in memory, which the
     CPU streams: with rows up to twice as long as read (the torch path's geometric growth), the
@@ -671,8 +643,7 @@ class _Cache:
                     ("k", (B, KV, room * wk), torch.uint8, 2), ("ks", (B, KV, room), torch.int8, 2)]
         if engine.kernel:
             kdt = torch.int8 if engine.int8_keys else torch.int32
-            vdt = torch.int8 if engine.int8_values else torch.int32
-            return [("v", (B, KV, hd, room), vdt, 3), ("vs", (B, KV, room), torch.int8, 2),
+            return [("v", (B, KV, hd, room), torch.int32, 3), ("vs", (B, KV, room), torch.int8, 2),
                     ("k", (B, KV, hd, room), kdt, 3), ("ks", (B, KV, room), torch.int8, 2)]
         if engine.int8_keys:
             keys = [("k", (B, KV, room, hd), torch.float32, 2), ("ks", (B, KV, 1, room), f64, 3)]
@@ -705,15 +676,12 @@ class _Cache:
             self._grow(b)
 
     def append(self, li: int, kv: torch.Tensor) -> None:
-        """Store the keys and values kv [B, T, 2 KV, hd] (key heads first) at positions length..length+T."""
+        """Store the keys and values kv [B, T, 2 KV, hd] (key heads first) at positions length..length+T
+        (the byte cache's are stored by `kernels.attend_bytes` itself)."""
         a, b = self.length, self.length + kv.shape[1]
         self.reserve(b)
-        if self.engine.byte_cache:
-            kernels.append_bytes(kv.numpy(), a, KEY8_BITS, self.k[li].numpy(), self.ks[li].numpy(), self.v[li].numpy(),
-                                 self.vs[li].numpy())
-            return
         if self.engine.kernel:
-            kernels.append_kv(kv.numpy(), a, KEY8_BITS, self.int8_keys, self.engine.int8_values, self.k[li].numpy(),
+            kernels.append_kv(kv.numpy(), a, KEY8_BITS, self.int8_keys, self.k[li].numpy(),
                               self.ks[li].numpy(), self.v[li].numpy(), self.vs[li].numpy())
             return
         KV = kv.shape[2] // 2
@@ -732,30 +700,17 @@ class _Cache:
             self.k[li][:, :, a:b] = k.transpose(1, 2)
         self.vt[li][..., a:b] = v.permute(0, 2, 3, 1)
 
-    def value_rows(self, li: int, n: int, dtype: torch.dtype) -> torch.Tensor:
-        """The first n positions' values of the kernel path's cache as rows [B, KV, n, hd] of dtype,
-        the layout a GEMM reads fastest (`_int_mm` took 20% longer on the transposed view): one
+    def value_rows(self, li: int, n: int) -> torch.Tensor:
+        """The first n positions' values of the kernel path's int32 cache as float64 rows [B, KV, n,
+        hd], the layout a GEMM reads fastest (`_int_mm` took 20% longer on the transposed view): one
         copy per layer and forward, converted in the same pass, small next to the products that
         read it."""
-        B, KV, hd = self.batch, self.engine.kv_heads, self.engine.head_dim
-        if self.engine.byte_cache:
-            wv = kernels.byte_cache_widths(hd)[1]
-            groups = self.v[li].view(B, KV, self.room // kernels.VALUE_GROUP, wv, kernels.VALUE_GROUP)
-            v = groups.transpose(-1, -2).reshape(B, KV, self.room, wv)[:, :, :n, :hd]
-        else:
-            v = self.v[li][..., :n].transpose(-1, -2)
-        return torch.empty(v.shape, dtype=dtype, device=v.device).copy_(v)  # .to() keeps a same-dtype view
+        v = self.v[li][..., :n].transpose(-1, -2)
+        return torch.empty(v.shape, dtype=torch.float64, device=v.device).copy_(v)
 
     def key_columns(self, li: int, n: int) -> torch.Tensor:
-        """The kernel path's keys as columns [B, KV, hd, >= n]: the int8 keys as they are, the byte
-        cache's first n positions copied back to signed bytes (a copy per layer and forward, as
-        value_rows), the float64 program's converted to float64."""
-        B, KV, hd = self.batch, self.engine.kv_heads, self.engine.head_dim
-        if self.engine.byte_cache:
-            wk = kernels.byte_cache_widths(hd)[0]
-            blocks = self.k[li].view(B, KV, self.room // kernels.KEY_BLOCK, wk // 4, kernels.KEY_BLOCK, 4)
-            k = blocks.permute(0, 1, 3, 5, 2, 4).reshape(B, KV, wk, self.room)[:, :, :hd, :n]
-            return torch.empty(k.shape, dtype=torch.int8).copy_(k.view(torch.int8)).bitwise_xor_(-128)
+        """The kernel path's keys as columns [B, KV, hd, >= n]: the int8 keys as they are, the
+        float64 program's converted to float64."""
         k = self.k[li]
         return k if self.int8_keys else k[..., :n].to(torch.float64)
 

@@ -102,8 +102,10 @@ class IntModel:
         if qb is not None and not (c.get("key_cache") == "int8" and type(qb) is int
                                    and 1 <= qb <= query_bits_limit(c["head_dim"])):
             raise ModelError(f"query bits {qb!r} do not fit this model's keys: made by a newer lmarc?")
+        if c.get("value_cache") == "int8" and c.get("key_cache") != "int8":
+            raise ModelError("int8 values need int8 keys (the engine's byte cache holds both)")
         if c.get("value_cache") == "int8" and 127 * 127 * c["context"] >= 1 << 31:
-            raise ModelError("context too long for int32 sums of int8 values")  # Engine._value_digits
+            raise ModelError("context too long for int32 sums of int8 values")  # kernels.attend_bytes
         if c["head_dim"] > F32_EXACT_K or c["hidden_size"] > 16384:
             raise ModelError("model dimensions exceed the exactness bounds")
         for name, m in self._matrices():
@@ -188,9 +190,10 @@ def att_exp_table(bits: int | None = None) -> torch.Tensor:
     """Attention's exp table, indexed by a score's distance below its row's maximum in steps of
     2**-ATT_FRAC, 16 nats long, last entry 0. Without bits, Q15 with top entry 2**15 (the first
     programs); with bits, Q(bits) capped at 2**bits - 1, so that every entry fits that many bits:
-    `Engine._value_digits` writes each weight e_j << (ev_j - low) as base-128 digits, and at 11
-    bits two digits hold every weight of a block whose value exponents span up to 3 (the default
-    model's blocks span 1-3), where Q15 took three."""
+    `kernels.attend_bytes` writes each weight e_j << (ev_j - low) as base-128 digits, and at 11
+    bits two digits hold every weight of a row whose value exponents span up to 3, where Q15 took
+    three. (Over whole chunks the default model's value exponents span more: 10-13 on a real
+    decode step at position 544, so its rows take three or four.)"""
     frac = ATT_EXP_FRAC if bits is None else bits
     top = (1 << 62) if bits is None else (1 << bits) - 1
     att = [min(top, round(math.exp(-i / (1 << ATT_FRAC)) * (1 << frac))) for i in range(16 << ATT_FRAC)]

@@ -10,12 +10,11 @@ between its products (a rescale, `Engine._silu_mul` and a quantize_rows),
 `Engine._qkv` after its product (a rescale, `Engine._rope_q10` and the value clamp), and `gemv`
 those of `_int_mm` for a few rows (decoding a few chunks).
 `softmax_table` is `attend`'s table step alone, for the engine's GEMM form of attention on long
-chunks (`Engine._attend_gemm`), where GEMMs compute the exact products; `softmax_digits` is
-the same step for int8 values, whose weighted sum is then int8 GEMMs, and `rounded_quotients` is
-`attend`'s last step for either form. `attend_bytes` is `attend` for a model with int8 keys and
-values, over the byte cache that `append_bytes` writes: its products are byte dot products
+chunks (`Engine._attend_gemm`), where GEMMs compute the exact products, and `rounded_quotients` is
+`attend`'s last step for that form. `attend_bytes` is `attend` for a model with int8 keys and
+values, over the byte cache it writes itself (`_append_byte_rows`): its products are byte dot products
 (`archiver.simd`, VNNI's four per lane and instruction where the CPU has them), the weights
-written as base-128 digits like `softmax_digits`'s. On a CPU torch spends
+written as base-128 digits. On a CPU torch spends
 most of its time in memory passes, one per element-wise op; these do a whole chain in one pass.
 Integer (and exactly rounded float64) arithmetic has one result whatever the thread count or vector
 unit, so kernel and torch path give the same bits; the tests check each pair on extreme values.
@@ -81,10 +80,24 @@ def _table_row(x: np.ndarray, n: int, table: np.ndarray, out: np.ndarray) -> np.
 
 
 @numba.njit(inline="always")
-def _rounded_quotient(total: np.int64, den: np.int64) -> np.int64:  # pragma: no cover
-    """floor((2 * total + den) / (2 * den)): attention's weighted sum over its table values' sum,
-    rounded half up. Shared by `attend` and `rounded_quotients`, so both forms round alike."""
-    return (2 * total + den) // (2 * den)
+def _rounded_quotient(total: np.int64, den: np.int64, inv: np.float64) -> np.int64:  # pragma: no cover
+    """floor((2 * total + den) / (2 * den)) with inv = 1 / (2 * den) (`_inverse`): attention's
+    weighted sum over its table values' sum, rounded half up. Shared by every form of attention, so
+    all round alike. The quotient is a weighted mean of value rows, far below 2**50 in magnitude,
+    so float64's estimate num * inv (three roundings, each within 2**-53 of its value) is within
+    3/8 of num / (2 den), its floor off by at most one, which the remainder corrects: the exact
+    integer without a 64-bit division per output, which had taken a sixth of attention's time."""
+    num = 2 * total + den
+    dd = 2 * den
+    q = np.int64(np.floor(np.float64(num) * inv))
+    rem = num - q * dd
+    return q + np.int64(rem >= dd) - np.int64(rem < 0)
+
+
+@numba.njit(inline="always")
+def _inverse(den: np.int64) -> np.float64:  # pragma: no cover
+    """1 / (2 * den), the factor `_rounded_quotient` estimates with."""
+    return 1.0 / np.float64(2 * den)
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
@@ -142,7 +155,7 @@ def _value_sums(w: np.ndarray, vt: np.ndarray, n: int, low: np.int64, den: np.nd
             t = np.int64(0)
             for j in range(n):
                 t += w[r, j] * np.int64(vd[j])
-            out[r, d] = _rounded_quotient(t << low, den[r])
+            out[r, d] = _rounded_quotient(t << low, den[r], _inverse(den[r]))
 
 
 @numba.njit(inline="always")
@@ -342,14 +355,13 @@ def softmax_table(s: np.ndarray, eq: np.ndarray, ek: np.ndarray, first: int, g: 
             e[b, h, r, j] = 0.0
 
 
-DIGIT_BITS = 7  # softmax_digits writes base-128 digits: each fits an int8
+DIGIT_BITS = 7  # attend_bytes writes its weights as base-128 digits: each fits a signed or unsigned byte
 
 
 @numba.njit(inline="always")
 def _digit_plane(w: np.ndarray, n: int, k: int, plane: np.ndarray, end: int) -> None:  # pragma: no cover
     """Digit k (base 2**DIGIT_BITS) of the weights w[:n] into plane[:n], and 0 from n up to end:
-    the int8 (or unsigned byte) operand of the value products of `softmax_digits` and
-    `attend_bytes`."""
+    the unsigned byte operand of `attend_bytes`'s value products."""
     for j in range(n):
         plane[j] = (w[j] >> (DIGIT_BITS * k)) & 127
     for j in range(n, end):
@@ -357,46 +369,21 @@ def _digit_plane(w: np.ndarray, n: int, k: int, plane: np.ndarray, end: int) -> 
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def softmax_digits(s: np.ndarray, eq: np.ndarray, ek: np.ndarray, ev: np.ndarray, low: int, first: int, g: int,
-                   table: np.ndarray, d: np.ndarray, den: np.ndarray) -> None:  # pragma: no cover  (compiled)
-    """`softmax_table` for a model with int8 values, whose weighted sum is computed as int8 GEMMs:
-    writes each table value times its value row's power of two over 2**low, w_j = e_j << (ev_j -
-    low) (ev [B, KV, >= S], none below low), as base-128 digits d[b, h, k] = (w_j >> 7k) & 127 into
-    d [B, KV, ND, R, S] (int8; 0 beyond the causal limit; ND digits must hold the largest w), and
-    the table values' sums into den. A chunk's and head's digit planes lie together, so their
-    products are one GEMM."""
-    (B, KV, R), S = eq.shape, s.shape[3]  # s may hold 2R rows: split queries (_exact_scores)
-    nd = d.shape[2]
-    for job in numba.prange(B * KV * R):
-        b, h, r = job // (KV * R), (job // R) % KV, job % R
-        x = _exact_scores(s, eq, ek, first, g, b, h, r)
-        n = x.size
-        den[b, h, r] = _table_row(x, n, table, x)
-        for j in range(n):
-            x[j] <<= np.int64(ev[b, h, j]) - low
-        for k in range(nd):
-            _digit_plane(x, n, k, d[b, h, k, r], S)
-
-
-@numba.njit(parallel=True, cache=True, nogil=True)
-def rounded_quotients(acc: np.ndarray, den: np.ndarray, a: int, g: int, low: int,
+def rounded_quotients(sums: np.ndarray, den: np.ndarray, a: int, g: int,
                       out: np.ndarray) -> None:  # pragma: no cover  (compiled)
     """`attend`'s last step for a block of query rows r = (t, head in group) whose weighted value
-    sums were computed by GEMMs: given as ND planes acc [B, KV, ND, R, hd], plane k counting
-    2**(low + DIGIT_BITS * k) (the int32 products of `softmax_digits`'s digit planes, or one float64
-    plane holding the exact sums, low 0), each sum is divided by its row's den [B, KV, R], rounded half up,
-    and written to out[b, a + r // g, h, r % g] (out [B, T, KV, g, hd]). One pass where torch took
-    a shift, an add and a cast per plane, an int64 division and a strided copy."""
-    B, KV, nd, R, hd = acc.shape
+    sums were computed by a GEMM: each exact sum of sums [B, KV, R, hd] (float64 integers below
+    2**53) divided by its row's den [B, KV, R], rounded half up, and written to out[b, a + r //
+    g, h, r % g] (out [B, T, KV, g, hd]). One pass where torch took a cast, an int64 division and
+    a strided copy."""
+    B, KV, R, hd = sums.shape
     for job in numba.prange(B * KV * R):
         b, h, r = job // (KV * R), (job // R) % KV, job % R
         t, i = a + r // g, r % g
         dn = den[b, h, r]
+        inv = _inverse(dn)
         for c in range(hd):
-            total = np.int64(0)
-            for k in range(nd):
-                total += np.int64(acc[b, h, k, r, c]) << (DIGIT_BITS * k)
-            out[b, t, h, i, c] = _rounded_quotient(total << low, dn)
+            out[b, t, h, i, c] = _rounded_quotient(np.int64(sums[b, h, r, c]), dn, inv)
 
 
 @numba.njit(inline="always")
@@ -443,12 +430,13 @@ def _store_column(src: np.ndarray, bits: int, quantize: bool, row: np.ndarray, r
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def append_kv(kv: np.ndarray, a: int, bits: int, k8: bool, v8: bool, kt: np.ndarray, ek: np.ndarray,
+def append_kv(kv: np.ndarray, a: int, bits: int, k8: bool, kt: np.ndarray, ek: np.ndarray,
               vt: np.ndarray, ev: np.ndarray) -> None:  # pragma: no cover  (compiled)
-    """_Cache.append on the kernel path: the keys and values kv [B, T, 2 KV, hd] (int64; key heads
-    first) of positions a.. into the cache's layout, transposed kt, vt [B, KV, hd, room], each row
-    pow2-quantized to bits (exponents into ek, ev [B, KV, room]) when k8 (v8), else stored whole
-    with exponent 0. One pass where torch took a quantize, a permute and a strided copy per tensor."""
+    """_Cache.append on the kernel path without the byte cache: the keys and values kv [B, T, 2 KV,
+    hd] (int64; key heads first) of positions a.. into the cache's layout, transposed kt, vt [B,
+    KV, hd, room]; each key row pow2-quantized to bits (exponents into ek [B, KV, room]) when k8,
+    else stored whole with exponent 0, as every value row (exponent 0 into ev). One pass where
+    torch took a quantize, a permute and a strided copy per tensor."""
     B, T, KV2, hd = kv.shape
     KV = KV2 // 2
     for job in numba.prange(B * KV):
@@ -456,7 +444,7 @@ def append_kv(kv: np.ndarray, a: int, bits: int, k8: bool, v8: bool, kt: np.ndar
         row = np.empty(hd, np.int64)
         for t in range(T):
             _store_column(kv[b, t, h], bits, k8, row, kt, ek, b, h, a + t)
-            _store_column(kv[b, t, KV + h], bits, v8, row, vt, ev, b, h, a + t)
+            _store_column(kv[b, t, KV + h], bits, False, row, vt, ev, b, h, a + t)
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
@@ -497,27 +485,17 @@ def byte_cache_widths(hd: int) -> tuple[int, int]:
     return -(-hd // 4) * 4, -(-hd // VALUE_SPAN) * VALUE_SPAN
 
 
-@numba.njit(parallel=True, cache=True, nogil=True)
-def append_bytes(kv: np.ndarray, a: int, bits: int, kb: np.ndarray, ek: np.ndarray, vb: np.ndarray,
-                 ev: np.ndarray) -> None:  # pragma: no cover  (compiled)
-    """`append_kv` for the byte cache of a model with int8 keys and values: the keys and values kv
-    [B, T, 2 KV, hd] (int64; key heads first) of positions a.. pow2-quantized to bits (exponents
-    into ek, ev [B, KV, room]), each position p's key magnitudes k + 128 (unsigned bytes) into
-    kb [B, KV, room * wk] at block p // KEY_BLOCK, laid out [room / KEY_BLOCK, wk / 4, KEY_BLOCK, 4]:
-    64 bytes hold four columns of 16 positions, as `simd.dot4` pairs them with a query's bytes;
-    its values into vb [B, KV, room * wv] laid out [room / VALUE_GROUP, wv, VALUE_GROUP]: 64 bytes
-    hold four positions of 16 columns (wk, wv from `byte_cache_widths`; padding left unwritten)."""
-    KV = kv.shape[2] // 2
-    for job in numba.prange(kv.shape[0] * KV):
-        _append_byte_rows(kv, job // KV, job % KV, 0, KV, bits, a, np.empty(kv.shape[3], np.int64), kb, ek, vb, ev)
-
-
 @numba.njit(inline="always")
 def _append_byte_rows(rows: np.ndarray, b: int, h: int, keys: int, values: int, bits: int, a: int, row: np.ndarray,
                       kb: np.ndarray, ek: np.ndarray, vb: np.ndarray, ev: np.ndarray) -> None:  # pragma: no cover
     """Chunk b's head h of rows [B, T, heads, hd] (int64; its key at head keys + h, its value at
-    head values + h) into positions a..a+T-1 of the byte cache (see `append_bytes`); row is
-    scratch of length hd."""
+    head values + h) into positions a..a+T-1 of the byte cache of a model with int8 keys and
+    values, each row pow2-quantized to bits (exponents into ek, ev [B, KV, room]); row is scratch
+    of length hd. Position p's key magnitudes k + 128 (unsigned bytes) go into kb [B, KV, room *
+    wk] at block p // KEY_BLOCK, laid out [room / KEY_BLOCK, wk / 4, KEY_BLOCK, 4]: 64 bytes hold
+    four columns of 16 positions, as `simd.dot4` pairs them with a query's bytes; its values into
+    vb [B, KV, room * wv] laid out [room / VALUE_GROUP, wv, VALUE_GROUP]: 64 bytes hold four
+    positions of 16 columns (wk, wv from `byte_cache_widths`; padding left unwritten)."""
     hd = rows.shape[3]
     wk, wv = byte_cache_widths(hd)
     kbh, vbh = kb[b, h], vb[b, h]
@@ -590,11 +568,11 @@ def _dot4_columns(a: tuple, w: simd.Vec, v: tuple) -> tuple:  # pragma: no cover
 def attend_bytes(y: np.ndarray, heads: int, q_bits: int, bits: int, a: int, kb: np.ndarray, ek: np.ndarray,
                  vb: np.ndarray, ev: np.ndarray, table: np.ndarray, att_bits: int,
                  out: np.ndarray) -> None:  # pragma: no cover  (compiled)
-    """`attend` over the byte cache (`append_bytes`), the same integers by byte dot products
+    """`attend` over the byte cache (`_append_byte_rows`), the same integers by byte dot products
     (`simd.dot4`, four per lane and instruction), with the steps around it in the same pass. y
     [B, T, heads + 2 KV, hd] (int64) holds a layer's rotated queries, keys and values of the
-    positions a..a+T-1: each chunk's and head's keys and values are appended first (as
-    `append_bytes` does, pow2-quantized to bits), then each query row is pow2-quantized to q_bits
+    positions a..a+T-1: each chunk's and head's keys and values are appended first
+    (pow2-quantized to bits), then each query row is pow2-quantized to q_bits
     (as `pow2_quantize` does) and attends over positions 0..its own. Queries of up to 7 bits are
     one signed byte, wider ones are split as q = 128 hi + lo, both bytes, whose scores recombine
     exactly in int64. After the table step (`_table_base`, `_table_value`) each weight e_j <<
@@ -615,7 +593,12 @@ def attend_bytes(y: np.ndarray, heads: int, q_bits: int, bits: int, a: int, kb: 
     top_digits = (att_bits + 127 + DIGIT_BITS) // DIGIT_BITS  # int8 exponents spread at most 127
     top_planes = (g * top_digits + 3) // 4 * 4
     jobs = B * KV
-    parts = min(jobs, SCRATCH_PARTS)
+    if T > 1:  # every query of a chunk reads its keys and values: all are appended first
+        for job in numba.prange(jobs):
+            _append_byte_rows(y, job // KV, job % KV, heads, heads + KV, bits, a, np.empty(hd, np.int64), kb, ek, vb,
+                              ev)
+    items = jobs * T  # one item per chunk, head and query position
+    parts = min(items, SCRATCH_PARTS)
     for part in numba.prange(parts):
         row = np.empty(hd, np.int64)
         qb = np.zeros((m, wk), np.int8)  # padding columns stay 0: they add nothing
@@ -626,64 +609,73 @@ def attend_bytes(y: np.ndarray, heads: int, q_bits: int, bits: int, a: int, kb: 
         den = np.empty(g, np.int64)
         dig = np.empty((top_planes, room), np.uint8)
         acc = np.empty(top_planes * wv, np.int32)
-        for job in range(part * jobs // parts, (part + 1) * jobs // parts):
+        tot = np.empty(hd, np.int64)
+        start = part * items // parts
+        for item in range(start, (part + 1) * items // parts):
+            job, t = item // T, item % T
             b, h = job // KV, job % KV
             vbh = vb[b, h]
-            _append_byte_rows(y, b, h, heads, heads + KV, bits, a, row, kb, ek, vb, ev)
-            for t in range(T):
-                n = a + t + 1
-                for r in range(g):
-                    eq[r] = _pow2_row(y[b, t, h * g + r], q_bits, row)
+            if T == 1:
+                _append_byte_rows(y, b, h, heads, heads + KV, bits, a, row, kb, ek, vb, ev)
+            fetch = t == 0 or item == start  # this job's values are not in cache yet
+            n = a + t + 1
+            for r in range(g):
+                eq[r] = _pow2_row(y[b, t, h * g + r], q_bits, row)
+                for d in range(hd):
+                    if halves == 1:
+                        qb[r, d] = row[d]
+                    else:
+                        qb[r, d] = row[d] >> 7
+                        qb[g + r, d] = row[d] & 127
+            for i in range(m):
+                s = np.int32(0)
+                for d in range(hd):
+                    s += qb[i, d]
+                corr[i] = -128 * s
+            qw = qb.view(np.int32)
+            for i in range(0, m, 2):
+                _byte_scores(kb[b, h], qw, corr, i, n, wk, sc)
+            low, top = np.int64(ev[b, h, 0]), np.int64(ev[b, h, 0])
+            for j in range(1, n):
+                low = min(low, np.int64(ev[b, h, j]))
+                top = max(top, np.int64(ev[b, h, j]))
+            nd = (att_bits + top - low + DIGIT_BITS - 1) // DIGIT_BITS
+            groups = (n + VALUE_GROUP - 1) // VALUE_GROUP
+            nxt = min(job + 1, jobs - 1)
+            kbn = kb[nxt // KV, nxt % KV]
+            for r in range(g):
+                top_x = np.iinfo(np.int64).min
+                for j in range(n):
+                    s = np.int64(sc[r, j]) if halves == 1 else (np.int64(sc[r, j]) << 7) + sc[g + r, j]
+                    x[j] = s << (eq[r] + np.int64(ek[b, h, j]))
+                    top_x = max(top_x, x[j])
+                base = _table_base(top_x)
+                dn = np.int64(0)
+                for j in range(n):  # the table step of _table_row, with each weight made in the same pass
+                    if r == 0 and fetch:  # while the table is read, fetch this job's values and the next job's keys
+                        simd.prefetch(vbh, j * wv)
+                    if r == min(1, g - 1) and t == T - 1:
+                        simd.prefetch(kbn, j * wk)
+                    e = _table_value(table, base, x[j])
+                    dn += e
+                    x[j] = e << (np.int64(ev[b, h, j]) - low)  # the weight of value row j
+                den[r] = dn
+                for k in range(nd):
+                    _digit_plane(x, n, k, dig[r * nd + k], groups * VALUE_GROUP)
+            planes = (g * nd + 3) // 4 * 4
+            for i in range(g * nd, planes):
+                for j in range(groups * VALUE_GROUP):
+                    dig[i, j] = 0
+            for i in range(0, planes, 4):
+                _byte_sums(vbh, dig, i, groups, wv, acc)
+            for r in range(g):  # the digit planes' sums put together, plane by plane (vector loops)
+                for d in range(hd):
+                    tot[d] = acc[r * nd * wv + d]
+                for k in range(1, nd):
+                    plane = acc[(r * nd + k) * wv:]
                     for d in range(hd):
-                        if halves == 1:
-                            qb[r, d] = row[d]
-                        else:
-                            qb[r, d] = row[d] >> 7
-                            qb[g + r, d] = row[d] & 127
-                for i in range(m):
-                    s = np.int32(0)
-                    for d in range(hd):
-                        s += qb[i, d]
-                    corr[i] = -128 * s
-                qw = qb.view(np.int32)
-                for i in range(0, m, 2):
-                    _byte_scores(kb[b, h], qw, corr, i, n, wk, sc)
-                low, top = np.int64(ev[b, h, 0]), np.int64(ev[b, h, 0])
-                for j in range(1, n):
-                    low = min(low, np.int64(ev[b, h, j]))
-                    top = max(top, np.int64(ev[b, h, j]))
-                nd = (att_bits + top - low + DIGIT_BITS - 1) // DIGIT_BITS
-                groups = (n + VALUE_GROUP - 1) // VALUE_GROUP
-                nxt = min(job + 1, jobs - 1)
-                kbn = kb[nxt // KV, nxt % KV]
-                for r in range(g):
-                    top_x = np.iinfo(np.int64).min
-                    for j in range(n):
-                        s = np.int64(sc[r, j]) if halves == 1 else (np.int64(sc[r, j]) << 7) + sc[g + r, j]
-                        x[j] = s << (eq[r] + np.int64(ek[b, h, j]))
-                        top_x = max(top_x, x[j])
-                    base = _table_base(top_x)
-                    dn = np.int64(0)
-                    for j in range(n):  # the table step of _table_row, with each weight made in the same pass
-                        if r == 0:  # while the table is read, fetch this job's values and the next job's keys
-                            simd.prefetch(vbh, j * wv)
-                        if r == min(1, g - 1) and t == T - 1:
-                            simd.prefetch(kbn, j * wk)
-                        e = _table_value(table, base, x[j])
-                        dn += e
-                        x[j] = e << (np.int64(ev[b, h, j]) - low)  # the weight of value row j
-                    den[r] = dn
-                    for k in range(nd):
-                        _digit_plane(x, n, k, dig[r * nd + k], groups * VALUE_GROUP)
-                planes = (g * nd + 3) // 4 * 4
-                for i in range(g * nd, planes):
-                    for j in range(groups * VALUE_GROUP):
-                        dig[i, j] = 0
-                for i in range(0, planes, 4):
-                    _byte_sums(vbh, dig, i, groups, wv, acc)
-                for r in range(g):
-                    for d in range(hd):
-                        total = np.int64(0)
-                        for k in range(nd):
-                            total += np.int64(acc[(r * nd + k) * wv + d]) << (DIGIT_BITS * k)
-                        out[b, t, h, r, d] = _rounded_quotient(total << low, den[r])
+                        tot[d] += np.int64(plane[d]) << (DIGIT_BITS * k)
+                inv = _inverse(den[r])
+                o = out[b, t, h, r]
+                for d in range(hd):
+                    o[d] = _rounded_quotient(tot[d] << low, den[r], inv)

@@ -147,9 +147,10 @@ def test_kernels_equal_torch_path(model):
 
 
 def test_both_kernel_attentions_agree_after_a_history(model):
-    """The kernel path's two attention forms (integer loops for a few queries, float GEMMs from
-    GEMM_QUERIES on) on blocks that start after a cached history: logits of one whole forward
-    equal those of a prefix followed by the rest, in blocks below and above the threshold."""
+    """The kernel path's attention (for int32 values integer loops for a few queries and GEMMs from
+    GEMM_QUERIES on; over the byte cache one kernel for any number) on blocks that start after a
+    cached history: logits of one whole forward equal those of a prefix followed by the rest, in
+    blocks below and above the threshold."""
     from archiver.engine import GEMM_QUERIES, _Cache
 
     eng = Engine(model)
@@ -353,62 +354,10 @@ def test_reprogram_keeps_the_weights_and_makes_another_model():
     assert back.config == base.config and torch.equal(back.tables["att_exp"], base.tables["att_exp"])
 
 
-@pytest.mark.parametrize("program", ["int8-kv", "q7"])
-def test_value_digits_equal_the_float64_product(program):
-    """Attention's value product for int8 values as int8 GEMMs over base-128 digits of e_j << ev_j
-    equals the float64 product of the same table values, for value exponents from 0 to 20 (one to
-    six digit planes), some least exponents above 0 (digits counted from there), scores spread over
-    the exp table, and blocks after a history; and the last step turns either form into the same
-    rounded quotients, each in its place. With the 11-bit table, exponents spanning up to 3 take
-    two digit planes (three with Q15)."""
-    kv = _tiny(program)
-    eng = Engine(kv)
-    gen = torch.Generator().manual_seed(3)
-    B, KV, g, hd, S = 2, eng.kv_heads, 2, eng.head_dim, 90
-    for low, top, first in ((0, 0, 0), (0, 6, 10), (9, 13, 30), (2, 20, 60), (11, 11, 5), (4, 7, 20)):
-        R = (S - first) * g
-        cache = _Cache(eng, B, S)
-        cache._grow(S)
-        rows = torch.randint(-127, 128, (B, KV, S, hd), generator=gen, dtype=torch.int8)
-        rows[0, 0, 0] = 127  # the largest products
-        wv = kernels.byte_cache_widths(hd)[1]  # the byte cache's value groups (kernels.append_bytes)
-        padded = torch.zeros((B, KV, cache.room, hd), dtype=torch.int8)
-        padded[:, :, :S] = rows
-        groups = cache.v[0].view(B, KV, cache.room // kernels.VALUE_GROUP, wv, kernels.VALUE_GROUP)
-        groups[:, :, :, :hd] = padded.view(B, KV, -1, kernels.VALUE_GROUP, hd).transpose(-1, -2)
-        cache.vs[0][:, :, :S] = torch.randint(low, top + 1, (B, KV, S), generator=gen, dtype=torch.int8)
-        cache.vs[0][0, 0, :2] = torch.tensor([top, low])
-        s = torch.randint(-(1 << 20), 1 << 20, (B, KV, R, S), generator=gen).to(torch.float32)
-        eq = torch.randint(0, 3, (B, KV, R), generator=gen).numpy()
-        ek = cache.ks[0].zero_().numpy()
-        den = torch.empty((B, KV, R), dtype=torch.int64)
-        for dtype in (torch.int8, torch.float64):  # as the GEMMs read them, in one pass
-            got = cache.value_rows(0, S, dtype)
-            assert got.dtype == dtype and got.is_contiguous() and torch.equal(got, rows.to(dtype))
-        planes, least = eng._value_digits(s, eq, ek, cache.vs[0], rows, first, g, den)
-        assert least == low and planes.shape[2] == -(-(eng.att_bits + top - low) // kernels.DIGIT_BITS)
-        assert eng.att_bits == (11 if program == "q7" else 16)
-        got = sum(planes[:, :, k].to(torch.int64) << (kernels.DIGIT_BITS * k + low) for k in range(planes.shape[2]))
-        e = torch.empty((B, KV, R, S), dtype=torch.float64)
-        den2 = torch.empty_like(den)
-        kernels.softmax_table(s.numpy(), eq, ek, first, g, eng.att_exp.numpy(), e.numpy(), den2.numpy())
-        values = rows.to(torch.float64) * (2.0 ** cache.vs[0][:, :, :S, None].to(torch.float64))
-        want = torch.matmul(e, values)
-        assert torch.equal(den, den2)
-        assert torch.equal(got, want.to(torch.int64)), top
-        # both forms of the sums come out of the last step as the same rounded quotients, in place
-        T = S - first
-        quotients = torch.div(2 * got + den[..., None], 2 * den[..., None], rounding_mode="floor")
-        for form, shift in ((planes, low), (want.unsqueeze(2), 0)):
-            out = torch.zeros((B, T + 1, KV, g, hd), dtype=torch.int64)
-            kernels.rounded_quotients(form.numpy(), den.numpy(), 1, g, shift, out.numpy())
-            assert torch.equal(out[:, 1:], quotients.view(B, KV, T, g, hd).transpose(1, 2)), top
-            assert not out[:, 0].any()
-
-
-def test_int8_value_gemms_equal_torch_path():
-    """Whole forwards with the value product as int8 GEMMs give the torch path's tables; so do
-    forwards in parts after a history, whose blocks see keys they did not write."""
+def test_byte_attention_of_whole_chunks_equals_torch_path():
+    """Whole forwards over the byte cache (kernels.attend_bytes for every query of a chunk) give the
+    torch path's tables; so do forwards in parts after a history, whose queries see keys they did
+    not write."""
     m = _tiny("int8-kv")
     seqs = _seqs(9, 6, m.context)
     kernel, torch_path = Engine(m, path="kernels"), Engine(m, path="torch")

@@ -51,20 +51,26 @@ def _kv_rows(kt, ek, vt, ev):
                            for a, e in ((kt, ek), (vt, ev))], axis=2)
 
 
-def _byte_cache(kv, n):
-    """The byte cache of the first n positions of kv (`_kv_rows`), made by kernels.append_bytes,
-    with room for all of kv's positions (in whole blocks)."""
+def _byte_cache(kv, n, g):
+    """The byte cache of the first n positions of kv (`_kv_rows`), with room for all of kv's
+    positions (in whole blocks), appended by kernels.attend_bytes itself: for n queries (g per KV
+    head) of zeros, whose outputs are dropped."""
     B, room, KV2, hd = kv.shape
+    KV = KV2 // 2
     wk, wv = kernels.byte_cache_widths(hd)
     room = -(-room // 64) * 64
-    kb, vb = np.zeros((B, KV2 // 2, room * wk), np.uint8), np.zeros((B, KV2 // 2, room * wv), np.int8)
-    ek, ev = np.zeros((B, KV2 // 2, room), np.int8), np.zeros((B, KV2 // 2, room), np.int8)
-    kernels.append_bytes(kv[:, :n], 0, 7, kb, ek, vb, ev)
+    kb, vb = np.zeros((B, KV, room * wk), np.uint8), np.zeros((B, KV, room * wv), np.int8)
+    ek, ev = np.zeros((B, KV, room), np.int8), np.zeros((B, KV, room), np.int8)
+    if n:
+        y = np.concatenate([np.zeros((B, n, KV * g, hd), np.int64), kv[:, :n]], axis=2)
+        kernels.attend_bytes(y, KV * g, 7, 7, 0, kb, ek, vb, ev, np.array([1, 0]), 1,
+                             np.zeros((B, n, KV, g, hd), np.int64))
     return kb, ek, vb, ev
 
 
 CASES = {"7-bit queries": (2, 2, 2, 3, 8, 37, 1), "split queries, many digit planes": (3, 3, 1, 4, 20, 70, 2),
-         "long history": (2, 1, 2, 2, 64, 700, 1)}  # B, T, KV, g, hd, p0, halves
+         "long history": (2, 1, 2, 2, 64, 700, 1), "a whole chunk's queries": (2, 45, 2, 2, 16, 0, 1),
+         "many split queries after a history": (1, 21, 3, 3, 64, 19, 2)}  # B, T, KV, g, hd, p0, halves
 
 
 @pytest.mark.parametrize("form", ["as cached", "portable"])
@@ -72,8 +78,9 @@ def test_attention_over_the_byte_cache_equals_its_definition(form, monkeypatch):
     """kernels.attend_bytes (as the engine runs it, and compiled afresh in the portable form)
     appends a layer's new keys and values and gives the integers of kernels.attend's definition:
     queries of one byte or split in two, head sizes that are not a multiple of 4 or 64, odd
-    groups, several queries per chunk after a history, weights of one to six digit planes
-    (several passes of four). Every row's largest magnitude is the limit of its bits, so the
+    groups, several queries per chunk after a history or a whole chunk's from its start (the
+    queries of a chunk spread over several jobs), weights of one to six digit planes (several
+    passes of four). Every row's largest magnitude is the limit of its bits, so the
     rows it quantizes are exactly the definition's integers times their powers of two."""
     attend = kernels.attend_bytes
     if form == "portable":
@@ -93,7 +100,7 @@ def test_attention_over_the_byte_cache_equals_its_definition(form, monkeypatch):
         table = (2047 * np.exp(-np.arange(40) / 6)).astype(np.int64)
         table[-1] = 0
         kv = _kv_rows(kt, ek, vt, ev)
-        kb, ek2, vb, ev2 = _byte_cache(kv, p0)  # the history; the kernel appends the rest
+        kb, ek2, vb, ev2 = _byte_cache(kv, p0, g)  # the history; the kernel appends the rest
         y = np.concatenate([(q << eq[..., None]).reshape(B, T, KV * g, hd), kv[:, p0:]], axis=2)
         out = np.zeros(q.shape, np.int64)
         attend(y, KV * g, 7 * halves, 7, p0, kb, ek2, vb, ev2, table, int(table.max()).bit_length(), out)
