@@ -7,8 +7,9 @@ Each kernel computes exactly the integers of a torch implementation that every d
 between its products (a rescale, `Engine._silu_mul` and a quantize_rows),
 `frequencies` those of `Engine.frequencies`, `pow2_quantize` those of `pow2_quantize` in
 `archiver.fixedpoint`, `append_kv` the cache writes of `_Cache.append`, `rescale_rope` those of
-`Engine._qkv` after its product (a rescale, `Engine._rope_q10` and the value clamp), and `gemv`
-those of `_int_mm` for a few rows (decoding a few chunks).
+`Engine._qkv` after its product (a rescale, `Engine._rope_q10` and the value clamp), `gemm_bytes`
+those of `_int_mm` by byte dot products over weights laid out by `pack_columns`, and `gemv` those
+of `_int_mm` for a few rows of a matrix gemm_bytes cannot take (decoding a few chunks).
 `softmax_table` is `attend`'s table step alone, for the engine's GEMM form of attention on long
 chunks (`Engine._attend_gemm`), where GEMMs compute the exact products, and `rounded_quotients` is
 `attend`'s last step for that form. `attend_bytes` is `attend` for a model with int8 keys and
@@ -182,6 +183,75 @@ def quantize_rows(x: np.ndarray, q: np.ndarray, m: np.ndarray, e: np.ndarray) ->
     """fixedpoint.quantize_rows of the rows of x [N, k] (int64) into q [N, k] (int8), m, e [N]."""
     for i in numba.prange(x.shape[0]):
         m[i], e[i] = _quantize_row(x[i], q[i])
+
+
+GEMM_ROWS = 4  # rows per block of gemm_bytes: four broadcast activations share each load of weights
+GEMM_COLUMNS = 64  # output columns per block of gemm_bytes (four simd.Vec accumulators per row)
+GEMM_TILE = 64  # rows per tile of gemm_bytes: a tile's activations stay in cache over all columns
+
+
+def pack_columns(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The int8 weights w [n, k] (k a multiple of 4) laid out for `gemm_bytes`: per block of
+    GEMM_COLUMNS output columns and per 4 inputs, 256 bytes, four simd.Vec of 16 columns whose lane
+    holds the column's 4 weights, as `simd.dot4` pairs them with a row's 4 activations; columns
+    padded with zeros to whole blocks. Also each column's -128 * sum of its weights (int32), which
+    undoes the +128 that makes the activations unsigned bytes."""
+    n, k = w.shape
+    blocks = -(-n // GEMM_COLUMNS)
+    padded = np.zeros((blocks * GEMM_COLUMNS, k), np.int8)
+    padded[:n] = w
+    packed = padded.reshape(blocks, 4, 16, k // 4, 4).transpose(0, 3, 1, 2, 4).reshape(-1)
+    corr = (-128 * padded.astype(np.int64).sum(1)).astype(np.int32)
+    return np.ascontiguousarray(packed), corr
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def gemm_bytes(x: np.ndarray, wp: np.ndarray, corr: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover
+    """out = x @ w.T in int32 for int8 rows x [M, k] and weights w [n, k] packed by `pack_columns`
+    (wp, corr): `_int_mm`'s integers by byte dot products (`simd.dot4`). Each activation is taken
+    as the unsigned byte a + 128 and each sum starts at the column's -128 * sum(w), so the sum is
+    exactly sum a w (every partial sum below 255 * 127 * k < 2**31 for k < 66,000, the bound the
+    engine asserts). A block of 4 rows times 64 columns keeps 16 accumulators; the rows run in
+    tiles of GEMM_TILE, whose activations stay in cache while every column block reads them.
+    oneDNN's `_int_mm` ran the model's products (k = 256 or 704, a few hundred to a few thousand
+    columns) at half this CPU's peak, and at a third of it for the 64 rows of a decode step."""
+    M, k = x.shape
+    n = out.shape[1]
+    kq = k // 4
+    blocks = -(-n // GEMM_COLUMNS)
+    rows = -(-M // GEMM_ROWS) * GEMM_ROWS
+    xu = np.zeros((rows, k), np.uint8)  # padding rows are computed and dropped
+    for i in numba.prange(M):
+        for j in range(k):
+            xu[i, j] = np.uint8(np.int32(x[i, j]) + 128)
+    xw = xu.view(np.int32)  # a row's 4 activations per int32, as simd.splat takes them
+    cb = corr.view(np.uint8)
+    per_tile = GEMM_TILE // GEMM_ROWS
+    row_blocks = rows // GEMM_ROWS
+    tiles = -(-row_blocks // per_tile)
+    for job in numba.prange(tiles * blocks * per_tile):
+        tile, rest = job // (blocks * per_tile), job % (blocks * per_tile)
+        c, rb = rest // per_tile, tile * per_tile + rest % per_tile
+        if rb >= row_blocks:
+            continue
+        r0 = rb * GEMM_ROWS
+        start = (simd.load(cb, c * 256), simd.load(cb, c * 256 + 64), simd.load(cb, c * 256 + 128),
+                 simd.load(cb, c * 256 + 192))
+        a0 = a1 = a2 = a3 = start
+        base = c * kq * 256
+        for q in range(kq):
+            off = base + q * 256
+            v = (simd.load(wp, off), simd.load(wp, off + 64), simd.load(wp, off + 128), simd.load(wp, off + 192))
+            a0 = _dot4_columns(a0, simd.splat(xw[r0, q]), v)
+            a1 = _dot4_columns(a1, simd.splat(xw[r0 + 1, q]), v)
+            a2 = _dot4_columns(a2, simd.splat(xw[r0 + 2, q]), v)
+            a3 = _dot4_columns(a3, simd.splat(xw[r0 + 3, q]), v)
+        for r, sums in enumerate((a0, a1, a2, a3)):
+            if r0 + r < M:
+                for v in range(4):
+                    col = c * GEMM_COLUMNS + 16 * v
+                    if col < n:
+                        simd.store(out[r0 + r], col, sums[v])
 
 
 GEMV_COLUMNS = 16  # output columns per parallel job of gemv

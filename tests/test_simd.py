@@ -106,3 +106,21 @@ def test_attention_over_the_byte_cache_equals_its_definition(form, monkeypatch):
         attend(y, KV * g, 7 * halves, 7, p0, kb, ek2, vb, ev2, table, int(table.max()).bit_length(), out)
         assert np.array_equal(ek2[..., :room], ek) and np.array_equal(ev2[..., :room], ev), case
         assert np.array_equal(out, _attend_reference(q, eq, kt, ek, vt, ev, p0, table)), case
+
+
+@pytest.mark.parametrize("form", ["as cached", "portable"])
+def test_byte_gemm_equals_the_integer_product(form, monkeypatch):
+    """kernels.gemm_bytes over kernels.pack_columns's layout gives x @ w.T exactly: rows that do not
+    fill a block of 4 or a tile, columns that do not fill a block of 64 (but whole vectors of 16),
+    several tiles, and the extreme bytes (-128 activations, +-127 weights)."""
+    gemm = kernels.gemm_bytes
+    if form == "portable":
+        gemm = _compiled(gemm.py_func, False, monkeypatch, parallel=True)
+    rng = np.random.default_rng(5)
+    for M, k, n in ((1, 4, 16), (7, 12, 48), (70, 64, 80), (131, 256, 192)):
+        x = rng.integers(-128, 128, (M, k)).astype(np.int8)
+        w = rng.integers(-127, 128, (n, k)).astype(np.int8)
+        x[0], w[0], w[-1] = -128, 127, -127
+        out = np.zeros((M, n), np.int32)
+        gemm(x, *kernels.pack_columns(w), out)
+        assert np.array_equal(out, x.astype(np.int64) @ w.T.astype(np.int64)), (M, k, n)
