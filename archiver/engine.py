@@ -79,9 +79,7 @@ class _Prepared:
         self.mult = m.mult.to(device)
         self.shift = m.shift
         self.pack = pack and backend == "int"
-        n, k = self.w.shape
-        fits = k % 4 == 0 and n % 16 == 0 and 255 * 127 * k < 1 << 31  # gemm_bytes's layout and int32 bound
-        self.packed = kernels.pack_columns(self.w.numpy()) if self.pack and fits else None
+        self.packed = self._packed()
 
     def columns(self, idx: torch.Tensor) -> _Prepared:
         """The product restricted to these output columns: each column's integers are computed from
@@ -92,9 +90,15 @@ class _Prepared:
         out.mult = self.mult[idx].contiguous()
         out.shift = self.shift
         out.pack = self.pack
-        fits = out.w.shape[0] % 16 == 0 and self.packed is not None
-        out.packed = kernels.pack_columns(out.w.numpy()) if fits else None
+        out.packed = out._packed()
         return out
+
+    def _packed(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The weights packed for `kernels.gemm_bytes` where it takes them: a multiple of 4 inputs
+        and of 16 outputs, and sums within its int32 bound."""
+        n, k = self.w.shape
+        fits = k % 4 == 0 and n % 16 == 0 and 255 * 127 * k < 1 << 31
+        return kernels.pack_columns(self.w.numpy()) if self.pack and fits else None
 
 
 class Engine:
