@@ -205,6 +205,17 @@ def pack_columns(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(packed), corr
 
 
+GEMM_SERIAL = 1 << 16  # gemm_bytes converts fewer activations than this without a parallel region
+
+
+@numba.njit(inline="always")
+def _unsigned_rows(x: np.ndarray, i0: int, i1: int, xu: np.ndarray) -> None:  # pragma: no cover  (compiled)
+    """Rows i0..i1-1 of the int8 x as unsigned bytes a + 128 into xu (`gemm_bytes`'s activations)."""
+    for i in range(i0, i1):
+        for j in range(x.shape[1]):
+            xu[i, j] = np.uint8(np.int32(x[i, j]) + 128)
+
+
 @numba.njit(parallel=True, cache=True, nogil=True)
 def gemm_bytes(x: np.ndarray, wp: np.ndarray, corr: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover
     """out = x @ w.T in int32 for int8 rows x [M, k] and weights w [n, k] packed by `pack_columns`
@@ -221,13 +232,15 @@ def gemm_bytes(x: np.ndarray, wp: np.ndarray, corr: np.ndarray, out: np.ndarray)
     blocks = -(-n // GEMM_COLUMNS)
     rows = -(-M // GEMM_ROWS) * GEMM_ROWS
     xu = np.zeros((rows, k), np.uint8)  # padding rows are computed and dropped
-    for i in numba.prange(M):
-        for j in range(k):
-            xu[i, j] = np.uint8(np.int32(x[i, j]) + 128)
+    if M * k < GEMM_SERIAL:  # a few rows (a decode step of a few chunks): one parallel region fewer
+        _unsigned_rows(x, 0, M, xu)
+    else:
+        for i in numba.prange(M):
+            _unsigned_rows(x, i, i + 1, xu)
     xw = xu.view(np.int32)  # a row's 4 activations per int32, as simd.splat takes them
     cb = corr.view(np.uint8)
-    per_tile = GEMM_TILE // GEMM_ROWS
     row_blocks = rows // GEMM_ROWS
+    per_tile = min(GEMM_TILE // GEMM_ROWS, row_blocks)
     tiles = -(-row_blocks // per_tile)
     for job in numba.prange(tiles * blocks * per_tile):
         tile, rest = job // (blocks * per_tile), job % (blocks * per_tile)
