@@ -95,9 +95,9 @@ class _Prepared:
 
     def _packed(self) -> tuple[np.ndarray, np.ndarray] | None:
         """The weights packed for `kernels.gemm_bytes` where it takes them: a multiple of 4 inputs
-        and of 16 outputs, and sums within its int32 bound."""
+        and of 16 outputs, and products within its int32 bound."""
         n, k = self.w.shape
-        fits = k % 4 == 0 and n % 16 == 0 and 255 * 127 * k < 1 << 31
+        fits = k % 4 == 0 and n % 16 == 0 and 128 * 127 * k < 1 << 31
         return kernels.pack_columns(self.w.numpy()) if self.pack and fits else None
 
 

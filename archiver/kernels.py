@@ -221,8 +221,9 @@ def gemm_bytes(x: np.ndarray, wp: np.ndarray, corr: np.ndarray, out: np.ndarray)
     """out = x @ w.T in int32 for int8 rows x [M, k] and weights w [n, k] packed by `pack_columns`
     (wp, corr): `_int_mm`'s integers by byte dot products (`simd.dot4`). Each activation is taken
     as the unsigned byte a + 128 and each sum starts at the column's -128 * sum(w), so the sum is
-    exactly sum a w (every partial sum below 255 * 127 * k < 2**31 for k < 66,000, the bound the
-    engine asserts). A block of 4 rows times 64 columns keeps 16 accumulators; the rows run in
+    sum a w: partial sums may wrap at 32 bits (both forms of `simd.dot4` wrap alike), the result
+    is exact wherever |sum a w| <= 128 * 127 * k fits an int32 (k below 132,000; the engine packs
+    only such matrices). A block of 4 rows times 64 columns keeps 16 accumulators; the rows run in
     tiles of GEMM_TILE, whose activations stay in cache while every column block reads them.
     oneDNN's `_int_mm` ran the model's products (k = 256 or 704, a few hundred to a few thousand
     columns) at half this CPU's peak, and at a third of it for the 64 rows of a decode step."""
