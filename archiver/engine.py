@@ -174,15 +174,14 @@ class Engine:
         float GEMM."""
         if self.backend != "int":
             return gemm(q, m.wt, self.backend)
+        if m.packed is None and q.shape[0] > GEMV_ROWS:
+            return torch._int_mm(q, m.wt)
+        acc = torch.empty((q.shape[0], m.w.shape[0]), dtype=torch.int32)
         if m.packed is not None:
-            acc = torch.empty((q.shape[0], m.w.shape[0]), dtype=torch.int32)
             kernels.gemm_bytes(q.contiguous().numpy(), *m.packed, acc.numpy())
-            return acc
-        if q.shape[0] <= GEMV_ROWS:
-            acc = torch.empty((q.shape[0], m.w.shape[0]), dtype=torch.int32)
+        else:
             kernels.gemv(q.numpy(), m.w.numpy(), acc.numpy())
-            return acc
-        return torch._int_mm(q, m.wt)
+        return acc
 
     def _linear(self, x: torch.Tensor, m: _Prepared, into: torch.Tensor | None = None) -> torch.Tensor | None:
         """The linear layer m of rows x (its input quantized per row), added into into when given."""

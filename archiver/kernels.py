@@ -150,13 +150,16 @@ def _value_sums(w: np.ndarray, vt: np.ndarray, n: int, low: np.int64, den: np.nd
                 out: np.ndarray) -> None:  # pragma: no cover  (compiled)
     """`attend`'s weighted sums of the weights w [g, n] and the values vt [hd, >= n] in 64-bit
     lanes (int32 values: their sums need them), each rounded into out [g, hd]."""
+    inv = np.empty(w.shape[0])
+    for r in range(w.shape[0]):
+        inv[r] = _inverse(den[r])
     for d in range(vt.shape[0]):
         vd = vt[d]
         for r in range(w.shape[0]):
             t = np.int64(0)
             for j in range(n):
                 t += w[r, j] * np.int64(vd[j])
-            out[r, d] = _rounded_quotient(t << low, den[r], _inverse(den[r]))
+            out[r, d] = _rounded_quotient(t << low, den[r], inv[r])
 
 
 @numba.njit(inline="always")
@@ -249,23 +252,14 @@ def gemm_bytes(x: np.ndarray, wp: np.ndarray, corr: np.ndarray, out: np.ndarray)
         if rb >= row_blocks:
             continue
         r0 = rb * GEMM_ROWS
-        start = (simd.load(cb, c * 256), simd.load(cb, c * 256 + 64), simd.load(cb, c * 256 + 128),
-                 simd.load(cb, c * 256 + 192))
-        a0 = a1 = a2 = a3 = start
-        base = c * kq * 256
-        for q in range(kq):
-            off = base + q * 256
-            v = (simd.load(wp, off), simd.load(wp, off + 64), simd.load(wp, off + 128), simd.load(wp, off + 192))
-            a0 = _dot4_columns(a0, simd.splat(xw[r0, q]), v)
-            a1 = _dot4_columns(a1, simd.splat(xw[r0 + 1, q]), v)
-            a2 = _dot4_columns(a2, simd.splat(xw[r0 + 2, q]), v)
-            a3 = _dot4_columns(a3, simd.splat(xw[r0 + 3, q]), v)
-        for r, sums in enumerate((a0, a1, a2, a3)):
+        sums = _block_sums(wp, c * kq * 256, 256, kq, (xw[r0], xw[r0 + 1], xw[r0 + 2], xw[r0 + 3]),
+                           _four_vectors(cb, c * 256))
+        for r in range(GEMM_ROWS):
             if r0 + r < M:
                 for v in range(4):
                     col = c * GEMM_COLUMNS + 16 * v
                     if col < n:
-                        simd.store(out[r0 + r], col, sums[v])
+                        simd.store(out[r0 + r], col, sums[r][v])
 
 
 GEMV_COLUMNS = 16  # output columns per parallel job of gemv
@@ -622,29 +616,46 @@ def _byte_sums(vbh: np.ndarray, dig: np.ndarray, i: int, groups: int, wv: int,
     """The value sums of digit planes i..i+3 of dig [planes, room] (unsigned bytes: base-128 digits
     of a query row's weights, 0 from the first unused position up to groups * VALUE_GROUP) in one
     pass over the values: acc [planes * wv] (int32) receives at p * wv + c the sum_j dig[p, j] v_jc
-    of column c. Sixteen accumulators (four planes of four column vectors) share each value load."""
-    p0, p1, p2, p3 = dig[i].view(np.int32), dig[i + 1].view(np.int32), dig[i + 2].view(np.int32), \
+    of column c. Sixteen accumulators (four planes of four column vectors) share each value load
+    (`_block_sums`)."""
+    rows = dig[i].view(np.int32), dig[i + 1].view(np.int32), dig[i + 2].view(np.int32), \
         dig[i + 3].view(np.int32)  # four positions' digits per int32
+    z = simd.splat(0)
     for span in range(wv // VALUE_SPAN):
-        z = simd.splat(0)
-        a0 = a1 = a2 = a3 = (z, z, z, z)
-        for j in range(groups):
-            off = j * wv * VALUE_GROUP + span * VALUE_SPAN * VALUE_GROUP
-            v = (simd.load(vbh, off), simd.load(vbh, off + 64), simd.load(vbh, off + 128), simd.load(vbh, off + 192))
-            a0 = _dot4_columns(a0, simd.splat(p0[j]), v)
-            a1 = _dot4_columns(a1, simd.splat(p1[j]), v)
-            a2 = _dot4_columns(a2, simd.splat(p2[j]), v)
-            a3 = _dot4_columns(a3, simd.splat(p3[j]), v)
+        sums = _block_sums(vbh, span * VALUE_SPAN * VALUE_GROUP, wv * VALUE_GROUP, groups, rows, (z, z, z, z))
         col = i * wv + span * VALUE_SPAN
-        for k, sums in enumerate((a0, a1, a2, a3)):
+        for k in range(4):
             for c in range(4):
-                simd.store(acc, col + k * wv + 16 * c, sums[c])
+                simd.store(acc, col + k * wv + 16 * c, sums[k][c])
+
+
+@numba.njit(inline="always")
+def _four_vectors(src: np.ndarray, off: int) -> tuple:  # pragma: no cover  (compiled)
+    """The 256 bytes of src from flat element off on as four simd.Vec (64 columns of 4 bytes)."""
+    return simd.load(src, off), simd.load(src, off + 64), simd.load(src, off + 128), simd.load(src, off + 192)
+
+
+@numba.njit(inline="always")
+def _block_sums(src: np.ndarray, first: int, stride: int, steps: int, rows: tuple,
+                start: tuple) -> tuple:  # pragma: no cover  (compiled)
+    """A block of 4 rows times 64 columns of byte dot products, the inner loop of `gemm_bytes` and
+    `_byte_sums`: from start (four Vec, taken by every row), for s < steps the four vectors of src
+    at first + s * stride (`_four_vectors`) times each row's four bytes rows[r][s] (an int32).
+    Sixteen accumulators share each load; returns the four rows' four Vec."""
+    a0 = a1 = a2 = a3 = start
+    for s in range(steps):
+        v = _four_vectors(src, first + s * stride)
+        a0 = _dot4_columns(a0, simd.splat(rows[0][s]), v)
+        a1 = _dot4_columns(a1, simd.splat(rows[1][s]), v)
+        a2 = _dot4_columns(a2, simd.splat(rows[2][s]), v)
+        a3 = _dot4_columns(a3, simd.splat(rows[3][s]), v)
+    return a0, a1, a2, a3
 
 
 @numba.njit(inline="always")
 def _dot4_columns(a: tuple, w: simd.Vec, v: tuple) -> tuple:  # pragma: no cover  (compiled)
-    """One digit plane's four accumulators a (of 16 value columns each) plus its digits w times
-    the four vectors of value bytes v."""
+    """One row's four accumulators a (of 16 columns each) plus its four bytes w times the four
+    vectors of bytes v."""
     return simd.dot4(a[0], w, v[0]), simd.dot4(a[1], w, v[1]), simd.dot4(a[2], w, v[2]), simd.dot4(a[3], w, v[3])
 
 
