@@ -77,6 +77,7 @@ class _Prepared:
         self.w = m.q.to(device=device, dtype=dtype).contiguous()
         self.wt = self.w.t()
         self.mult = m.mult.to(device)
+        self.mults = self.mult.numpy() if self.mult.is_cpu else None  # the kernels' view of mult
         self.shift = m.shift
         self.pack = pack and backend == "int"
         self.packed = self._packed()
@@ -88,6 +89,7 @@ class _Prepared:
         out.w = self.w[idx].contiguous()
         out.wt = out.w.t()
         out.mult = self.mult[idx].contiguous()
+        out.mults = out.mult.numpy() if out.mult.is_cpu else None
         out.shift = self.shift
         out.pack = self.pack
         out.packed = out._packed()
@@ -132,6 +134,9 @@ class Engine:
         self.head = prep(model.head)
         self.t = {k: v.to(self.device) for k, v in model.tables.items()}
         self.att_exp = self.t["att_exp"].contiguous()
+        self.tables = {k: v.contiguous().numpy() for k, v in self.t.items()} if self.kernel else {}
+        self._buffers: dict[str, np.ndarray] = {}  # see _buffer
+        self._views: dict[tuple, np.ndarray] = {}
         self.att_exp64 = self.att_exp.to(torch.float64)  # Q15 (or Q11) integers, exact as float64
         self.att_bits = int(self.att_exp.max()).bit_length()  # every table value is below 2**att_bits
         self._tris: dict[tuple[int, int], torch.Tensor] = {}
@@ -163,9 +168,9 @@ class Engine:
             into += y
             return None
         acc = self._gemm(q, m)
-        out = torch.empty(acc.shape, dtype=torch.int64) if into is None else into
-        kernels.rescale(acc.numpy(), m.mult.numpy(), row_mult.numpy().reshape(-1), base,
-                        _NO_SHIFTS if e is None else e.numpy().reshape(-1), into is not None, out.numpy())
+        out = np.empty(acc.shape, np.int64) if into is None else into  # fresh: the caller keeps the logits
+        kernels.rescale(acc, m.mults, row_mult.reshape(-1), base, _NO_SHIFTS if e is None else e.reshape(-1),
+                        into is not None, out)
         return None if into is not None else out
 
     def _gemm(self, q: torch.Tensor, m: _Prepared) -> torch.Tensor:
@@ -173,14 +178,14 @@ class Engine:
         packed for it, else `_int_mm`, or `kernels.gemv` for a few rows; or the backend's exact
         float GEMM."""
         if self.backend != "int":
-            return gemm(q, m.wt, self.backend)
+            return gemm(torch.from_numpy(q), m.wt, self.backend).numpy()
         if m.packed is None and q.shape[0] > GEMV_ROWS:
-            return torch._int_mm(q, m.wt)
-        acc = torch.empty((q.shape[0], m.w.shape[0]), dtype=torch.int32)
+            return torch._int_mm(torch.from_numpy(q), m.wt).numpy()
+        acc = self._buffer("acc", (q.shape[0], m.w.shape[0]), np.int32)
         if m.packed is not None:
-            kernels.gemm_bytes(q.contiguous().numpy(), *m.packed, acc.numpy())
+            kernels.gemm_bytes(q, *m.packed, acc)
         else:
-            kernels.gemv(q.numpy(), m.w.numpy(), acc.numpy())
+            kernels.gemv(q, m.w.numpy(), acc)
         return acc
 
     def _linear(self, x: torch.Tensor, m: _Prepared, into: torch.Tensor | None = None) -> torch.Tensor | None:
@@ -189,9 +194,9 @@ class Engine:
             q, rm, re = quantize_rows(x)
             return self._product(q, m, rm, m.shift + 7, re, into)
         n = x.shape[0]
-        q = torch.empty(x.shape, dtype=torch.int8)
-        rm, re = torch.empty(n, dtype=torch.int64), torch.empty(n, dtype=torch.int64)
-        kernels.quantize_rows(x.contiguous().numpy(), q.numpy(), rm.numpy(), re.numpy())
+        q = self._buffer("q", x.shape, np.int8)
+        rm, re = self._buffer("q.m", (n,), np.int64), self._buffer("q.e", (n,), np.int64)
+        kernels.quantize_rows(x, q, rm, re)
         return self._product(q, m, rm, m.shift + 7, re, into)
 
     def _normed_linear(self, x: torch.Tensor, m: _Prepared) -> torch.Tensor:
@@ -217,9 +222,9 @@ class Engine:
         """_normed_linear's input: rows x quantized to int8, and their inverse root mean squares."""
         scale = x.shape[-1] << (2 * NORM_FRAC)
         if self.kernel:
-            q = torch.empty(x.shape, dtype=torch.int8)
-            inv = torch.empty(x.shape[0], dtype=torch.int64)
-            kernels.norm_quantize(x.contiguous().numpy(), scale, q.numpy(), inv.numpy())
+            q = self._buffer("norm.q", x.shape, np.int8)
+            inv = self._buffer("norm.inv", (x.shape[0],), np.int64)
+            kernels.norm_quantize(x, scale, q, inv)
             return q, inv
         q, _, _ = quantize_rows(x)
         qf = q.to(torch.float64)
@@ -247,9 +252,9 @@ class Engine:
         if not self.kernel:
             return pow2_quantize(x, bits)
         rows = x.reshape(-1, *x.shape[-2:])  # a view for the query heads of qkv rows: no copy
-        q = torch.empty(x.shape, dtype=torch.int64)
-        e = torch.empty((*x.shape[:-1], 1), dtype=torch.int64)
-        kernels.pow2_quantize(rows.numpy(), bits, q.view(rows.shape).numpy(), e.view(rows.shape[:-1]).numpy())
+        q = np.empty(x.shape, np.int64)
+        e = np.empty((*x.shape[:-1], 1), np.int64)
+        kernels.pow2_quantize(rows, bits, q.reshape(rows.shape), e.reshape(rows.shape[:-1]))
         return q, e
 
     def _qkv(self, x: torch.Tensor, m: _Prepared, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -259,10 +264,9 @@ class Engine:
         n = x.shape[0]
         if self.kernel:  # the product's rescale and rotation in one pass (queries and keys are adjacent heads)
             acc, inv = self._normed_gemm(x, m)
-            y = torch.empty(acc.shape, dtype=torch.int64)
-            kernels.rescale_rope(acc.numpy(), m.mult.numpy(), inv.numpy(), self._norm_shift(m), H + KV, hd,
-                                 cos.reshape(n, -1).numpy(), sin.reshape(n, -1).numpy(), _ROPE_SHIFT, _ROPE_BIAS,
-                                 self.qk_limit, self.v_limit, y.numpy())
+            y = self._buffer("qkv", acc.shape, np.int64)
+            kernels.rescale_rope(acc, m.mults, inv, self._norm_shift(m), H + KV, hd, cos, sin, _ROPE_SHIFT,
+                                 _ROPE_BIAS, self.qk_limit, self.v_limit, y)
             return y
         y = self._normed_linear(x, m)
         k = slice(H * hd, (H + KV) * hd)
@@ -367,25 +371,25 @@ class Engine:
         shape = (B, T, self.kv_heads, H // self.kv_heads)
         if self.byte_cache:
             cache.reserve(p0 + T)
-            out = torch.empty((*shape, hd), dtype=torch.int64)
-            kernels.attend_bytes(y.contiguous().numpy(), H, self.q_bits, KEY8_BITS, p0, cache.k[li].numpy(),
-                                 cache.ks[li].numpy(), cache.v[li].numpy(), cache.vs[li].numpy(), self.att_exp.numpy(),
-                                 self.att_bits, out.numpy())
-            return out.view(B, T, H * hd)
+            out = self._buffer("att", (*shape, hd), np.int64)
+            kernels.attend_bytes(y, H, self.q_bits, KEY8_BITS, p0, cache.k[li], cache.ks[li], cache.v[li], cache.vs[li],
+                                 self.tables["att_exp"], self.att_bits, out)
+            return out.reshape(B, T, H * hd)
         cache.append(li, y[:, :, H:])
         q = y[:, :, :H]
         if self.int8_keys:
             q, eq = self._pow2_quantize(q, self.q_bits)
-            eq = eq.view(shape)
+            eq = eq.reshape(shape)
         else:
-            eq = torch.zeros(shape, dtype=torch.int64)
+            eq = np.zeros(shape, np.int64)
+        q = q.reshape(*shape, hd)
         if T >= GEMM_QUERIES:
-            return self._attend_gemm(q.view(*shape, hd), eq, cache, li, p0).view(B, T, H * hd)
-        out = torch.empty((*shape, hd), dtype=torch.int64)
+            return self._attend_gemm(torch.from_numpy(q), torch.from_numpy(eq), cache, li, p0).numpy().reshape(B, T, -1)
+        out = np.empty((*shape, hd), np.int64)
         dots = np.empty(0, np.int32 if self.int8_keys else np.int64)
-        kernels.attend(q.contiguous().view(*shape, hd).numpy(), eq.numpy(), cache.k[li].numpy(), cache.ks[li].numpy(),
-                       cache.v[li].numpy(), cache.vs[li].numpy(), p0, self.att_exp.numpy(), dots, out.numpy())
-        return out.view(B, T, H * hd)
+        kernels.attend(np.ascontiguousarray(q), eq, cache.k[li], cache.ks[li], cache.v[li], cache.vs[li], p0,
+                       self.tables["att_exp"], dots, out)
+        return out.reshape(B, T, H * hd)
 
     def _attend_gemm(self, q: torch.Tensor, eq: torch.Tensor, cache: _Cache, li: int, p0: int) -> torch.Tensor:
         """`kernels.attend`'s program for many queries q [B, T, KV, g, hd] (exponents eq [B, T, KV,
@@ -403,8 +407,8 @@ class Engine:
         n = p0 + T
         keys = cache.key_columns(li, n)  # [B, KV, hd, >= n]
         values = cache.value_rows(li, n)  # [B, KV, n, hd]
-        ek = cache.ks[li].numpy()
-        table = self.att_exp.numpy()
+        ek = cache.ks[li]
+        table = self.tables["att_exp"]
         out = torch.empty(q.shape, dtype=torch.int64)
         for a in range(0, T, QUERY_BLOCK):
             b = min(T, a + QUERY_BLOCK)
@@ -476,28 +480,30 @@ class Engine:
         B, T = tokens.shape
         p0 = cache.length
         pos = torch.arange(p0, p0 + T, device=self.device).repeat(B)  # of the rows (b, t)
-        cos = torch.index_select(self.t["rope_cos"], 0, pos)[:, None, :]
-        sin = torch.index_select(self.t["rope_sin"], 0, pos)[:, None, :]
+        cos = torch.index_select(self.t["rope_cos"], 0, pos)
+        sin = torch.index_select(self.t["rope_sin"], 0, pos)
         tok = tokens.reshape(-1)
         x = rshift_round(
             torch.index_select(self.embed_q, 0, tok).to(torch.int64)
             * torch.index_select(self.embed_mult, 0, tok)[:, None],
             self.embed_shift - F,
         )  # the residual stream [B * T, d], updated in place
+        if self.kernel:  # the kernel path's arrays are numpy's (see _buffer)
+            x, cos, sin = x.numpy(), cos.numpy(), sin.numpy()
+        else:
+            cos, sin = cos[:, None, :], sin[:, None, :]
         H, KV, hd = self.heads, self.kv_heads, self.head_dim
-        qkv = None
         for li, (qkv_m, o_m, gu_m, down_m) in enumerate(self.layers):
-            qkv = self._rowwise(lambda t, r, m=qkv_m: self._qkv(t, m, cos[r], sin[r]), x, qkv)
-            split = qkv.view(B, T, H + 2 * KV, hd)
-            att = self._attend(split, cache, li, p0).view(B * T, H * hd)
+            qkv = self._rowwise(lambda t, r, m=qkv_m: self._qkv(t, m, cos[r], sin[r]), x, "qkv.rows")
+            att = self._attend(qkv.reshape(B, T, H + 2 * KV, hd), cache, li, p0).reshape(B * T, H * hd)
             self._rowwise(lambda t, r, m=o_m: self._linear(t, m, into=x[r]), att)
             self._rowwise(lambda t, r, gm=gu_m, dm=down_m: self._mlp(t, gm, dm, into=x[r]), x)
         cache.length = p0 + T
         head = head or self.head
         if out is not None:
-            self._rowwise(lambda t, r: out(self._normed_linear(t, head), r), x)
+            self._rowwise(lambda t, r: out(torch.as_tensor(self._normed_linear(t, head)), r), x)
             return None
-        y = self._rowwise(lambda t, _: self._normed_linear(t, head), x)
+        y = torch.as_tensor(self._rowwise(lambda t, _: self._normed_linear(t, head), x))
         return y.view(B, T, y.shape[-1])
 
     def _mlp(self, x: torch.Tensor, gu_m: _Prepared, down_m: _Prepared, into: torch.Tensor) -> None:
@@ -509,19 +515,20 @@ class Engine:
             return
         acc, inv = self._normed_gemm(x, gu_m)
         n = x.shape[0]
-        h = torch.empty((n, self.inter), dtype=torch.int8)
-        rm, re = torch.empty(n, dtype=torch.int64), torch.empty(n, dtype=torch.int64)
-        kernels.gated_quantize(acc.numpy(), gu_m.mult.numpy(), inv.numpy(), self._norm_shift(gu_m),
-                               self.t["sigmoid"].numpy(), F - 8, F, h.numpy(), rm.numpy(), re.numpy())
+        h = self._buffer("mlp.h", (n, self.inter), np.int8)
+        rm, re = self._buffer("mlp.m", (n,), np.int64), self._buffer("mlp.e", (n,), np.int64)
+        kernels.gated_quantize(acc, gu_m.mults, inv, self._norm_shift(gu_m), self.tables["sigmoid"], F - 8, F, h, rm,
+                               re)
         self._product(h, down_m, rm, down_m.shift + 7, re, into)
 
-    def _rowwise(self, fn, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor | None:
+    def _rowwise(self, fn, x: torch.Tensor | np.ndarray, tag: str | None = None) -> torch.Tensor | np.ndarray | None:
         """fn(tile, rows) applied to the rows of x [N, k] in tiles of ROW_TILE rows (rows is the
         tile's slice), so every intermediate stays in cache; fn must treat each row on its own (all of
-        ours do). The results go into the rows of out (allocated when None, or when its shape does not
-        fit); a fn that stores its rows itself (the residual adds, see _product's into) returns None.
-        Returns out."""
+        ours do). The results go into the rows of one array (on the kernel path tag's `_buffer`,
+        a fresh one without tag); a fn that stores its rows itself (the residual adds, see
+        _product's into) returns None. Returns the results."""
         n = x.shape[0]
+        out = None
         for r0 in range(0, n, ROW_TILE):
             rows = slice(r0, min(n, r0 + ROW_TILE))
             y = fn(x[rows], rows)
@@ -529,17 +536,38 @@ class Engine:
                 continue
             if n <= ROW_TILE:
                 return y
-            if out is None or out.shape != (n, y.shape[-1]):
-                out = torch.empty((n, y.shape[-1]), dtype=y.dtype, device=y.device)
+            if out is None:
+                shape = (n, y.shape[-1])
+                if isinstance(y, torch.Tensor):
+                    out = torch.empty(shape, dtype=y.dtype, device=y.device)
+                else:
+                    out = self._buffer(tag, shape, y.dtype) if tag else np.empty(shape, y.dtype)
             out[rows] = y
         return out
+
+    def _buffer(self, tag: str, shape: tuple[int, ...], dtype: type | np.dtype) -> np.ndarray:
+        """The kernel path's array for one role in the forward pass (tag), the same memory from call
+        to call: allocating tensors and taking their numpy views had cost a decode step at batch 64
+        a tenth of its time. Each role's array is read before its role comes round again, so
+        they never overlap; arrays returned to a caller (logits, frequencies) are fresh. 64-byte
+        aligned, like torch's (kernels over numpy's 16-byte-aligned arrays ran 6-20% slower)."""
+        key = (tag, shape, dtype)
+        view = self._views.get(key)
+        if view is None:
+            size = math.prod(shape) * np.dtype(dtype).itemsize
+            buf = self._buffers.get(tag)
+            if buf is None or buf.size < size:
+                buf = self._buffers[tag] = torch.empty(size, dtype=torch.uint8).numpy()
+                self._views.clear()  # none may hold a buffer that is no longer the tag's
+            view = self._views[key] = buf[:size].view(dtype).reshape(shape)
+        return view
 
     def frequencies(self, z: torch.Tensor) -> torch.Tensor:
         """Q16 logits z [..., A] -> int64 frequencies over those A symbols, each >= 1, summing to 2**24."""
         if self.kernel:
             rows = z.contiguous().view(-1, z.shape[-1])
             out = torch.empty(rows.shape, dtype=torch.int64)
-            kernels.frequencies(rows.numpy(), self.t["freq_exp"].numpy(), F - ATT_FRAC, TOTAL, out.numpy())
+            kernels.frequencies(rows.numpy(), self.tables["freq_exp"], F - ATT_FRAC, TOTAL, out.numpy())
             return out.view(z.shape)
         fexp = self.t["freq_exp"]
         idx = ((z.amax(-1, keepdim=True) - z) >> (F - ATT_FRAC)).clamp_(0, fexp.numel() - 1)
@@ -644,10 +672,10 @@ class _Cache:
         self.device = engine.device
         self.int8_keys = engine.int8_keys
         n = len(engine.layers)
-        self.k: list[torch.Tensor] = [torch.zeros(0)] * n
-        self.ks: list[torch.Tensor] = [torch.zeros(0)] * n
-        self.v: list[torch.Tensor] = [torch.zeros(0)] * n
-        self.vs: list[torch.Tensor] = [torch.zeros(0)] * n
+        self.k: list[torch.Tensor | np.ndarray] = [torch.zeros(0)] * n
+        self.ks: list[torch.Tensor | np.ndarray] = [torch.zeros(0)] * n
+        self.v: list[torch.Tensor | np.ndarray] = [torch.zeros(0)] * n
+        self.vs: list[torch.Tensor | np.ndarray] = [torch.zeros(0)] * n
         self.vt: list[torch.Tensor] = [torch.zeros(0)] * n
         self.length = 0
         self.room = 0
@@ -684,8 +712,8 @@ class _Cache:
             for li, old in enumerate(store):
                 new = torch.empty(shape, dtype=dtype, device=self.device)
                 if self.length:
-                    new.narrow(axis, 0, old.shape[axis]).copy_(old)
-                store[li] = new
+                    new.narrow(axis, 0, old.shape[axis]).copy_(torch.as_tensor(old))
+                store[li] = new.numpy() if self.engine.kernel else new  # the kernels' arrays are numpy's
         self.room = room
 
     def reserve(self, b: int) -> None:
@@ -701,8 +729,7 @@ class _Cache:
         a, b = self.length, self.length + kv.shape[1]
         self.reserve(b)
         if self.engine.kernel:
-            kernels.append_kv(kv.numpy(), a, KEY8_BITS, self.int8_keys, self.k[li].numpy(),
-                              self.ks[li].numpy(), self.v[li].numpy(), self.vs[li].numpy())
+            kernels.append_kv(kv, a, KEY8_BITS, self.int8_keys, self.k[li], self.ks[li], self.v[li], self.vs[li])
             return
         KV = kv.shape[2] // 2
         k, v = kv[:, :, :KV], kv[:, :, KV:]
@@ -725,13 +752,13 @@ class _Cache:
         hd], the layout a GEMM reads fastest (`_int_mm` took 20% longer on the transposed view): one
         copy per layer and forward, converted in the same pass, small next to the products that
         read it."""
-        v = self.v[li][..., :n].transpose(-1, -2)
+        v = torch.from_numpy(self.v[li][..., :n]).transpose(-1, -2)
         return torch.empty(v.shape, dtype=torch.float64, device=v.device).copy_(v)
 
     def key_columns(self, li: int, n: int) -> torch.Tensor:
         """The kernel path's keys as columns [B, KV, hd, >= n]: the int8 keys as they are, the
         float64 program's converted to float64."""
-        k = self.k[li]
+        k = torch.from_numpy(self.k[li])
         return k if self.int8_keys else k[..., :n].to(torch.float64)
 
     def keys(self, li: int, b0: int, b1: int, S: int) -> torch.Tensor:
