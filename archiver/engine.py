@@ -134,7 +134,9 @@ class Engine:
         self.head = prep(model.head)
         self.t = {k: v.to(self.device) for k, v in model.tables.items()}
         self.att_exp = self.t["att_exp"].contiguous()
-        self.tables = {k: v.contiguous().numpy() for k, v in self.t.items()} if self.kernel else {}
+        # the kernel path's numpy views of the tables (and of the embedding's multipliers)
+        self.tables = {k: v.contiguous().numpy() for k, v in {**self.t, "embed_mult": self.embed_mult}.items()
+                       } if self.kernel else {}
         self._buffers: dict[str, np.ndarray] = {}  # see _buffer
         self._views: dict[tuple, np.ndarray] = {}
         self.att_exp64 = self.att_exp.to(torch.float64)  # Q15 (or Q11) integers, exact as float64
@@ -257,23 +259,25 @@ class Engine:
         kernels.pow2_quantize(rows, bits, q.reshape(rows.shape), e.reshape(rows.shape[:-1]))
         return q, e
 
-    def _qkv(self, x: torch.Tensor, m: _Prepared, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        """Rows x [N, d] -> [N, (H + 2 KV) hd]: Q10 rotated queries and keys, then values clamped to
-        +-v_limit (the bounds that keep the float64 attention exact)."""
+    def _qkv(self, x: torch.Tensor | np.ndarray, m: _Prepared, cos: torch.Tensor | np.ndarray,
+             sin: torch.Tensor | np.ndarray, out: torch.Tensor | np.ndarray) -> None:
+        """Rows x [N, d] -> out [N, (H + 2 KV) hd]: Q10 rotated queries and keys, then values clamped
+        to +-v_limit (the bounds that keep the float64 attention exact). Written in place, into the
+        rows of the layer's whole array: a copy of each tile's rows had cost scoring a tenth of
+        its time."""
         H, KV, hd = self.heads, self.kv_heads, self.head_dim
         n = x.shape[0]
         if self.kernel:  # the product's rescale and rotation in one pass (queries and keys are adjacent heads)
             acc, inv = self._normed_gemm(x, m)
-            y = self._buffer("qkv", acc.shape, np.int64)
             kernels.rescale_rope(acc, m.mults, inv, self._norm_shift(m), H + KV, hd, cos, sin, _ROPE_SHIFT,
-                                 _ROPE_BIAS, self.qk_limit, self.v_limit, y)
-            return y
+                                 _ROPE_BIAS, self.qk_limit, self.v_limit, out)
+            return
         y = self._normed_linear(x, m)
         k = slice(H * hd, (H + KV) * hd)
         y[:, : H * hd] = self._rope_q10(y[:, : H * hd].view(n, H, hd), cos, sin).view(n, H * hd)
         y[:, k] = self._rope_q10(y[:, k].view(n, KV, hd), cos, sin).view(n, KV * hd)
         y[:, (H + KV) * hd :].clamp_(-self.v_limit, self.v_limit)
-        return y
+        out.copy_(y)
 
     def _attend(self, y: torch.Tensor, cache: _Cache, li: int, p0: int) -> torch.Tensor:
         """Appends the keys and values of y [B, T, H + 2 KV, hd] (a layer's `_qkv` rows, at
@@ -479,22 +483,26 @@ class Engine:
         in memory next to their tables."""
         B, T = tokens.shape
         p0 = cache.length
-        pos = torch.arange(p0, p0 + T, device=self.device).repeat(B)  # of the rows (b, t)
-        cos = torch.index_select(self.t["rope_cos"], 0, pos)
-        sin = torch.index_select(self.t["rope_sin"], 0, pos)
         tok = tokens.reshape(-1)
-        x = rshift_round(
-            torch.index_select(self.embed_q, 0, tok).to(torch.int64)
-            * torch.index_select(self.embed_mult, 0, tok)[:, None],
-            self.embed_shift - F,
-        )  # the residual stream [B * T, d], updated in place
         if self.kernel:  # the kernel path's arrays are numpy's (see _buffer)
-            x, cos, sin = x.numpy(), cos.numpy(), sin.numpy()
+            pos = np.tile(np.arange(p0, p0 + T), B)  # of the rows (b, t)
+            cos, sin = self.tables["rope_cos"][pos], self.tables["rope_sin"][pos]
+            x = self._buffer("x", (B * T, self.d), np.int64)  # the residual stream, updated in place
+            kernels.embed(tok.numpy(), self.embed_q.numpy(), self.tables["embed_mult"], self.embed_shift - F, x)
         else:
-            cos, sin = cos[:, None, :], sin[:, None, :]
+            pos = torch.arange(p0, p0 + T, device=self.device).repeat(B)
+            cos = torch.index_select(self.t["rope_cos"], 0, pos)[:, None, :]
+            sin = torch.index_select(self.t["rope_sin"], 0, pos)[:, None, :]
+            x = rshift_round(
+                torch.index_select(self.embed_q, 0, tok).to(torch.int64)
+                * torch.index_select(self.embed_mult, 0, tok)[:, None],
+                self.embed_shift - F,
+            )  # the residual stream [B * T, d], updated in place
         H, KV, hd = self.heads, self.kv_heads, self.head_dim
+        shape = (B * T, (H + 2 * KV) * hd)
+        qkv = self._buffer("qkv", shape, np.int64) if self.kernel else x.new_empty(shape)
         for li, (qkv_m, o_m, gu_m, down_m) in enumerate(self.layers):
-            qkv = self._rowwise(lambda t, r, m=qkv_m: self._qkv(t, m, cos[r], sin[r]), x, "qkv.rows")
+            self._rowwise(lambda t, r, m=qkv_m: self._qkv(t, m, cos[r], sin[r], qkv[r]), x)
             att = self._attend(qkv.reshape(B, T, H + 2 * KV, hd), cache, li, p0).reshape(B * T, H * hd)
             self._rowwise(lambda t, r, m=o_m: self._linear(t, m, into=x[r]), att)
             self._rowwise(lambda t, r, gm=gu_m, dm=down_m: self._mlp(t, gm, dm, into=x[r]), x)
@@ -521,12 +529,12 @@ class Engine:
                                re)
         self._product(h, down_m, rm, down_m.shift + 7, re, into)
 
-    def _rowwise(self, fn, x: torch.Tensor | np.ndarray, tag: str | None = None) -> torch.Tensor | np.ndarray | None:
+    def _rowwise(self, fn, x: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray | None:
         """fn(tile, rows) applied to the rows of x [N, k] in tiles of ROW_TILE rows (rows is the
         tile's slice), so every intermediate stays in cache; fn must treat each row on its own (all of
-        ours do). The results go into the rows of one array (on the kernel path tag's `_buffer`,
-        a fresh one without tag); a fn that stores its rows itself (the residual adds, see
-        _product's into) returns None. Returns the results."""
+        ours do). The results go into the rows of one fresh array (the logits, kept by the
+        caller); a fn that stores its rows itself (`_qkv`, the residual adds of _product's into)
+        returns None. Returns the results."""
         n = x.shape[0]
         out = None
         for r0 in range(0, n, ROW_TILE):
@@ -538,10 +546,7 @@ class Engine:
                 return y
             if out is None:
                 shape = (n, y.shape[-1])
-                if isinstance(y, torch.Tensor):
-                    out = torch.empty(shape, dtype=y.dtype, device=y.device)
-                else:
-                    out = self._buffer(tag, shape, y.dtype) if tag else np.empty(shape, y.dtype)
+                out = y.new_empty(shape) if isinstance(y, torch.Tensor) else np.empty(shape, y.dtype)
             out[rows] = y
         return out
 

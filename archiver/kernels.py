@@ -5,7 +5,7 @@ Each kernel computes exactly the integers of a torch implementation that every d
 `rescale_` in `archiver.fixedpoint` (rescale optionally adding into the residual stream),
 `norm_quantize` the RMSNorm of `Engine._normed_linear`, `gated_quantize` the steps of `Engine._mlp`
 between its products (a rescale, `Engine._silu_mul` and a quantize_rows),
-`frequencies` those of `Engine.frequencies`, `pow2_quantize` those of `pow2_quantize` in
+`frequencies` those of `Engine.frequencies`, `embed` the embedding lookup of `Engine._forward`, `pow2_quantize` those of `pow2_quantize` in
 `archiver.fixedpoint`, `append_kv` the cache writes of `_Cache.append`, `rescale_rope` those of
 `Engine._qkv` after its product (a rescale, `Engine._rope_q10` and the value clamp), `gemm_bytes`
 those of `_int_mm` by byte dot products over weights laid out by `pack_columns`, and `gemv` those
@@ -364,6 +364,26 @@ def gated_quantize(acc: np.ndarray, mult: np.ndarray, row_mult: np.ndarray, base
             _rescale_row(acc[i], mult, row_mult[i], base, False, gu)
             _silu_row(gu, inter, sig, step_shift, frac, idx, h)
             m[i], e[i] = _quantize_row(h, q[i])
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def embed(tokens: np.ndarray, q: np.ndarray, mult: np.ndarray, shift: int,
+          out: np.ndarray) -> None:  # pragma: no cover  (compiled)
+    """The embedding lookup of `Engine._forward`: out[i] = rshift_round(q[t] * mult[t], shift) for
+    the token t = tokens[i], q [V, d] int8 rows, mult [V]. In one pass where torch took five (and
+    5% of a scoring's time)."""
+    for i in numba.prange(tokens.size):
+        t = tokens[i]
+        m = mult[t]
+        row = q[t]
+        o = out[i]
+        if shift > 0:
+            half = np.int64(1) << (shift - 1)
+            for j in range(row.size):
+                o[j] = (np.int64(row[j]) * m + half) >> shift
+        else:
+            for j in range(row.size):
+                o[j] = (np.int64(row[j]) * m) << -shift
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)

@@ -255,6 +255,23 @@ def test_rope_kernel_equals_torch_path(model):
     assert (want[:, H + KV :].abs() == kernel.v_limit).any() and (want[:, H + KV :].abs() < kernel.v_limit).any()
 
 
+def test_embedding_kernel_equals_rshift_round():
+    """kernels.embed's lookup is rshift_round(q[t] * mult[t], shift): rounding right shifts (half
+    up, negative products too) and left shifts, with extreme bytes and multipliers up to 2**40."""
+    from archiver.fixedpoint import rshift_round
+
+    gen = torch.Generator().manual_seed(3)
+    q = torch.randint(-128, 128, (50, 24), generator=gen, dtype=torch.int8)
+    q[0], q[1] = -128, 127
+    mult = torch.randint(1, 1 << 40, (50,), generator=gen)
+    tokens = torch.randint(0, 50, (300,), generator=gen)
+    for shift in (-3, 0, 1, 9, 40):
+        want = rshift_round(q[tokens].to(torch.int64) * mult[tokens, None], shift)
+        out = np.empty(want.shape, np.int64)
+        kernels.embed(tokens.numpy(), q.numpy(), mult.numpy(), shift, out)
+        assert np.array_equal(out, want.numpy()), shift
+
+
 def test_frequency_kernel_equals_torch_path(model):
     """Logits spread across the exp table and past its end, ties at the top (the first top symbol
     takes the remainder), a byte model's row and a 49152-wide row like SmolLM2's."""
