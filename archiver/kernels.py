@@ -5,11 +5,12 @@ Each kernel computes exactly the integers of a torch implementation that every d
 `rescale_` in `archiver.fixedpoint` (rescale optionally adding into the residual stream),
 `norm_quantize` the RMSNorm of `Engine._normed_linear`, `gated_quantize` the steps of `Engine._mlp`
 between its products (a rescale, `Engine._silu_mul` and a quantize_rows),
-`frequencies` those of `Engine.frequencies`, `embed` the embedding lookup of `Engine._forward`, `pow2_quantize` those of `pow2_quantize` in
-`archiver.fixedpoint`, `append_kv` the cache writes of `_Cache.append`, `rescale_rope` those of
-`Engine._qkv` after its product (a rescale, `Engine._rope_q10` and the value clamp), `gemm_bytes`
-those of `_int_mm` by byte dot products over weights laid out by `pack_columns`, and `gemv` those
-of `_int_mm` for a few rows of a matrix gemm_bytes cannot take (decoding a few chunks).
+`frequencies` those of `Engine.frequencies`, `embed` the embedding lookup of `Engine._forward`,
+`pow2_quantize` those of `pow2_quantize` in `archiver.fixedpoint`, `append_kv` the cache writes
+of `_Cache.append`, `rescale_rope` those of `Engine._qkv` after its product (a rescale,
+`Engine._rope_q10` and the value clamp), `gemm_bytes` those of `_int_mm` by byte dot products
+over weights laid out by `pack_columns`, and `gemv` those of `_int_mm` for a few rows of a matrix
+gemm_bytes cannot take (decoding a few chunks).
 `softmax_table` is `attend`'s table step alone, for the engine's GEMM form of attention on long
 chunks (`Engine._attend_gemm`), where GEMMs compute the exact products, and `rounded_quotients` is
 `attend`'s last step for that form. `attend_bytes` is `attend` for a model with int8 keys and
