@@ -9,7 +9,9 @@ chunk's frequencies do not depend on its batch, the thread count, the CPU's vect
 The program runs either as torch operations (any device; exact float64 tensors in attention) or,
 on a CPU, through the compiled integer kernels of `archiver.kernels` (attention over a compact
 integer cache, and the row-wise steps around the GEMMs): same program, same bits, a fraction of
-the memory passes.
+the memory passes. The kernel path's arrays are numpy's, most of them the same memory from step to
+step (`Engine._buffer`): a decode step of a batch of 64 takes under 3 ms, and torch's allocations
+and views had been a tenth of it.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ SCORE_ROWS = 2048  # tokens per parallel forward: bounds the activations, batchi
 ROOM_STEP = 64  # the kernel path's cache rows grow by this many positions (see _Cache)
 GEMV_ROWS = 6  # up to this many rows (decoding a few chunks) kernels.gemv beats _int_mm: weights stream once
 _NO_SHIFTS = np.empty(0, np.int64)  # kernels.rescale's e when every row shifts by the same amount
+Rows = torch.Tensor | np.ndarray  # a forward's arrays: torch tensors on the torch path, numpy arrays on the kernel path
 
 
 def default_backend(device: torch.device) -> str:
@@ -157,7 +160,7 @@ class Engine:
         assert self.q_bits <= 14, "a query's high half (q >> 7, see _int8_scores) must fit an int8"
 
     # ---- exact building blocks -------------------------------------------------------------
-    def _product(self, q: torch.Tensor, m: _Prepared, row_mult: torch.Tensor, base: int,
+    def _product(self, q: Rows, m: _Prepared, row_mult: Rows, base: int,
                  e: torch.Tensor | None = None, into: torch.Tensor | None = None) -> torch.Tensor | None:
         """rescale_(gemm(q, m), m.mult, row_mult, s) with the row shifts s = base - e (or base): on the
         kernel path the int32 products of _int_mm (or, for a few rows, of `kernels.gemv`) go straight
@@ -175,7 +178,7 @@ class Engine:
                         into is not None, out)
         return None if into is not None else out
 
-    def _gemm(self, q: torch.Tensor, m: _Prepared) -> torch.Tensor:
+    def _gemm(self, q: np.ndarray, m: _Prepared) -> np.ndarray:
         """The kernel path's products of int8 rows q with m (int32): `kernels.gemm_bytes` where m is
         packed for it, else `_int_mm`, or `kernels.gemv` for a few rows; or the backend's exact
         float GEMM."""
@@ -190,7 +193,7 @@ class Engine:
             kernels.gemv(q, m.w.numpy(), acc)
         return acc
 
-    def _linear(self, x: torch.Tensor, m: _Prepared, into: torch.Tensor | None = None) -> torch.Tensor | None:
+    def _linear(self, x: Rows, m: _Prepared, into: Rows | None = None) -> Rows | None:
         """The linear layer m of rows x (its input quantized per row), added into into when given."""
         if not self.kernel:
             q, rm, re = quantize_rows(x)
@@ -201,7 +204,7 @@ class Engine:
         kernels.quantize_rows(x, q, rm, re)
         return self._product(q, m, rm, m.shift + 7, re, into)
 
-    def _normed_linear(self, x: torch.Tensor, m: _Prepared) -> torch.Tensor:
+    def _normed_linear(self, x: Rows, m: _Prepared) -> Rows:
         """RMSNorm then linear; the norm's gain is folded into m, the norm itself is exact here.
 
         The sum of squares is taken in float64: every partial sum is an integer below 127**2 * 2**14
@@ -214,13 +217,13 @@ class Engine:
         """The rescale shift of a normed product: m's own, plus the Q15 of the inverse root."""
         return m.shift + NORM_FRAC - F
 
-    def _normed_gemm(self, x: torch.Tensor, m: _Prepared) -> tuple[torch.Tensor, torch.Tensor]:
+    def _normed_gemm(self, x: np.ndarray, m: _Prepared) -> tuple[np.ndarray, np.ndarray]:
         """The kernel path's normed product before its rescale: the products of the normed rows x
         with m, and the rows' inverse roots (for a kernel that rescales and goes on in one pass)."""
         q, inv = self._norm_quantize(x)
         return self._gemm(q, m), inv.reshape(-1)
 
-    def _norm_quantize(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _norm_quantize(self, x: Rows) -> tuple[Rows, Rows]:
         """_normed_linear's input: rows x quantized to int8, and their inverse root mean squares."""
         scale = x.shape[-1] << (2 * NORM_FRAC)
         if self.kernel:
@@ -249,7 +252,7 @@ class Engine:
         y.add_(_ROPE_BIAS).bitwise_right_shift_(_ROPE_SHIFT)
         return y.clamp_(-self.qk_limit, self.qk_limit)
 
-    def _pow2_quantize(self, x: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _pow2_quantize(self, x: Rows, bits: int) -> tuple[Rows, Rows]:
         """fixedpoint.pow2_quantize over the last axis, by the compiled kernel on the kernel path."""
         if not self.kernel:
             return pow2_quantize(x, bits)
@@ -259,12 +262,11 @@ class Engine:
         kernels.pow2_quantize(rows, bits, q.reshape(rows.shape), e.reshape(rows.shape[:-1]))
         return q, e
 
-    def _qkv(self, x: torch.Tensor | np.ndarray, m: _Prepared, cos: torch.Tensor | np.ndarray,
-             sin: torch.Tensor | np.ndarray, out: torch.Tensor | np.ndarray) -> None:
+    def _qkv(self, x: Rows, m: _Prepared, cos: Rows, sin: Rows, out: Rows) -> None:
         """Rows x [N, d] -> out [N, (H + 2 KV) hd]: Q10 rotated queries and keys, then values clamped
         to +-v_limit (the bounds that keep the float64 attention exact). Written in place, into the
-        rows of the layer's whole array: a copy of each tile's rows had cost scoring a tenth of
-        its time."""
+        rows of the layer's whole array, not copied there a tile at a time (8 MB a layer when
+        scoring)."""
         H, KV, hd = self.heads, self.kv_heads, self.head_dim
         n = x.shape[0]
         if self.kernel:  # the product's rescale and rotation in one pass (queries and keys are adjacent heads)
@@ -279,7 +281,7 @@ class Engine:
         y[:, (H + KV) * hd :].clamp_(-self.v_limit, self.v_limit)
         out.copy_(y)
 
-    def _attend(self, y: torch.Tensor, cache: _Cache, li: int, p0: int) -> torch.Tensor:
+    def _attend(self, y: Rows, cache: _Cache, li: int, p0: int) -> Rows:
         """Appends the keys and values of y [B, T, H + 2 KV, hd] (a layer's `_qkv` rows, at
         positions p0..) to the cache, then the causal softmax attention of its queries q = y[:, :,
         :H] (Q10) over the history; returns the Q16 outputs [B, T, H * hd].
@@ -365,7 +367,7 @@ class Engine:
                 out[b0:b1, a:b].view(nt, b - a, KV, g, hd).copy_(o.view(shape).transpose(1, 2))
         return out
 
-    def _attend_kernel(self, y: torch.Tensor, cache: _Cache, li: int, p0: int) -> torch.Tensor:
+    def _attend_kernel(self, y: np.ndarray, cache: _Cache, li: int, p0: int) -> np.ndarray:
         """_attend's program run by the compiled integer kernels over the integer cache (CPU). Over the
         byte cache appending and attending are one kernel, `kernels.attend_bytes`, for any number
         of queries: a 16-chunk scoring of the default model took 0.61 s where the GEMM form
@@ -514,7 +516,7 @@ class Engine:
         y = torch.as_tensor(self._rowwise(lambda t, _: self._normed_linear(t, head), x))
         return y.view(B, T, y.shape[-1])
 
-    def _mlp(self, x: torch.Tensor, gu_m: _Prepared, down_m: _Prepared, into: torch.Tensor) -> None:
+    def _mlp(self, x: Rows, gu_m: _Prepared, down_m: _Prepared, into: Rows) -> None:
         """The gated MLP of rows x, added into into (the residual stream: x itself may be into, as
         x is read in full by the first product before the last one adds its rows). On the kernel
         path everything between the two products is one pass (`kernels.gated_quantize`)."""
@@ -529,7 +531,7 @@ class Engine:
                                re)
         self._product(h, down_m, rm, down_m.shift + 7, re, into)
 
-    def _rowwise(self, fn, x: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray | None:
+    def _rowwise(self, fn, x: Rows) -> Rows | None:
         """fn(tile, rows) applied to the rows of x [N, k] in tiles of ROW_TILE rows (rows is the
         tile's slice), so every intermediate stays in cache; fn must treat each row on its own (all of
         ours do). The results go into the rows of one fresh array (the logits, kept by the
@@ -677,10 +679,10 @@ class _Cache:
         self.device = engine.device
         self.int8_keys = engine.int8_keys
         n = len(engine.layers)
-        self.k: list[torch.Tensor | np.ndarray] = [torch.zeros(0)] * n
-        self.ks: list[torch.Tensor | np.ndarray] = [torch.zeros(0)] * n
-        self.v: list[torch.Tensor | np.ndarray] = [torch.zeros(0)] * n
-        self.vs: list[torch.Tensor | np.ndarray] = [torch.zeros(0)] * n
+        self.k: list[Rows] = [torch.zeros(0)] * n  # numpy arrays on the kernel path, as its kernels take them
+        self.ks: list[Rows] = [torch.zeros(0)] * n
+        self.v: list[Rows] = [torch.zeros(0)] * n
+        self.vs: list[Rows] = [torch.zeros(0)] * n
         self.vt: list[torch.Tensor] = [torch.zeros(0)] * n
         self.length = 0
         self.room = 0
@@ -728,7 +730,7 @@ class _Cache:
         if b > self.room:
             self._grow(b)
 
-    def append(self, li: int, kv: torch.Tensor) -> None:
+    def append(self, li: int, kv: Rows) -> None:
         """Store the keys and values kv [B, T, 2 KV, hd] (key heads first) at positions length..length+T
         (the byte cache's are stored by `kernels.attend_bytes` itself)."""
         a, b = self.length, self.length + kv.shape[1]
