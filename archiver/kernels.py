@@ -377,8 +377,8 @@ def gated_quantize(acc: np.ndarray, mult: np.ndarray, row_mult: np.ndarray, base
 def embed(tokens: np.ndarray, q: np.ndarray, mult: np.ndarray, shift: int,
           out: np.ndarray) -> None:  # pragma: no cover  (compiled)
     """The embedding lookup of `Engine._forward`: out[i] = rshift_round(q[t] * mult[t], shift) for
-    the token t = tokens[i], q [V, d] int8 rows, mult [V]. In one pass where torch took five (and
-    5% of a scoring's time)."""
+    the token t = tokens[i], q [V, d] int8 rows, mult [V]. In one pass where torch took five
+    (about 5% of a scoring's time under cProfile)."""
     for i in numba.prange(tokens.size):
         t = tokens[i]
         m = mult[t]
