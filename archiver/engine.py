@@ -52,6 +52,7 @@ SCORE_ROWS = 2048  # tokens per parallel forward: bounds the activations, batchi
 ROOM_STEP = 64  # the kernel path's cache rows grow by this many positions (see _Cache)
 GEMV_ROWS = 6  # up to this many rows (decoding a few chunks) kernels.gemv beats _int_mm: weights stream once
 _NO_SHIFTS = np.empty(0, np.int64)  # kernels.rescale's e when every row shifts by the same amount
+MAX_VIEWS = 4096  # Engine._buffer's cached views at most (one per role and shape)
 Rows = torch.Tensor | np.ndarray  # a forward's arrays: torch tensors on the torch path, numpy arrays on the kernel path
 
 
@@ -566,6 +567,8 @@ class Engine:
             if buf is None or buf.size < size:
                 buf = self._buffers[tag] = torch.empty(size, dtype=torch.uint8).numpy()
                 self._views.clear()  # none may hold a buffer that is no longer the tag's
+            elif len(self._views) >= MAX_VIEWS:  # chunks of every length would add views without end
+                self._views.clear()
             view = self._views[key] = buf[:size].view(dtype).reshape(shape)
         return view
 

@@ -255,6 +255,22 @@ def test_rope_kernel_equals_torch_path(model):
     assert (want[:, H + KV :].abs() == kernel.v_limit).any() and (want[:, H + KV :].abs() < kernel.v_limit).any()
 
 
+def test_buffers_are_reused_and_their_views_bounded(model):
+    """Engine._buffer hands out the same memory for a role (64-byte aligned), new memory when the
+    role needs more, and keeps at most MAX_VIEWS cached views however many shapes pass through."""
+    from archiver.engine import MAX_VIEWS
+
+    eng = Engine(model, path="kernels")
+    a = eng._buffer("t", (4, 8), np.int64)
+    assert eng._buffer("t", (4, 8), np.int64) is a and a.ctypes.data % 64 == 0
+    assert eng._buffer("t", (2, 8), np.int32).ctypes.data == a.ctypes.data  # smaller: the same memory
+    bigger = eng._buffer("t", (64, 64), np.int64)
+    assert bigger.shape == (64, 64) and bigger.ctypes.data % 64 == 0
+    for n in range(1, MAX_VIEWS + 100):
+        eng._buffer("t", (n,), np.int8)
+    assert len(eng._views) <= MAX_VIEWS
+
+
 def test_embedding_kernel_equals_rshift_round():
     """kernels.embed's lookup is rshift_round(q[t] * mult[t], shift): rounding right shifts (half
     up, negative products too) and left shifts, with extreme bytes and multipliers up to 2**40."""
