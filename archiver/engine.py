@@ -79,32 +79,30 @@ class _Prepared:
     def __init__(self, m: QMatrix, backend: str, device: torch.device, pack: bool = False):
         dtype = {"int": torch.int8, "f32": torch.float32, "f64": torch.float64}[backend]
         self.w = m.q.to(device=device, dtype=dtype).contiguous()
-        self.wt = self.w.t()
         self.mult = m.mult.to(device)
-        self.mults = self.mult.numpy() if self.mult.is_cpu else None  # the kernels' view of mult
         self.shift = m.shift
         self.pack = pack and backend == "int"
-        self.packed = self._packed()
+        self._derive()
 
     def columns(self, idx: torch.Tensor) -> _Prepared:
         """The product restricted to these output columns: each column's integers are computed from
         its own weights and multiplier alone, so they are the same as in the whole product."""
         out = object.__new__(_Prepared)
         out.w = self.w[idx].contiguous()
-        out.wt = out.w.t()
         out.mult = self.mult[idx].contiguous()
-        out.mults = out.mult.numpy() if out.mult.is_cpu else None
-        out.shift = self.shift
-        out.pack = self.pack
-        out.packed = out._packed()
+        out.shift, out.pack = self.shift, self.pack
+        out._derive()
         return out
 
-    def _packed(self) -> tuple[np.ndarray, np.ndarray] | None:
-        """The weights packed for `kernels.gemm_bytes` where it takes them: a multiple of 4 inputs
-        and of 16 outputs, and products within its int32 bound."""
+    def _derive(self) -> None:
+        """What follows from w, mult and pack: wt; mults, the kernels' numpy view of mult; and
+        packed, the weights packed for `kernels.gemm_bytes` where it takes them (a multiple of 4
+        inputs and of 16 outputs, and products within its int32 bound)."""
+        self.wt = self.w.t()
+        self.mults = self.mult.numpy() if self.mult.is_cpu else None
         n, k = self.w.shape
         fits = k % 4 == 0 and n % 16 == 0 and 128 * 127 * k < 1 << 31
-        return kernels.pack_columns(self.w.numpy()) if self.pack and fits else None
+        self.packed = kernels.pack_columns(self.w.numpy()) if self.pack and fits else None
 
 
 class Engine:
@@ -138,9 +136,9 @@ class Engine:
         self.head = prep(model.head)
         self.t = {k: v.to(self.device) for k, v in model.tables.items()}
         self.att_exp = self.t["att_exp"].contiguous()
-        # the kernel path's numpy views of the tables (and of the embedding's multipliers)
-        self.tables = {k: v.contiguous().numpy() for k, v in {**self.t, "embed_mult": self.embed_mult}.items()
-                       } if self.kernel else {}
+        # the kernel path's numpy views of the tables (and of the embedding)
+        embedding = {"embed_q": self.embed_q, "embed_mult": self.embed_mult}
+        self.tables = {k: v.contiguous().numpy() for k, v in {**self.t, **embedding}.items()} if self.kernel else {}
         self._buffers: dict[str, np.ndarray] = {}  # see _buffer
         self._views: dict[tuple, np.ndarray] = {}
         self.att_exp64 = self.att_exp.to(torch.float64)  # Q15 (or Q11) integers, exact as float64
@@ -162,7 +160,7 @@ class Engine:
 
     # ---- exact building blocks -------------------------------------------------------------
     def _product(self, q: Rows, m: _Prepared, row_mult: Rows, base: int,
-                 e: torch.Tensor | None = None, into: torch.Tensor | None = None) -> torch.Tensor | None:
+                 e: Rows | None = None, into: Rows | None = None) -> Rows | None:
         """rescale_(gemm(q, m), m.mult, row_mult, s) with the row shifts s = base - e (or base): on the
         kernel path the int32 products of _int_mm (or, for a few rows, of `kernels.gemv`) go straight
         into the compiled rescale, without an int64 pass in between. With into, the result is added
@@ -491,7 +489,7 @@ class Engine:
             pos = np.tile(np.arange(p0, p0 + T), B)  # of the rows (b, t)
             cos, sin = self.tables["rope_cos"][pos], self.tables["rope_sin"][pos]
             x = self._buffer("x", (B * T, self.d), np.int64)  # the residual stream, updated in place
-            kernels.embed(tok.numpy(), self.embed_q.numpy(), self.tables["embed_mult"], self.embed_shift - F, x)
+            kernels.embed(tok.numpy(), self.tables["embed_q"], self.tables["embed_mult"], self.embed_shift - F, x)
         else:
             pos = torch.arange(p0, p0 + T, device=self.device).repeat(B)
             cos = torch.index_select(self.t["rope_cos"], 0, pos)[:, None, :]

@@ -255,12 +255,12 @@ def test_rope_kernel_equals_torch_path(model):
     assert (want[:, H + KV :].abs() == kernel.v_limit).any() and (want[:, H + KV :].abs() < kernel.v_limit).any()
 
 
-def test_buffers_are_reused_and_their_views_bounded(model):
+def test_buffers_are_reused_and_their_views_bounded():
     """Engine._buffer hands out the same memory for a role (64-byte aligned), new memory when the
     role needs more, and keeps at most MAX_VIEWS cached views however many shapes pass through."""
     from archiver.engine import MAX_VIEWS
 
-    eng = Engine(model, path="kernels")
+    eng = Engine(_tiny("int8-kv"), path="kernels")
     a = eng._buffer("t", (4, 8), np.int64)
     assert eng._buffer("t", (4, 8), np.int64) is a and a.ctypes.data % 64 == 0
     assert eng._buffer("t", (2, 8), np.int32).ctypes.data == a.ctypes.data  # smaller: the same memory
