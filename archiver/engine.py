@@ -160,11 +160,12 @@ class Engine:
 
     # ---- exact building blocks -------------------------------------------------------------
     def _product(self, q: Rows, m: _Prepared, row_mult: Rows, base: int,
-                 e: Rows | None = None, into: Rows | None = None) -> Rows | None:
+                 e: Rows | None = None, into: Rows | None = None, out: np.ndarray | None = None) -> Rows | None:
         """rescale_(gemm(q, m), m.mult, row_mult, s) with the row shifts s = base - e (or base): on the
         kernel path the int32 products of _int_mm (or, for a few rows, of `kernels.gemv`) go straight
         into the compiled rescale, without an int64 pass in between. With into, the result is added
-        to into's rows (the residual stream) instead of returned: on the kernel path in the same pass."""
+        to into's rows (the residual stream) instead of returned: on the kernel path in the same pass.
+        The kernel path writes a returned result into out when given, else into a fresh array."""
         if not self.kernel:
             y = rescale_(gemm(q, m.wt, self.backend), m.mult, row_mult, base if e is None else base - e)
             if into is None:
@@ -172,10 +173,10 @@ class Engine:
             into += y
             return None
         acc = self._gemm(q, m)
-        out = np.empty(acc.shape, np.int64) if into is None else into  # fresh: the caller keeps the logits
+        dest = into if into is not None else np.empty(acc.shape, np.int64) if out is None else out
         kernels.rescale(acc, m.mults, row_mult.reshape(-1), base, _NO_SHIFTS if e is None else e.reshape(-1),
-                        into is not None, out)
-        return None if into is not None else out
+                        into is not None, dest)
+        return None if into is not None else dest
 
     def _gemm(self, q: np.ndarray, m: _Prepared) -> np.ndarray:
         """The kernel path's products of int8 rows q with m (int32): `kernels.gemm_bytes` where m is
@@ -203,13 +204,14 @@ class Engine:
         kernels.quantize_rows(x, q, rm, re)
         return self._product(q, m, rm, m.shift + 7, re, into)
 
-    def _normed_linear(self, x: Rows, m: _Prepared) -> Rows:
-        """RMSNorm then linear; the norm's gain is folded into m, the norm itself is exact here.
+    def _normed_linear(self, x: Rows, m: _Prepared, out: np.ndarray | None = None) -> Rows:
+        """RMSNorm then linear; the norm's gain is folded into m, the norm itself is exact here (out:
+        as _product's).
 
         The sum of squares is taken in float64: every partial sum is an integer below 127**2 * 2**14
         < 2**53, so it is exact in any order (the kernel path sums in int64: `kernels.norm_quantize`)."""
         q, inv = self._norm_quantize(x)
-        return self._product(q, m, inv, self._norm_shift(m))
+        return self._product(q, m, inv, self._norm_shift(m), out=out)
 
     @staticmethod
     def _norm_shift(m: _Prepared) -> int:
@@ -279,6 +281,28 @@ class Engine:
         y[:, k] = self._rope_q10(y[:, k].view(n, KV, hd), cos, sin).view(n, KV * hd)
         y[:, (H + KV) * hd :].clamp_(-self.v_limit, self.v_limit)
         out.copy_(y)
+
+    def _qkv_bytes(self, x: np.ndarray, m: _Prepared, cos: np.ndarray, sin: np.ndarray, r0: int, T: int,
+                   cache: _Cache, li: int, p0: int, queries: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+        """_qkv of the tile x of rows r0.. (b, t) for the byte cache: the rotated rows go straight into
+        the cache (keys, values at positions p0 + t) and into queries (`kernels.rope_bytes`), for
+        `_attend_bytes`. T is the forward's positions per chunk (queries' second axis)."""
+        acc, inv = self._normed_gemm(x, m)
+        kernels.rope_bytes(acc, m.mults, inv, self._norm_shift(m), self.heads, self.head_dim, cos, sin, _ROPE_SHIFT,
+                           _ROPE_BIAS, self.qk_limit, self.v_limit, r0, p0, self.q_bits, KEY8_BITS, cache.k[li],
+                           cache.ks[li], cache.v[li], cache.vs[li], *queries)
+
+    def _attend_bytes(self, queries: tuple[np.ndarray, np.ndarray, np.ndarray], cache: _Cache, li: int,
+                      p0: int) -> np.ndarray:
+        """_attend over the byte cache, whose keys and values of positions p0.. `_qkv_bytes` has stored,
+        for its queries: one kernel, `kernels.attend_bytes`, for any number of queries (a 16-chunk
+        scoring of the default model took 0.61 s where the GEMM form, `_attend_gemm`, of the same
+        integers took 0.77, `default-v5` 0.82 against 1.34). Returns [B, T, H * hd]."""
+        B, T, KV, g = queries[1].shape
+        out = self._buffer("att", (B, T, KV, g, self.head_dim), np.int64)
+        kernels.attend_bytes(*queries, p0, cache.k[li], cache.ks[li], cache.v[li], cache.vs[li],
+                             self.tables["att_exp"], self.att_bits, out)
+        return out.reshape(B, T, -1)
 
     def _attend(self, y: Rows, cache: _Cache, li: int, p0: int) -> Rows:
         """Appends the keys and values of y [B, T, H + 2 KV, hd] (a layer's `_qkv` rows, at
@@ -367,19 +391,11 @@ class Engine:
         return out
 
     def _attend_kernel(self, y: np.ndarray, cache: _Cache, li: int, p0: int) -> np.ndarray:
-        """_attend's program run by the compiled integer kernels over the integer cache (CPU). Over the
-        byte cache appending and attending are one kernel, `kernels.attend_bytes`, for any number
-        of queries: a 16-chunk scoring of the default model took 0.61 s where the GEMM form
-        (`_attend_gemm`) of the same integers took 0.77, `default-v5` 0.82 against 1.34."""
+        """_attend's program run by the compiled integer kernels over the integer cache (CPU), for a
+        model without the byte cache (which takes `_attend_bytes`)."""
         B, T, _, hd = y.shape
         H = self.heads
         shape = (B, T, self.kv_heads, H // self.kv_heads)
-        if self.byte_cache:
-            cache.reserve(p0 + T)
-            out = self._buffer("att", (*shape, hd), np.int64)
-            kernels.attend_bytes(y, H, self.q_bits, KEY8_BITS, p0, cache.k[li], cache.ks[li], cache.v[li], cache.vs[li],
-                                 self.tables["att_exp"], self.att_bits, out)
-            return out.reshape(B, T, H * hd)
         cache.append(li, y[:, :, H:])
         q = y[:, :, :H]
         if self.int8_keys:
@@ -500,17 +516,33 @@ class Engine:
                 self.embed_shift - F,
             )  # the residual stream [B * T, d], updated in place
         H, KV, hd = self.heads, self.kv_heads, self.head_dim
-        shape = (B * T, (H + 2 * KV) * hd)
-        qkv = self._buffer("qkv", shape, np.int64) if self.kernel else x.new_empty(shape)
+        if self.byte_cache:  # the queries as attend_bytes takes them (see _qkv_bytes)
+            cache.reserve(p0 + T)
+            m = (1 if self.q_bits <= 7 else 2) * (H // KV)
+            queries = (self._buffer("qb", (B, T, KV, m, kernels.byte_cache_widths(hd)[0]), np.int8),
+                       self._buffer("eq", (B, T, KV, H // KV), np.int64), self._buffer("corr", (B, T, KV, m), np.int32))
+        else:
+            shape = (B * T, (H + 2 * KV) * hd)
+            qkv = self._buffer("qkv", shape, np.int64) if self.kernel else x.new_empty(shape)
         for li, (qkv_m, o_m, gu_m, down_m) in enumerate(self.layers):
-            self._rowwise(lambda t, r, m=qkv_m: self._qkv(t, m, cos[r], sin[r], qkv[r]), x)
-            att = self._attend(qkv.reshape(B, T, H + 2 * KV, hd), cache, li, p0).reshape(B * T, H * hd)
+            if self.byte_cache:
+                self._rowwise(lambda t, r, m=qkv_m, li=li: self._qkv_bytes(t, m, cos[r], sin[r], r.start, T, cache, li,
+                                                                          p0, queries), x)
+                att = self._attend_bytes(queries, cache, li, p0)
+            else:
+                self._rowwise(lambda t, r, m=qkv_m: self._qkv(t, m, cos[r], sin[r], qkv[r]), x)
+                att = self._attend(qkv.reshape(B, T, H + 2 * KV, hd), cache, li, p0)
+            att = att.reshape(B * T, H * hd)
             self._rowwise(lambda t, r, m=o_m: self._linear(t, m, into=x[r]), att)
             self._rowwise(lambda t, r, gm=gu_m, dm=down_m: self._mlp(t, gm, dm, into=x[r]), x)
         cache.length = p0 + T
         head = head or self.head
-        if out is not None:
-            self._rowwise(lambda t, r: out(torch.as_tensor(self._normed_linear(t, head)), r), x)
+        if out is not None:  # out reads each tile's logits at once: they take a reused buffer
+            def emit(t: Rows, r: slice) -> None:
+                scratch = self._buffer("logits", (t.shape[0], head.w.shape[0]), np.int64) if self.kernel else None
+                out(torch.as_tensor(self._normed_linear(t, head, scratch)), r)
+
+            self._rowwise(emit, x)
             return None
         y = torch.as_tensor(self._rowwise(lambda t, _: self._normed_linear(t, head), x))
         return y.view(B, T, y.shape[-1])
@@ -555,8 +587,10 @@ class Engine:
         """The kernel path's array for one role in the forward pass (tag), the same memory from call
         to call: allocating tensors and taking their numpy views had cost a decode step at batch 64
         a tenth of its time. Each role's array is read before its role comes round again, so
-        they never overlap; arrays returned to a caller (logits, frequencies) are fresh. 64-byte
-        aligned, like torch's (kernels over numpy's 16-byte-aligned arrays ran 6-20% slower)."""
+        they never overlap; arrays returned to a caller (logits, frequencies) are fresh, except
+        the tiles `score` hands on, which are read at once. 64-byte aligned, like torch's (kernels
+        over numpy's 16-byte-aligned arrays ran 6-20% slower). The torch path uses it for those
+        tiles too."""
         key = (tag, shape, dtype)
         view = self._views.get(key)
         if view is None:
@@ -570,13 +604,24 @@ class Engine:
             view = self._views[key] = buf[:size].view(dtype).reshape(shape)
         return view
 
-    def frequencies(self, z: torch.Tensor) -> torch.Tensor:
-        """Q16 logits z [..., A] -> int64 frequencies over those A symbols, each >= 1, summing to 2**24."""
+    def frequencies(self, z: torch.Tensor, out: np.ndarray | None = None) -> torch.Tensor:
+        """Q16 logits z [..., A] -> int64 frequencies over those A symbols, each >= 1, summing to 2**24.
+        With out (a contiguous int64 array of z's size), they are written there (by the kernel path
+        in place) and returned as a view of it."""
         if self.kernel:
             rows = z.contiguous().view(-1, z.shape[-1])
-            out = torch.empty(rows.shape, dtype=torch.int64)
-            kernels.frequencies(rows.numpy(), self.tables["freq_exp"], F - ATT_FRAC, TOTAL, out.numpy())
-            return out.view(z.shape)
+            dest = np.empty(rows.shape, np.int64) if out is None else out.reshape(rows.shape)
+            kernels.frequencies(rows.numpy(), self.tables["freq_exp"], F - ATT_FRAC, TOTAL, dest)
+            return torch.from_numpy(dest).view(z.shape)
+        freq = self._torch_frequencies(z)
+        if out is None:
+            return freq
+        dest = torch.from_numpy(out).view(z.shape)
+        dest.copy_(freq)
+        return dest
+
+    def _torch_frequencies(self, z: torch.Tensor) -> torch.Tensor:
+        """`frequencies` on the torch path."""
         fexp = self.t["freq_exp"]
         idx = ((z.amax(-1, keepdim=True) - z) >> (F - ATT_FRAC)).clamp_(0, fexp.numel() - 1)
         e = torch.index_select(fexp, 0, idx.view(-1)).view(idx.shape)
@@ -594,16 +639,11 @@ class Engine:
         Returns per sequence an int64 array [len-1, A]: row i is the distribution of token i+1. With
         sink, nothing is kept or returned: sink(j, i, rows) receives sequence j's rows from row i on,
         in order, a tile at a time (a SmolLM2 chunk's tables are 0.8 GB whole; the range coder needs
-        them a few hundred rows at a time).
+        them a few hundred rows at a time); rows is a reused buffer, valid only during the call.
         """
         head = self.alphabet_head(alphabet)
-        tables: list[np.ndarray] | None = None
-        if sink is None:
-            tables = [np.empty((len(s) - 1, head.w.shape[0]), np.int64) for s in seqs]
-
-            def sink(j: int, i: int, rows: np.ndarray) -> None:
-                tables[j][i : i + len(rows)] = rows
-
+        A = head.w.shape[0]
+        tables = None if sink is not None else [np.empty((len(s) - 1, A), np.int64) for s in seqs]
         order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
         i = 0
         while i < len(order):
@@ -616,8 +656,9 @@ class Engine:
                 toks[r, : len(s)] = torch.tensor(s, dtype=torch.int64)
 
             def emit(z: torch.Tensor, rows: slice, batch: list[int] = batch, T: int = T) -> None:
-                """The tables of flattened rows (b, t), to each sequence's sink, padding left out."""
-                f = self.frequencies(z).cpu().numpy()
+                """The tables of the logits z of flattened rows (b, t), padding left out: written
+                straight into the returned tables, or into one reused buffer handed to the sink (a
+                fresh array per tile, copied into the tables, had cost a 16-chunk scoring 5%)."""
                 r = rows.start
                 while r < rows.stop:
                     b, t = divmod(r, T)
@@ -625,7 +666,11 @@ class Engine:
                     j = batch[b]
                     keep = min(n, len(seqs[j]) - 1 - t)
                     if keep > 0:
-                        sink(j, t, f[r - rows.start : r - rows.start + keep])
+                        part = z[r - rows.start : r - rows.start + keep]
+                        if tables is not None:
+                            self.frequencies(part, out=tables[j][t : t + keep])
+                        else:
+                            sink(j, t, self.frequencies(part, out=self._buffer("freq", (keep, A), np.int64)).numpy())
                     r += n
 
             with torch.no_grad():
@@ -733,7 +778,7 @@ class _Cache:
 
     def append(self, li: int, kv: Rows) -> None:
         """Store the keys and values kv [B, T, 2 KV, hd] (key heads first) at positions length..length+T
-        (the byte cache's are stored by `kernels.attend_bytes` itself)."""
+        (the byte cache's are stored by `kernels.rope_bytes`)."""
         a, b = self.length, self.length + kv.shape[1]
         self.reserve(b)
         if self.engine.kernel:

@@ -561,6 +561,26 @@ def append_kv(kv: np.ndarray, a: int, bits: int, k8: bool, kt: np.ndarray, ek: n
             _store_column(kv[b, t, KV + h], bits, False, row, vt, ev, b, h, a + t)
 
 
+@numba.njit(inline="always")
+def _rope_row(acc: np.ndarray, mult: np.ndarray, row_mult: np.int64, base: int, heads: int, hd: int,
+              c: np.ndarray, s: np.ndarray, shift: int, bias: int, limit: int, rest_limit: int,
+              y: np.ndarray) -> None:  # pragma: no cover  (compiled)
+    """One row of `rescale_rope`: acc rescaled into y (int64), its first heads * hd columns rotated
+    by c, s and clamped to +-limit, the rest clamped to +-rest_limit. Loops over slices: indexed
+    from offsets, they had stayed scalar (3x the time)."""
+    half = hd // 2
+    _rescale_row(acc, mult, row_mult, base, False, y)
+    rest = y[heads * hd:]
+    for j in range(rest.size):
+        rest[j] = min(rest_limit, max(-rest_limit, rest[j]))
+    for h in range(heads):
+        x1, x2 = y[h * hd: h * hd + half], y[h * hd + half: (h + 1) * hd]
+        for j in range(half):
+            u, v = x1[j], x2[j]
+            x1[j] = min(limit, max(-limit, (u * c[j] - v * s[j] + bias) >> shift))
+            x2[j] = min(limit, max(-limit, (v * c[j] + u * s[j] + bias) >> shift))
+
+
 @numba.njit(parallel=True, cache=True, nogil=True)
 def rescale_rope(acc: np.ndarray, mult: np.ndarray, row_mult: np.ndarray, base: int, heads: int, hd: int,
                  cos: np.ndarray, sin: np.ndarray, shift: int, bias: int, limit: int, rest_limit: int,
@@ -570,22 +590,8 @@ def rescale_rope(acc: np.ndarray, mult: np.ndarray, row_mult: np.ndarray, base: 
     Engine._rope_q10 on its first heads * hd columns by the row's cos, sin [N, hd / 2]: (x1 cos -
     x2 sin + bias) >> shift and (x2 cos + x1 sin + bias) >> shift, clamped to +-limit; the columns
     after them (the values) clamped to +-rest_limit."""
-    N = acc.shape[0]
-    half = hd // 2
-    for i in numba.prange(N):  # over slices: indexed from offsets, the loops had stayed scalar (3x the time)
-        y = out[i]
-        _rescale_row(acc[i], mult, row_mult[i], base, False, y)
-        rest = y[heads * hd:]
-        for j in range(rest.size):
-            rest[j] = min(rest_limit, max(-rest_limit, rest[j]))
-        c, s = cos[i], sin[i]
-        for h in range(heads):
-            x1, x2 = y[h * hd: h * hd + half], y[h * hd + half: (h + 1) * hd]
-            for j in range(half):
-                u, v = x1[j], x2[j]
-                x1[j] = min(limit, max(-limit, (u * c[j] - v * s[j] + bias) >> shift))
-                x2[j] = min(limit, max(-limit, (v * c[j] + u * s[j] + bias) >> shift))
-
+    for i in numba.prange(acc.shape[0]):
+        _rope_row(acc[i], mult, row_mult[i], base, heads, hd, cos[i], sin[i], shift, bias, limit, rest_limit, out[i])
 
 
 # ---- the byte cache: int8 keys and values laid out for simd.dot4 ------------------------------
@@ -602,29 +608,89 @@ def byte_cache_widths(hd: int) -> tuple[int, int]:
 
 
 @numba.njit(inline="always")
-def _append_byte_rows(rows: np.ndarray, b: int, h: int, keys: int, values: int, bits: int, a: int, row: np.ndarray,
-                      kb: np.ndarray, ek: np.ndarray, vb: np.ndarray, ev: np.ndarray) -> None:  # pragma: no cover
-    """Chunk b's head h of rows [B, T, heads, hd] (int64; its key at head keys + h, its value at
-    head values + h) into positions a..a+T-1 of the byte cache of a model with int8 keys and
-    values, each row pow2-quantized to bits (exponents into ek, ev [B, KV, room]); row is scratch
-    of length hd. Position p's key magnitudes k + 128 (unsigned bytes) go into kb [B, KV, room *
-    wk] at block p // KEY_BLOCK, laid out [room / KEY_BLOCK, wk / 4, KEY_BLOCK, 4]: 64 bytes hold
-    four columns of 16 positions, as `simd.dot4` pairs them with a query's bytes; its values into
-    vb [B, KV, room * wv] laid out [room / VALUE_GROUP, wv, VALUE_GROUP]: 64 bytes hold four
-    positions of 16 columns (wk, wv from `byte_cache_widths`; padding left unwritten)."""
-    hd = rows.shape[3]
+def _store_byte_row(k: np.ndarray, v: np.ndarray, bits: int, p: int, kbh: np.ndarray, vbh: np.ndarray,
+                    row: np.ndarray) -> tuple[np.int64, np.int64]:  # pragma: no cover  (compiled)
+    """Position p's key row k and value row v (int64, hd each) into one chunk's and head's part of
+    the byte cache of a model with int8 keys and values, each pow2-quantized to bits; returns their
+    exponents (for ek, ev [B, KV, room]); row is scratch of length hd. The key magnitudes k + 128
+    (unsigned bytes) go into kbh [room * wk] at block p // KEY_BLOCK, laid out [room / KEY_BLOCK,
+    wk / 4, KEY_BLOCK, 4]: 64 bytes hold four columns of 16 positions, as `simd.dot4` pairs them
+    with a query's bytes; the values into vbh [room * wv] laid out [room / VALUE_GROUP, wv,
+    VALUE_GROUP]: 64 bytes hold four positions of 16 columns (wk, wv from `byte_cache_widths`;
+    padding left unwritten)."""
+    hd = k.size
     wk, wv = byte_cache_widths(hd)
-    kbh, vbh = kb[b, h], vb[b, h]
-    for t in range(rows.shape[1]):
-        p = a + t
-        ek[b, h, p] = _pow2_row(rows[b, t, keys + h], bits, row)
-        base = (p // KEY_BLOCK) * wk * KEY_BLOCK + (p % KEY_BLOCK) * 4
+    e_k = _pow2_row(k, bits, row)
+    base = (p // KEY_BLOCK) * wk * KEY_BLOCK + (p % KEY_BLOCK) * 4
+    for d in range(hd):
+        kbh[base + (d // 4) * 4 * KEY_BLOCK + d % 4] = row[d] + 128
+    e_v = _pow2_row(v, bits, row)
+    base = (p // VALUE_GROUP) * wv * VALUE_GROUP + p % VALUE_GROUP
+    for d in range(hd):
+        vbh[base + d * VALUE_GROUP] = row[d]
+    return e_k, e_v
+
+
+@numba.njit(inline="always")
+def _query_bytes(q: np.ndarray, q_bits: int, g: int, r: int, row: np.ndarray, qbh: np.ndarray,
+                 corrh: np.ndarray) -> np.int64:  # pragma: no cover  (compiled)
+    """Query row q (int64; head r of its KV head's group of g) pow2-quantized to q_bits as the byte
+    rows of qbh [m, wk] (int8, padding columns set to 0) that `attend_bytes` multiplies with the
+    keys: row r its bytes, or, for q_bits > 7, row r the high half q >> 7 and row g + r the low
+    half q & 127 (their scores recombine exactly in int64); corrh [m] (int32) gets each byte row's
+    -128 * sum, which turns the products with the unsigned key bytes k + 128 into q . k. Returns
+    the row's exponent."""
+    e = _pow2_row(q, q_bits, row)
+    hd, wk = q.size, qbh.shape[1]
+    for half in range(1 if q_bits <= 7 else 2):
+        i = half * g + r
+        dest = qbh[i]
         for d in range(hd):
-            kbh[base + (d // 4) * 4 * KEY_BLOCK + d % 4] = row[d] + 128
-        ev[b, h, p] = _pow2_row(rows[b, t, values + h], bits, row)
-        base = (p // VALUE_GROUP) * wv * VALUE_GROUP + p % VALUE_GROUP
+            if q_bits <= 7:
+                dest[d] = row[d]
+            elif half == 0:
+                dest[d] = row[d] >> 7
+            else:
+                dest[d] = row[d] & 127
+        for d in range(hd, wk):
+            dest[d] = 0
+        total = np.int32(0)
         for d in range(hd):
-            vbh[base + d * VALUE_GROUP] = row[d]
+            total += dest[d]
+        corrh[i] = -128 * total
+    return e
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def rope_bytes(acc: np.ndarray, mult: np.ndarray, row_mult: np.ndarray, base: int, heads: int, hd: int,
+               cos: np.ndarray, sin: np.ndarray, shift: int, bias: int, limit: int, rest_limit: int, r0: int, a: int,
+               q_bits: int, bits: int, kb: np.ndarray, ek: np.ndarray, vb: np.ndarray, ev: np.ndarray, qb: np.ndarray,
+               eq: np.ndarray, corr: np.ndarray) -> None:  # pragma: no cover  (compiled)
+    """`rescale_rope`'s rows (heads query heads, then KV key and KV value heads) put straight where
+    `attend_bytes` reads them, for a model with the byte cache: row i of acc [N, width] is row r0 +
+    i of the forward's rows (b, t) (T = qb.shape[1] per chunk), at position a + t. Its keys and
+    values go into the byte cache (`_store_byte_row`: kb, ek, vb, ev), its queries into qb [B, T,
+    KV, m, wk] (int8), eq [B, T, KV, g] and corr [B, T, KV, m] (`_query_bytes`). Each row is
+    rotated and quantized while it is in the first-level cache: a scoring had written every row
+    whole as int64 (8 MB a layer for two chunks) and read it back in `attend_bytes`, whose key
+    appends then took a parallel pass of their own."""
+    N = acc.shape[0]
+    T, KV = qb.shape[1], qb.shape[2]
+    g = heads // KV
+    parts = min(N, SCRATCH_PARTS)
+    for part in numba.prange(parts):
+        y = np.empty((heads + 2 * KV) * hd, np.int64)
+        row = np.empty(hd, np.int64)
+        for i in range(part * N // parts, (part + 1) * N // parts):
+            _rope_row(acc[i], mult, row_mult[i], base, heads + KV, hd, cos[i], sin[i], shift, bias, limit, rest_limit,
+                      y)
+            b, t = (r0 + i) // T, (r0 + i) % T
+            for h in range(KV):
+                k, v = y[(heads + h) * hd: (heads + h + 1) * hd], y[(heads + KV + h) * hd: (heads + KV + h + 1) * hd]
+                ek[b, h, a + t], ev[b, h, a + t] = _store_byte_row(k, v, bits, a + t, kb[b, h], vb[b, h], row)
+            for hq in range(heads):
+                h, r = hq // g, hq % g
+                eq[b, t, h, r] = _query_bytes(y[hq * hd: (hq + 1) * hd], q_bits, g, r, row, qb[b, t, h], corr[b, t, h])
 
 
 @numba.njit(inline="always")
@@ -698,17 +764,15 @@ def _dot4_columns(a: tuple, w: simd.Vec, v: tuple) -> tuple:  # pragma: no cover
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def attend_bytes(y: np.ndarray, heads: int, q_bits: int, bits: int, a: int, kb: np.ndarray, ek: np.ndarray,
+def attend_bytes(qb: np.ndarray, eq: np.ndarray, corr: np.ndarray, a: int, kb: np.ndarray, ek: np.ndarray,
                  vb: np.ndarray, ev: np.ndarray, table: np.ndarray, att_bits: int,
                  out: np.ndarray) -> None:  # pragma: no cover  (compiled)
-    """`attend` over the byte cache (`_append_byte_rows`), the same integers by byte dot products
-    (`simd.dot4`, four per lane and instruction), with the steps around it in the same pass. y
-    [B, T, heads + 2 KV, hd] (int64) holds a layer's rotated queries, keys and values of the
-    positions a..a+T-1: each chunk's and head's keys and values are appended first
-    (pow2-quantized to bits), then each query row is pow2-quantized to q_bits
-    (as `pow2_quantize` does) and attends over positions 0..its own. Queries of up to 7 bits are
-    one signed byte, wider ones are split as q = 128 hi + lo, both bytes, whose scores recombine
-    exactly in int64. After the table step (`_table_base`, `_table_value`) each weight e_j <<
+    """`attend` over the byte cache, the same integers by byte dot products (`simd.dot4`, four per
+    lane and instruction). The queries of positions a..a+T-1 come as `rope_bytes` leaves them, with
+    their keys and values already in the cache: byte rows qb [B, T, KV, m, wk] (int8; m = g rows of
+    one byte each, or 2g: high halves, then low halves, whose scores recombine exactly in int64),
+    exponents eq [B, T, KV, g] and corrections corr [B, T, KV, m]. Each query row attends over
+    positions 0..its own. After the table step (`_table_base`, `_table_value`) each weight e_j <<
     (ev_j - low) (low the least value exponent up to the query's position; below 2**(att_bits +
     spread)) is written as base-128 digits, and each digit plane's sums with the int8 values
     (below 127 * 127 * context < 2**31, the bound the model asserts) are put together in int64
@@ -721,28 +785,19 @@ def attend_bytes(y: np.ndarray, heads: int, q_bits: int, bits: int, a: int, kb: 
     scoring layer 18-27% faster; rows that prefetch keep the one scalar pass, which spaces their
     prefetches (in the three-pass form a decode layer took 1.8-2.1 ms against 1.6). Writes out
     [B, T, KV, g, hd]."""
-    B, T, width, hd = y.shape
-    KV = (width - heads) // 2
-    g = heads // KV
-    halves = 1 if q_bits <= 7 else 2
-    wk, wv = byte_cache_widths(hd)
+    B, T, KV, m, wk = qb.shape
+    g = eq.shape[3]
+    halves = m // g
+    hd = out.shape[4]
+    wv = byte_cache_widths(hd)[1]
     room = ek.shape[2]
-    m = halves * g
     top_digits = (att_bits + 127 + DIGIT_BITS) // DIGIT_BITS  # int8 exponents spread at most 127
     top_planes = (g * top_digits + 3) // 4 * 4
     last = table.size - 1
     jobs = B * KV
-    if T > 1:  # every query of a chunk reads its keys and values: all are appended first
-        for job in numba.prange(jobs):
-            _append_byte_rows(y, job // KV, job % KV, heads, heads + KV, bits, a, np.empty(hd, np.int64), kb, ek, vb,
-                              ev)
     items = jobs * T  # one item per chunk, head and query position
     parts = min(items, SCRATCH_PARTS)
     for part in numba.prange(parts):
-        row = np.empty(hd, np.int64)
-        qb = np.zeros((m, wk), np.int8)  # padding columns stay 0: they add nothing
-        eq = np.empty(g, np.int64)
-        corr = np.empty(m, np.int32)
         sc = np.empty((m, room), np.int32)
         x = np.empty(room, np.int64)
         ix = np.empty(room, np.int64)
@@ -755,26 +810,11 @@ def attend_bytes(y: np.ndarray, heads: int, q_bits: int, bits: int, a: int, kb: 
             job, t = item // T, item % T
             b, h = job // KV, job % KV
             vbh = vb[b, h]
-            if T == 1:
-                _append_byte_rows(y, b, h, heads, heads + KV, bits, a, row, kb, ek, vb, ev)
             fetch = t == 0 or item == start  # this job's values are not in cache yet
             n = a + t + 1
-            for r in range(g):
-                eq[r] = _pow2_row(y[b, t, h * g + r], q_bits, row)
-                for d in range(hd):
-                    if halves == 1:
-                        qb[r, d] = row[d]
-                    else:
-                        qb[r, d] = row[d] >> 7
-                        qb[g + r, d] = row[d] & 127
-            for i in range(m):
-                s = np.int32(0)
-                for d in range(hd):
-                    s += qb[i, d]
-                corr[i] = -128 * s
-            qw = qb.view(np.int32)
+            qw, ch, er_row = qb[b, t, h].view(np.int32), corr[b, t, h], eq[b, t, h]
             for i in range(0, m, 2):
-                _byte_scores(kb[b, h], qw, corr, i, n, wk, sc)
+                _byte_scores(kb[b, h], qw, ch, i, n, wk, sc)
             low, top = np.int64(ev[b, h, 0]), np.int64(ev[b, h, 0])
             for j in range(1, n):
                 low = min(low, np.int64(ev[b, h, j]))
@@ -785,7 +825,7 @@ def attend_bytes(y: np.ndarray, heads: int, q_bits: int, bits: int, a: int, kb: 
             kbn = kb[nxt // KV, nxt % KV]
             ekb, evb = ek[b, h], ev[b, h]
             for r in range(g):
-                sr, er = sc[r], eq[r]
+                sr, er = sc[r], er_row[r]
                 if halves == 1:
                     for j in range(n):
                         x[j] = np.int64(sr[j]) << (er + np.int64(ekb[j]))

@@ -51,21 +51,37 @@ def _kv_rows(kt, ek, vt, ev):
                            for a, e in ((kt, ek), (vt, ev))], axis=2)
 
 
+def _rope_bytes(rows, a, q_bits, cache, g):
+    """kernels.rope_bytes over rows [B, T, KV * g + 2 KV, hd] (int64: queries, keys, values) under
+    an identity rescale and rotation (multipliers 1, shift 0; cos 2**14, sin 0, no bias; limits
+    beyond every value): their keys and values into the byte cache (kb, ek, vb, ev) at positions
+    a.., their queries pow2-quantized to q_bits; returns the queries as attend_bytes takes them
+    (qb, eq, corr)."""
+    B, T, width, hd = rows.shape
+    KV = width // (g + 2)
+    m = g * (1 if q_bits <= 7 else 2)
+    n = B * T
+    acc = rows.reshape(n, -1)
+    cos, sin = np.full((n, hd // 2), 1 << 14, np.int64), np.zeros((n, hd // 2), np.int64)
+    qb = np.full((B, T, KV, m, kernels.byte_cache_widths(hd)[0]), 99, np.int8)  # padding must be zeroed
+    eq, corr = np.zeros((B, T, KV, g), np.int64), np.zeros((B, T, KV, m), np.int32)
+    kernels.rope_bytes(acc, np.ones(acc.shape[1], np.int64), np.ones(n, np.int64), 0, KV * g, hd, cos, sin, 14, 0,
+                       1 << 60, 1 << 60, 0, a, q_bits, 7, *cache, qb, eq, corr)
+    return qb, eq, corr
+
+
 def _byte_cache(kv, n, g):
     """The byte cache of the first n positions of kv (`_kv_rows`), with room for all of kv's
-    positions (in whole blocks), appended by kernels.attend_bytes itself: for n queries (g per KV
-    head) of zeros, whose outputs are dropped."""
+    positions (in whole blocks), stored by kernels.rope_bytes (with queries of zeros, dropped)."""
     B, room, KV2, hd = kv.shape
     KV = KV2 // 2
     wk, wv = kernels.byte_cache_widths(hd)
     room = -(-room // 64) * 64
-    kb, vb = np.zeros((B, KV, room * wk), np.uint8), np.zeros((B, KV, room * wv), np.int8)
-    ek, ev = np.zeros((B, KV, room), np.int8), np.zeros((B, KV, room), np.int8)
+    cache = (np.zeros((B, KV, room * wk), np.uint8), np.zeros((B, KV, room), np.int8),
+             np.zeros((B, KV, room * wv), np.int8), np.zeros((B, KV, room), np.int8))
     if n:
-        y = np.concatenate([np.zeros((B, n, KV * g, hd), np.int64), kv[:, :n]], axis=2)
-        kernels.attend_bytes(y, KV * g, 7, 7, 0, kb, ek, vb, ev, np.array([1, 0]), 1,
-                             np.zeros((B, n, KV, g, hd), np.int64))
-    return kb, ek, vb, ev
+        _rope_bytes(np.concatenate([np.zeros((B, n, KV * g, hd), np.int64), kv[:, :n]], axis=2), 0, 7, cache, g)
+    return cache
 
 
 CASES = {"7-bit queries": (2, 2, 2, 3, 8, 37, 1), "split queries, many digit planes": (3, 3, 1, 4, 20, 70, 2),
@@ -75,13 +91,14 @@ CASES = {"7-bit queries": (2, 2, 2, 3, 8, 37, 1), "split queries, many digit pla
 
 @pytest.mark.parametrize("form", ["as cached", "portable"])
 def test_attention_over_the_byte_cache_equals_its_definition(form, monkeypatch):
-    """kernels.attend_bytes (as the engine runs it, and compiled afresh in the portable form)
-    appends a layer's new keys and values and gives the integers of kernels.attend's definition:
-    queries of one byte or split in two, head sizes that are not a multiple of 4 or 64, odd
-    groups, several queries per chunk after a history or a whole chunk's from its start (the
-    queries of a chunk spread over several jobs), weights of one to six digit planes (several
-    passes of four). Every row's largest magnitude is the limit of its bits, so the
-    rows it quantizes are exactly the definition's integers times their powers of two."""
+    """kernels.rope_bytes stores a layer's new keys and values and quantizes its queries, and
+    kernels.attend_bytes over them (as the engine runs it, and compiled afresh in the portable
+    form) gives the integers of kernels.attend's definition: queries of one byte or split in two,
+    head sizes that are not a multiple of 4 or 64, odd groups, several queries per chunk after a
+    history or a whole chunk's from its start (the queries of a chunk spread over several jobs),
+    weights of one to six digit planes (several passes of four). Every row's largest magnitude is
+    the limit of its bits, so the rows it quantizes are exactly the definition's integers times
+    their powers of two."""
     attend = kernels.attend_bytes
     if form == "portable":
         attend = _compiled(attend.py_func, False, monkeypatch, parallel=True)
@@ -100,11 +117,13 @@ def test_attention_over_the_byte_cache_equals_its_definition(form, monkeypatch):
         table = (2047 * np.exp(-np.arange(40) / 6)).astype(np.int64)
         table[-1] = 0
         kv = _kv_rows(kt, ek, vt, ev)
-        kb, ek2, vb, ev2 = _byte_cache(kv, p0, g)  # the history; the kernel appends the rest
+        cache = _byte_cache(kv, p0, g)  # the history; rope_bytes stores the rest
         y = np.concatenate([(q << eq[..., None]).reshape(B, T, KV * g, hd), kv[:, p0:]], axis=2)
+        queries = _rope_bytes(y, p0, 7 * halves, cache, g)
+        assert np.array_equal(queries[1], eq), case
         out = np.zeros(q.shape, np.int64)
-        attend(y, KV * g, 7 * halves, 7, p0, kb, ek2, vb, ev2, table, int(table.max()).bit_length(), out)
-        assert np.array_equal(ek2[..., :room], ek) and np.array_equal(ev2[..., :room], ev), case
+        attend(*queries, p0, *cache, table, int(table.max()).bit_length(), out)
+        assert np.array_equal(cache[1][..., :room], ek) and np.array_equal(cache[3][..., :room], ev), case
         assert np.array_equal(out, _attend_reference(q, eq, kt, ek, vt, ev, p0, table)), case
 
 
