@@ -763,6 +763,17 @@ def _dot4_columns(a: tuple, w: simd.Vec, v: tuple) -> tuple:  # pragma: no cover
     return simd.dot4(a[0], w, v[0]), simd.dot4(a[1], w, v[1]), simd.dot4(a[2], w, v[2]), simd.dot4(a[3], w, v[3])
 
 
+@numba.njit(inline="always")
+def _span(a: np.ndarray, n: int) -> tuple[np.int64, np.int64]:  # pragma: no cover  (compiled)
+    """(least, greatest) of the int8 exponents a[:n], compared as int8: 64 to a vector, where the
+    same reduction widened to int64 took eight."""
+    lo = hi = a[0]
+    for j in range(1, n):
+        lo = min(lo, a[j])
+        hi = max(hi, a[j])
+    return np.int64(lo), np.int64(hi)
+
+
 @numba.njit(parallel=True, cache=True, nogil=True)
 def attend_bytes(qb: np.ndarray, eq: np.ndarray, corr: np.ndarray, a: int, kb: np.ndarray, ek: np.ndarray,
                  vb: np.ndarray, ev: np.ndarray, table: np.ndarray, att_bits: int,
@@ -804,6 +815,7 @@ def attend_bytes(qb: np.ndarray, eq: np.ndarray, corr: np.ndarray, a: int, kb: n
         den = np.empty(g, np.int64)
         dig = np.empty((top_planes, room), np.uint8)
         acc = np.empty(top_planes * wv, np.int32)
+        sums = acc.reshape(top_planes, wv)  # plane p's sums in row p: indexed by offsets, the loops had gathered
         tot = np.empty(hd, np.int64)
         start = part * items // parts
         for item in range(start, (part + 1) * items // parts):
@@ -815,10 +827,7 @@ def attend_bytes(qb: np.ndarray, eq: np.ndarray, corr: np.ndarray, a: int, kb: n
             qw, ch, er_row = qb[b, t, h].view(np.int32), corr[b, t, h], eq[b, t, h]
             for i in range(0, m, 2):
                 _byte_scores(kb[b, h], qw, ch, i, n, wk, sc)
-            low, top = np.int64(ev[b, h, 0]), np.int64(ev[b, h, 0])
-            for j in range(1, n):
-                low = min(low, np.int64(ev[b, h, j]))
-                top = max(top, np.int64(ev[b, h, j]))
+            low, top = _span(ev[b, h], n)
             nd = (att_bits + top - low + DIGIT_BITS - 1) // DIGIT_BITS
             groups = (n + VALUE_GROUP - 1) // VALUE_GROUP
             nxt = min(job + 1, jobs - 1)
@@ -866,14 +875,16 @@ def attend_bytes(qb: np.ndarray, eq: np.ndarray, corr: np.ndarray, a: int, kb: n
                     dig[i, j] = 0
             for i in range(0, planes, 4):
                 _byte_sums(vbh, dig, i, groups, wv, acc)
-            for r in range(g):  # the digit planes' sums put together, plane by plane (vector loops)
+            for r in range(g):  # the digit planes' sums put together, plane by plane (vector loops over rows)
+                first = sums[r * nd]
                 for d in range(hd):
-                    tot[d] = acc[r * nd * wv + d]
+                    tot[d] = np.int64(first[d]) << low
                 for k in range(1, nd):
-                    plane = acc[(r * nd + k) * wv:]
+                    plane, shift = sums[r * nd + k], DIGIT_BITS * k + low
                     for d in range(hd):
-                        tot[d] += np.int64(plane[d]) << (DIGIT_BITS * k)
-                inv = _inverse(den[r])
+                        tot[d] += np.int64(plane[d]) << shift
+                dn = den[r]
+                inv = _inverse(dn)
                 o = out[b, t, h, r]
                 for d in range(hd):
-                    o[d] = _rounded_quotient(tot[d] << low, den[r], inv)
+                    o[d] = _rounded_quotient(tot[d], dn, inv)
