@@ -795,10 +795,12 @@ def attend_bytes(qb: np.ndarray, eq: np.ndarray, corr: np.ndarray, a: int, kb: n
     chunk's queries after its first, whose keys and values are in cache) takes its table step in
     three passes instead, index, table read and weight, of which only the reads are scalar: a
     scoring layer 18-27% faster; rows that prefetch keep the one scalar pass, which spaces their
-    prefetches (in the three-pass form a decode layer took 1.8-2.1 ms against 1.6). The items
-    (chunk, head, query) run in parts that the threads take as they free up (`atomics`): split
-    evenly beforehand, one thread had often taken a quarter longer than the other (16-chunk
-    scorings 4-5% faster). Writes out [B, T, KV, g, hd]."""
+    prefetches (in the three-pass form a decode layer took 1.8-2.1 ms against 1.6). When scoring
+    (T > 1) the items (chunk, head, query) run in parts that the threads take as they free up
+    (`atomics`): split evenly beforehand, one thread had often taken a quarter longer than the
+    other (16-chunk scorings 4-5% faster). A decode step's parts stay split evenly, each thread's
+    chunks next to each other in memory: handed out, they made its steps 9% slower. Writes out
+    [B, T, KV, g, hd]."""
     B, T, KV, m, wk = qb.shape
     g = eq.shape[3]
     halves = m // g
@@ -812,8 +814,8 @@ def attend_bytes(qb: np.ndarray, eq: np.ndarray, corr: np.ndarray, a: int, kb: n
     items = jobs * T  # one item per chunk, head and query position
     parts = min(items, SCRATCH_PARTS)
     counter = np.zeros(1, np.int64)
-    for _ in numba.prange(parts):  # workers: each takes parts until none are left, the first on each thread all of them
-        part = next_part(counter, parts)
+    for worker in numba.prange(parts):  # workers: each takes parts until none are left, the first on each thread all
+        part = next_part(counter, parts) if T > 1 else worker
         if part < 0:
             continue
         sc = np.empty((m, room), np.int32)
@@ -896,4 +898,4 @@ def attend_bytes(qb: np.ndarray, eq: np.ndarray, corr: np.ndarray, a: int, kb: n
                     o = out[b, t, h, r]
                     for d in range(hd):
                         o[d] = _rounded_quotient(tot[d], dn, inv)
-            part = next_part(counter, parts)
+            part = next_part(counter, parts) if T > 1 else -1
