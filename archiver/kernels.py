@@ -14,9 +14,10 @@ gemm_bytes cannot take (decoding a few chunks).
 `softmax_table` is `attend`'s table step alone, for the engine's GEMM form of attention on long
 chunks (`Engine._attend_gemm`), where GEMMs compute the exact products, and `rounded_quotients` is
 `attend`'s last step for that form. `attend_bytes` is `attend` for a model with int8 keys and
-values, over the byte cache it writes itself (`_append_byte_rows`): its products are byte dot products
-(`archiver.simd`, VNNI's four per lane and instruction where the CPU has them), the weights
-written as base-128 digits. On a CPU torch spends
+values, over the byte cache, which `rope_bytes` (`rescale_rope` for such a model) writes along
+with the queries' bytes: its products are byte dot products (`archiver.simd`, VNNI's four per
+lane and instruction where the CPU has them), the weights written as base-128 digits. On a CPU
+torch spends
 most of its time in memory passes, one per element-wise op; these do a whole chain in one pass.
 Integer (and exactly rounded float64) arithmetic has one result whatever the thread count or vector
 unit, so kernel and torch path give the same bits; the tests check each pair on extreme values.
