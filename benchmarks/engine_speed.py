@@ -138,20 +138,24 @@ class Subject:
 def measure_all(subjects: list[Subject], rounds: int,
                 peak: Callable[[], float]) -> tuple[list[dict[str, float]], float]:
     """Each subject's best seconds per workload, and the best int8 GEMM peak (peak() measures it
-    once) taken before every turn. Workload by workload, rounds x its runs per round turns run it
+    once) taken before every turn. Round by round, each workload's runs per round turns run it
     once for every subject in turn: single runs on these VMs move by 20% or more within minutes,
-    and interleaving lets a slow spell hit all subjects alike, so the tables compare. The peak is
-    measured throughout for the same reason: once at the start, a fast or slow spell there moved
-    every fraction (two runs an hour apart measured 667 and 771 GOP/s); best speeds over the best
-    peak keep the fractions honest."""
+    and interleaving lets a slow spell hit all subjects alike, so the tables compare. The rounds
+    go over every workload in turn, so that each workload's runs spread over the whole
+    measurement as the peak's do: taken workload by workload, the encode's all fell into its
+    first two minutes, and a slow spell there put one model's encode at 32% of the bound where
+    the same process, minutes apart, ran it at 38%. The peak is measured throughout for the same
+    reason: once at the start, a fast or slow spell there moved every fraction (two runs an hour
+    apart measured 667 and 771 GOP/s); best speeds over the best peak keep the fractions honest."""
     best: list[dict[str, float]] = [{} for _ in subjects]
     top = 0.0
-    for k in range(max(len(s.workloads) for s in subjects)):
-        have = [(s.workloads[k], b) for s, b in zip(subjects, best, strict=True) if k < len(s.workloads)]
-        for _ in range(rounds * max(w[3] for w, _ in have)):
-            top = max(top, peak())
-            for (label, _, run, _), b in have:
-                b[label] = min(b.get(label, float("inf")), _timed(run))
+    for _ in range(rounds):
+        for k in range(max(len(s.workloads) for s in subjects)):
+            have = [(s.workloads[k], b) for s, b in zip(subjects, best, strict=True) if k < len(s.workloads)]
+            for _ in range(max(w[3] for w, _ in have)):
+                top = max(top, peak())
+                for (label, _, run, _), b in have:
+                    b[label] = min(b.get(label, float("inf")), _timed(run))
     return best, top
 
 

@@ -7,7 +7,7 @@ import numba
 import numpy as np
 import pytest
 
-from archiver import kernels, simd
+from archiver import atomics, kernels, simd
 from tests.test_engine import _attend_reference
 
 FORMS = sorted({simd.NATIVE, False}, reverse=True)  # this CPU's form, and the portable one
@@ -143,3 +143,25 @@ def test_byte_gemm_equals_the_integer_product(form, monkeypatch):
         out = np.zeros((M, n), np.int32)
         gemm(x, *kernels.pack_columns(w), out)
         assert np.array_equal(out, x.astype(np.int64) @ w.T.astype(np.int64)), (M, k, n)
+
+
+def _take_parts(parts, taken):  # pragma: no cover  (compiled)
+    counter = np.zeros(1, np.int64)
+    for _ in numba.prange(parts):
+        part = atomics.next_part(counter, parts)
+        while part >= 0:
+            taken[part] += 1
+            part = atomics.next_part(counter, parts)
+
+
+def test_parts_handed_out_as_threads_free_up_are_each_taken_once():
+    """atomics.next_part hands every part to exactly one worker, whichever thread runs it, and -1
+    once all are out (the attention kernel's parts, taken as threads free up)."""
+    take = numba.njit(parallel=True)(_take_parts)
+    for parts in (1, 2, 7, 64, 1000):
+        taken = np.zeros(parts, np.int64)
+        take(parts, taken)
+        assert (taken == 1).all(), parts
+    counter = np.zeros(1, np.int64)
+    assert numba.njit(lambda c: (atomics.fetch_add(c, 5), atomics.fetch_add(c, 1)))(counter) == (0, 5)
+    assert counter[0] == 6
