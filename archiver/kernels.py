@@ -110,6 +110,17 @@ def _inverse(den: np.int64) -> np.float64:  # pragma: no cover
     return 1.0 / np.float64(2 * den)
 
 
+@numba.njit(inline="always")
+def _span(a: np.ndarray, n: int) -> tuple[np.int64, np.int64]:  # pragma: no cover  (compiled)
+    """(least, greatest) of the int8 exponents a[:n], compared as int8: 64 to a vector, where the
+    same reduction widened to int64 took eight."""
+    lo = hi = a[0]
+    for j in range(1, n):
+        lo = min(lo, a[j])
+        hi = max(hi, a[j])
+    return np.int64(lo), np.int64(hi)
+
+
 @numba.njit(parallel=True, cache=True, nogil=True)
 def attend(q: np.ndarray, eq: np.ndarray, kt: np.ndarray, ek: np.ndarray, vt: np.ndarray, ev: np.ndarray,
            p0: int, table: np.ndarray, dots: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover  (compiled)
@@ -142,9 +153,7 @@ def attend(q: np.ndarray, eq: np.ndarray, kt: np.ndarray, ek: np.ndarray, vt: np
                     p[r, j] = p[r, j] + qd * kd[j]  # stored in dots.dtype: exact by the bound above
         x = np.empty((g, n), np.int64)
         den = np.zeros(g, np.int64)
-        low = np.int64(ev[b, h, 0])  # the least value exponent: weights are taken relative to it
-        for j in range(1, n):
-            low = min(low, np.int64(ev[b, h, j]))
+        low = _span(ev[b, h], n)[0]  # the least value exponent: weights are taken relative to it
         for r in range(g):
             for j in range(n):
                 x[r, j] = np.int64(p[r, j]) << (np.int64(eq[b, t, h, r]) + np.int64(ek[b, h, j]))
@@ -763,17 +772,6 @@ def _dot4_columns(a: tuple, w: simd.Vec, v: tuple) -> tuple:  # pragma: no cover
     """One row's four accumulators a (of 16 columns each) plus its four bytes w times the four
     vectors of bytes v."""
     return simd.dot4(a[0], w, v[0]), simd.dot4(a[1], w, v[1]), simd.dot4(a[2], w, v[2]), simd.dot4(a[3], w, v[3])
-
-
-@numba.njit(inline="always")
-def _span(a: np.ndarray, n: int) -> tuple[np.int64, np.int64]:  # pragma: no cover  (compiled)
-    """(least, greatest) of the int8 exponents a[:n], compared as int8: 64 to a vector, where the
-    same reduction widened to int64 took eight."""
-    lo = hi = a[0]
-    for j in range(1, n):
-        lo = min(lo, a[j])
-        hi = max(hi, a[j])
-    return np.int64(lo), np.int64(hi)
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)

@@ -24,6 +24,7 @@ import sys
 import tarfile
 import tempfile
 import time
+from collections.abc import Callable
 from io import BytesIO
 from pathlib import Path
 
@@ -47,7 +48,7 @@ def load_other(rev: str, into: Path):
     return importlib.import_module("archiver_ab.engine"), importlib.import_module("archiver_ab.intmodel")
 
 
-def alternate(runs: dict[str, callable], rounds: int) -> dict[str, list[float]]:
+def alternate(runs: dict[str, Callable[[], object]], rounds: int) -> dict[str, list[float]]:
     """Seconds of each run, rounds times, the order reversed every other round."""
     times: dict[str, list[float]] = {k: [] for k in runs}
     for r in range(rounds):
@@ -78,11 +79,10 @@ def main(argv: list[str] | None = None) -> int:
         path = ROOT / "archiver" / "models" / f"{args.model}.safetensors"
         engines = {"old": old_engine.Engine(old_intmodel.load(path), threads=2),
                    "new": new_engine.Engine(new_intmodel.load(path), threads=2)}
-        context = new_intmodel.load(path).context
         rng = np.random.default_rng(0)
         alpha = torch.arange(256)
         if args.mode == "score":
-            seqs = [[256, *rng.integers(0, 256, context - 1).tolist()] for _ in range(args.chunks)]
+            seqs = [[256, *rng.integers(0, 256, engines["new"].context - 1).tolist()] for _ in range(args.chunks)]
             got = {k: e.score(seqs, alpha) for k, e in engines.items()}
             assert all(np.array_equal(a, b) for a, b in zip(got["old"], got["new"], strict=True)), "tables differ"
             runs = {k: (lambda e=e: e.score(seqs, alpha)) for k, e in engines.items()}
